@@ -1,0 +1,216 @@
+"""The experiment as software-defined assets, one partition per experiment id.
+
+No `from __future__ import annotations` here: Dagster reads the annotations at definition time.
+"""
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetsDefinition,
+    DataVersion,
+    DataVersionsByPartition,
+    Failure,
+    Output,
+    PartitionsDefinition,
+    RetryRequested,
+    SourceAsset,
+    asset,
+    observable_source_asset,
+)
+from dspy.utils.exceptions import LMError
+
+from lsl_dagster import stages
+from lsl_dagster.experiments import ExperimentError
+from lsl_dagster.ledger import BudgetExhausted
+from lsl_dagster.lm import ConfigError, LanguageModels
+from lsl_dagster.metadata import comparison_metadata, evaluation_metadata, ledger_metadata, prompt_metadata
+from lsl_dagster.models import Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
+from lsl_dagster.tasks import Task, TaskDataError
+from lsl_dagster.workspace import StageRun, Workspace
+
+# Bump when a stage's behaviour changes: every materialization then shows as stale.
+CODE_VERSION = "1"
+# Steps that call LLMs take a slot of this Dagster concurrency pool (limit set on the instance).
+POOL = "lsl_llm"
+GROUP = "lsl"
+
+
+def _load(workspace: Workspace, experiment_id: str) -> tuple[ExperimentSpec, Task]:
+    try:
+        spec = workspace.experiment(experiment_id)
+        return spec, workspace.task(spec.task)
+    except (ExperimentError, TaskDataError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+
+
+@contextmanager
+def _stage(
+    context: AssetExecutionContext,
+    workspace: Workspace,
+    models: LanguageModels,
+    spec: ExperimentSpec,
+    name: str,
+    max_calls: int | None,
+) -> Iterator[StageRun]:
+    """A stage's runtime, with its failures turned into clean Dagster failures carrying the ledger."""
+    try:
+        with workspace.stage(spec, name, models, max_calls) as run:
+            yield run
+    except ConfigError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    except BudgetExhausted as exc:
+        raise Failure(
+            description=f"{exc} before {name} had a result to keep; nothing was saved as its output",
+            metadata=_saved_ledger(workspace, spec, name),
+            allow_retries=False,
+        ) from None
+    except LMError as exc:
+        if context.retry_number < models.step_retries:
+            # Calls already paid for replay from the cache on the retry.
+            raise RetryRequested(
+                max_retries=models.step_retries, seconds_to_wait=models.step_retry_delay_s
+            ) from exc
+        raise Failure(
+            description=f"{name}: the provider kept failing after retries: {type(exc).__name__}: {exc}",
+            metadata=_saved_ledger(workspace, spec, name),
+        ) from None
+
+
+def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict:
+    ledger = workspace.saved_ledger(spec.experiment_id, name)
+    return ledger_metadata(ledger) if ledger is not None else {}
+
+
+def _version(workspace: Workspace, experiment_id: str) -> str:
+    """The spec's content hash; an invalid file gets its raw hash, so fixing it shows as a change too."""
+    try:
+        return workspace.experiment(experiment_id).spec_hash
+    except ExperimentError:
+        path = Path(workspace.data_dir) / "experiments" / f"{experiment_id}.yaml"
+        raw = path.read_bytes() if path.exists() else b""
+        return "invalid-" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
+    common = {"partitions_def": partitions, "group_name": GROUP, "code_version": CODE_VERSION}
+
+    @observable_source_asset(partitions_def=partitions, group_name=GROUP)
+    def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
+        """data/experiments/<experiment_id>.yaml. Its version is the validated spec's hash, so editing a
+        file marks exactly that experiment's assets stale."""
+        return DataVersionsByPartition(
+            {key: DataVersion(_version(workspace, key)) for key in partitions.get_partition_keys()}
+        )
+
+    @asset(deps=[experiment_file], pool=POOL, **common)
+    def stage1_prompt(
+        context: AssetExecutionContext, workspace: Workspace, language_models: LanguageModels
+    ) -> Output[PromptCandidate]:
+        """Stage 1: the task program optimized on the large model (MIPROv2 by default)."""
+        spec, task = _load(workspace, context.partition_key)
+        with _stage(context, workspace, language_models, spec, "stage1", spec.stage1.max_calls) as run:
+            candidate = stages.stage1_optimize(spec, task, run)
+        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+
+    @asset(pool=POOL, **common)
+    def stage2_hardened_prompt(
+        context: AssetExecutionContext,
+        workspace: Workspace,
+        language_models: LanguageModels,
+        stage1_prompt: PromptCandidate,
+    ) -> Output[PromptCandidate]:
+        """Stage 2: the Stage 1 prompt hardened against the small model with GEPA."""
+        spec, task = _load(workspace, context.partition_key)
+        with _stage(context, workspace, language_models, spec, "stage2", spec.stage2.max_calls) as run:
+            candidate = stages.stage2_harden(spec, task, stage1_prompt, run)
+        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+
+    @asset(pool=POOL, **common)
+    def budget_matched_prompt(
+        context: AssetExecutionContext,
+        workspace: Workspace,
+        language_models: LanguageModels,
+        stage1_prompt: PromptCandidate,
+        stage2_hardened_prompt: PromptCandidate,
+    ) -> Output[PromptCandidate]:
+        """FR-006: the Stage 1 optimizer on the large model with the calls Stage 1 + Stage 2 used."""
+        spec, task = _load(workspace, context.partition_key)
+        budget = stages.matched_budget(stage1_prompt, stage2_hardened_prompt)
+        with _stage(context, workspace, language_models, spec, "budget_matched", budget) as run:
+            candidate = stages.budget_matched_optimize(spec, task, run)
+        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+
+    def evaluation_asset(name: str, arm: str, upstream: str) -> AssetsDefinition:
+        @asset(name=name, pool=POOL, ins={"candidate": AssetIn(upstream)}, **common)
+        def _evaluation(
+            context: AssetExecutionContext,
+            workspace: Workspace,
+            language_models: LanguageModels,
+            candidate: PromptCandidate,
+        ) -> Output[EvaluationResult]:
+            spec, task = _load(workspace, context.partition_key)
+            out = workspace.run_dir(spec.experiment_id) / "predictions" / f"{arm}.jsonl"
+            with _stage(context, workspace, language_models, spec, name, None) as run:
+                result = stages.evaluate_on_large(spec, task, candidate, arm, run, out)
+            return Output(result, metadata=evaluation_metadata(result, spec))
+
+        _evaluation.__doc__ = (
+            f"The {upstream} prompt on the large model over the held-out split (arm '{arm}')."
+        )
+        return _evaluation
+
+    baseline_evaluation = evaluation_asset("baseline_evaluation", "baseline", "stage1_prompt")
+    stage3_evaluation = evaluation_asset("stage3_evaluation", "lsl", "stage2_hardened_prompt")
+    budget_matched_evaluation = evaluation_asset(
+        "budget_matched_evaluation", "budget_matched", "budget_matched_prompt"
+    )
+
+    @asset(**common)
+    def comparison(
+        context: AssetExecutionContext,
+        workspace: Workspace,
+        stage1_prompt: PromptCandidate,
+        stage2_hardened_prompt: PromptCandidate,
+        budget_matched_prompt: PromptCandidate,
+        baseline_evaluation: EvaluationResult,
+        stage3_evaluation: EvaluationResult,
+        budget_matched_evaluation: EvaluationResult,
+    ) -> Output[Comparison]:
+        """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
+        spec, _ = _load(workspace, context.partition_key)
+        evaluations = {
+            "baseline": baseline_evaluation,
+            "lsl": stage3_evaluation,
+            "budget_matched": budget_matched_evaluation,
+        }
+        usage = {
+            "stage1": stage1_prompt.ledger,
+            "stage2": stage2_hardened_prompt.ledger,
+            "budget_matched": budget_matched_prompt.ledger,
+            "baseline_evaluation": baseline_evaluation.ledger,
+            "stage3_evaluation": stage3_evaluation.ledger,
+            "budget_matched_evaluation": budget_matched_evaluation.ledger,
+        }
+        optimization_calls = {
+            "baseline": stage1_prompt.ledger.requests,
+            "lsl": stages.matched_budget(stage1_prompt, stage2_hardened_prompt),
+            "budget_matched": budget_matched_prompt.ledger.requests,
+        }
+        result = stages.compare(spec, evaluations, usage, optimization_calls)
+        return Output(result, metadata=comparison_metadata(result, spec))
+
+    return [
+        experiment_file,
+        stage1_prompt,
+        stage2_hardened_prompt,
+        budget_matched_prompt,
+        baseline_evaluation,
+        stage3_evaluation,
+        budget_matched_evaluation,
+        comparison,
+    ]

@@ -1,0 +1,43 @@
+"""The code location: `dagster dev` and `dagster asset materialize -m lsl_dagster.definitions` load `defs`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dagster import AssetSelection, Definitions, define_asset_job
+
+from lsl_dagster.assets import build_assets
+from lsl_dagster.experiments import experiment_ids
+from lsl_dagster.io_managers import PydanticJsonIOManager
+from lsl_dagster.lm import LanguageModels
+from lsl_dagster.partitions import experiments_partitions
+from lsl_dagster.workspace import PROJECT_DIR, Workspace
+
+
+def build_definitions(
+    data_dir: Path | None = None, runs_dir: Path | None = None, language_models: LanguageModels | None = None
+) -> Definitions:
+    data_dir = data_dir or Path(os.environ.get("LSL_DATA_DIR", PROJECT_DIR / "data"))
+    runs_dir = runs_dir or Path(os.environ.get("LSL_RUNS_DIR", data_dir / "runs"))
+    partitions = experiments_partitions(experiment_ids(data_dir))
+    assets = build_assets(partitions)
+    return Definitions(
+        assets=assets,
+        jobs=[
+            define_asset_job(
+                "lsl_experiment",
+                selection=AssetSelection.all(include_sources=True),
+                partitions_def=partitions,
+                description="Observe the experiment file, then run every stage of one experiment.",
+            )
+        ],
+        resources={
+            "workspace": Workspace(data_dir=str(data_dir), runs_dir=str(runs_dir)),
+            "language_models": language_models or LanguageModels(),
+            "io_manager": PydanticJsonIOManager(runs_dir=str(runs_dir)),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,91 @@
+"""Evaluate a program with dspy.Evaluate, streaming per-example rows to JSONL in bounded chunks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from lsl_dagster.files import atomic_writer
+from lsl_dagster.optimizers import metric_for
+from lsl_dagster.program import to_dspy
+from lsl_dagster.tasks import Example, Task
+
+# Examples in flight per dspy.Evaluate call: large enough to keep every thread busy, small enough that
+# memory does not grow with the test set.
+CHUNK = 512
+
+
+class Guarded(dspy.Module):
+    """Turns a failed example (e.g. output that cannot be parsed) into a scored-zero row that says why.
+
+    Only Exception is caught: a BudgetExhausted must stop the evaluation, not become a zero.
+    """
+
+    def __init__(self, program: dspy.Module):
+        super().__init__()
+        self.program = program
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        try:
+            return self.program(**inputs)
+        except Exception as exc:
+            return dspy.Prediction(error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+@dataclass(frozen=True)
+class Totals:
+    n: int
+    score: float
+    n_errors: int
+
+
+def evaluate(
+    program: dspy.Module, task: Task, examples: Iterable[Example], *, threads: int, out: Path
+) -> Totals:
+    """Score `program` (run under the current dspy.context LM) on `examples`; rows go to `out` (JSONL)."""
+    metric = metric_for(task)
+    guarded = Guarded(program)
+    output = task.definition.output
+    n = errors = 0
+    total = 0.0
+    with atomic_writer(out) as sink, dspy.context(disable_history=True, max_errors=10**9):
+        for chunk in _batched(examples, CHUNK):
+            devset = [to_dspy(example, task) for example in chunk]
+            result = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, max_errors=10**9)(
+                guarded
+            )
+            for example, (_, prediction, value) in zip(chunk, result.results, strict=True):
+                error = prediction.get("error") if hasattr(prediction, "get") else None
+                row = {
+                    "example_id": example.id,
+                    "inputs": example.inputs,
+                    "gold": example.answer,
+                    "prediction": prediction.get(output) if hasattr(prediction, "get") else None,
+                    "score": float(value),
+                    "error": error,
+                }
+                sink.write(json.dumps(row) + "\n")
+                n += 1
+                total += float(value)
+                errors += error is not None
+    if n == 0:
+        raise ValueError(f"no examples to evaluate for task {task.name!r}")
+    return Totals(n=n, score=total / n, n_errors=errors)
+
+
+def scores(path: Path) -> dict[str, float]:
+    """Per-example scores of an evaluation, by example id."""
+    with path.open(encoding="utf-8") as rows:
+        return {row["example_id"]: row["score"] for row in map(json.loads, rows)}
+
+
+def _batched(items: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

@@ -1,0 +1,54 @@
+"""Experiment files: data/experiments/<experiment_id>.yaml, validated into an ExperimentSpec."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from lsl_dagster.models import ExperimentSpec, check_slug
+
+log = logging.getLogger(__name__)
+
+
+class ExperimentError(ValueError):
+    """An experiment id or file is invalid; the message says which and why."""
+
+
+def experiment_ids(data_dir: Path) -> list[str]:
+    """Ids of the experiment files; a file whose name is not a safe id is reported and left out."""
+    ids = []
+    for path in sorted((data_dir / "experiments").glob("*.yaml")):
+        try:
+            ids.append(check_slug(path.stem))
+        except ValueError as exc:
+            log.warning("ignoring %s: %s", path, exc)
+    return ids
+
+
+def load_experiment(data_dir: Path, experiment_id: str) -> ExperimentSpec:
+    try:
+        check_slug(experiment_id)
+    except ValueError as exc:
+        raise ExperimentError(str(exc)) from None
+    path = data_dir / "experiments" / f"{experiment_id}.yaml"
+    if not path.is_file():
+        raise ExperimentError(f"no experiment file {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ExperimentError(f"{path}: expected a mapping of experiment settings")
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ExperimentError(f"{path}: {problems}") from None
+    if spec.experiment_id != experiment_id:
+        raise ExperimentError(f"{path}: experiment_id {spec.experiment_id!r} does not match the file name")
+    return spec

@@ -1,0 +1,36 @@
+"""The IO manager: Pydantic models as JSON files that name their experiment; no pickle anywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from pydantic import BaseModel
+
+from lsl_dagster.files import atomic_write_text
+from lsl_dagster.models import check_slug
+
+
+class PydanticJsonIOManager(ConfigurableIOManager):
+    """Stores each partition at <runs_dir>/<experiment_id>/<asset>.json, written atomically."""
+
+    runs_dir: str
+
+    def _path(self, context: OutputContext | InputContext) -> Path:
+        experiment_id = check_slug(context.asset_partition_key)
+        return Path(self.runs_dir) / experiment_id / f"{'__'.join(context.asset_key.path)}.json"
+
+    def handle_output(self, context: OutputContext, obj: BaseModel) -> None:
+        if not isinstance(obj, BaseModel):
+            raise TypeError(
+                f"{context.asset_key.to_user_string()} must return a Pydantic model, got {type(obj)}"
+            )
+        path = self._path(context)
+        atomic_write_text(path, obj.model_dump_json(indent=2))
+        context.add_output_metadata({"path": MetadataValue.path(str(path))})
+
+    def load_input(self, context: InputContext) -> BaseModel:
+        model = context.dagster_type.typing_type
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"inputs loaded by {type(self).__name__} must be annotated with a Pydantic model")
+        return model.model_validate_json(self._path(context).read_text(encoding="utf-8"))

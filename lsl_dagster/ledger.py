@@ -1,0 +1,244 @@
+"""The one accounting layer: every provider request is reserved against the budgets, then recorded.
+
+`Meter` is thread-safe and lives for one stage; `CallLog` is the experiment's durable, append-only record
+of every request sent, written off the hot path by a background thread.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lsl_dagster.models import Ledger, ModelUsage
+
+
+class BudgetExhausted(BaseException):
+    """A budget ran out. A BaseException so that optimizers' `except Exception` cannot swallow it."""
+
+
+class CallLog:
+    """Append-only JSONL of every request sent to a provider, across all stages of one experiment.
+
+    Writes go through a queue to one writer thread, so callers never wait on the disk. A process killed
+    mid-write can leave a torn last line; readers skip a line without its newline.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._file = path.open("a", encoding="utf-8")
+        self._thread = threading.Thread(target=self._write, name="lsl-call-log", daemon=True)
+        self._thread.start()
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._queue.put(record)
+
+    def _write(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None:
+                break
+            lines = [json.dumps(record)]
+            while True:  # drain what accumulated, then one write + flush for the batch
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                lines.append(json.dumps(more))
+            self._file.write("".join(line + "\n" for line in lines))
+            self._file.flush()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._file.close()
+
+    @staticmethod
+    def read(path: Path) -> Iterator[dict[str, Any]]:
+        if not path.exists():
+            return
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if line.endswith("\n"):
+                    yield json.loads(line)
+
+
+@dataclass
+class _Usage:
+    calls: int = 0
+    failed: int = 0
+    hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    unpriced: int = 0
+    latency: float = 0.0
+    sources: frozenset[str] = frozenset()
+
+    def add(self, record: dict[str, Any]) -> None:
+        if not record["ok"]:
+            self.failed += 1
+            return
+        self.calls += 1
+        self.input_tokens += record["input_tokens"]
+        self.output_tokens += record["output_tokens"]
+        self.latency += record["latency_s"]
+        if record["cost_usd"] is None:
+            self.unpriced += 1
+        else:
+            self.cost += record["cost_usd"]
+        self.sources |= {record["cost_source"]}
+
+    def model_usage(self) -> ModelUsage:
+        known = self.sources - {"unknown"}
+        source = (
+            "none"
+            if not self.sources
+            else "unknown"
+            if not known
+            else (next(iter(known)) if len(self.sources) == 1 else "mixed")
+        )
+        return ModelUsage(
+            calls=self.calls,
+            failed_attempts=self.failed,
+            cache_hits=self.hits,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=None if self.unpriced else round(self.cost, 10),
+            cost_source=source,
+            latency_s=round(self.latency, 6),
+        )
+
+
+def spent_usd(records: Iterable[dict[str, Any]]) -> float:
+    """What the logged requests cost; unpriced ones count as zero (a budget then refuses to start)."""
+    return sum(r["cost_usd"] or 0.0 for r in records if r["ok"])
+
+
+class Meter:
+    """Budgets and usage of one stage: `max_calls` caps requests sent (retries included, cache hits not),
+    `cost_allowance_usd` caps what this stage may still spend of the experiment's max_cost_usd.
+
+    Each request first reserves its worst-case cost, so concurrent requests can never jointly overshoot.
+    Requests already logged for this stage (a run that crashed and is resumed) count from the start.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        *,
+        max_calls: int | None,
+        cost_allowance_usd: float | None,
+        log: CallLog | None = None,
+        prior: Iterable[dict[str, Any]] = (),
+    ):
+        self.stage = stage
+        self.max_calls = max_calls
+        self.cost_allowance_usd = cost_allowance_usd
+        self.stop_reason: str | None = None
+        self._log = log
+        self._lock = threading.Condition()
+        self._usage: dict[str, _Usage] = {}
+        self._requests = 0
+        self._spent = 0.0
+        self._reserved = 0.0
+        self._in_flight = 0
+        for record in prior:
+            self._usage.setdefault(record["model"], _Usage()).add(record)
+            self._requests += 1
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return self._requests
+
+    def remaining_calls(self) -> int | None:
+        with self._lock:
+            return None if self.max_calls is None else max(0, self.max_calls - self._requests)
+
+    def reserve(self, model: str, worst_cost_usd: float | None) -> None:
+        with self._lock:
+            if self.stop_reason is not None:
+                raise BudgetExhausted(self.stop_reason)
+            if self.max_calls is not None and self._requests >= self.max_calls:
+                self.stop_reason = f"{self.stage}: max_calls={self.max_calls} reached"
+                raise BudgetExhausted(self.stop_reason)
+            if self.cost_allowance_usd is not None:
+                if worst_cost_usd is None:
+                    raise BudgetExhausted(
+                        f"{self.stage}: {model} has no known price, so max_cost_usd cannot hold"
+                    )
+                if self._spent + self._reserved + worst_cost_usd > self.cost_allowance_usd:
+                    self.stop_reason = (
+                        f"{self.stage}: max_cost_usd reached (spent ${self._spent:.4f} of an allowance of "
+                        f"${self.cost_allowance_usd:.4f}; the next request could cost up to "
+                        f"${worst_cost_usd:.4f})"
+                    )
+                    raise BudgetExhausted(self.stop_reason)
+                self._reserved += worst_cost_usd
+            self._requests += 1
+            self._in_flight += 1
+
+    def settle(
+        self,
+        model: str,
+        worst_cost_usd: float | None,
+        *,
+        ok: bool,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float | None = None,
+        cost_source: str = "unknown",
+        latency_s: float = 0.0,
+        error: str | None = None,
+    ) -> None:
+        record = {
+            "stage": self.stage,
+            "model": model,
+            "ok": ok,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_usd": cost_usd,
+            "cost_source": cost_source,
+            "latency_s": round(latency_s, 6),
+            "error": error,
+            "t": round(time.time(), 3),
+        }
+        with self._lock:
+            if self.cost_allowance_usd is not None and worst_cost_usd is not None:
+                self._reserved -= worst_cost_usd
+            self._spent += cost_usd or 0.0
+            self._usage.setdefault(model, _Usage()).add(record)
+            self._in_flight -= 1
+            self._lock.notify_all()
+        if self._log is not None:
+            self._log.append(record)
+
+    def cache_hit(self, model: str) -> None:
+        with self._lock:
+            self._usage.setdefault(model, _Usage()).hits += 1
+
+    def wait_idle(self, timeout_s: float = 120.0) -> bool:
+        """Wait for requests still in flight (threads an optimizer abandoned) so the ledger is complete."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
+
+    def ledger(self) -> Ledger:
+        with self._lock:
+            return Ledger(
+                stage=self.stage,
+                max_calls=self.max_calls,
+                cost_allowance_usd=self.cost_allowance_usd,
+                by_model={model: usage.model_usage() for model, usage in sorted(self._usage.items())},
+                stop_reason=self.stop_reason,
+            )

@@ -1,0 +1,202 @@
+"""LM providers behind one Dagster resource; every call goes through `MeteredEngine` (budgets + usage).
+
+The model string of an experiment picks the provider: `sim/<tier>` (offline simulator),
+`openrouter/<org>/<model>` and `openai/<name>` + `api_base` (any OpenAI-compatible server). The HTTP
+providers use DSPy's native engine; DSPy's LM layer owns caching and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+import dspy
+from dagster import ConfigurableResource
+from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
+from dspy.lm15 import ProviderError, Request, Response, RouterConfig, TransportError
+
+from lsl_dagster import sim
+from lsl_dagster.ledger import Meter
+from lsl_dagster.models import ExperimentSpec, ModelSpec, Price
+
+OPENROUTER_URL = "https://openrouter.ai/api/v1"
+
+
+class ConfigError(ValueError):
+    """The experiment cannot run as written (missing key, unknown price for a cost budget...)."""
+
+
+class MeteredEngine:
+    """Wraps a provider engine: reserve budget, cap concurrency, send, record usage and cost."""
+
+    def __init__(self, inner: Any, spec: ModelSpec, meter: Meter, price: Price | None):
+        self.inner = inner
+        self.spec = spec
+        self.meter = meter
+        self.price = price
+        self._slots = threading.BoundedSemaphore(spec.max_concurrency)
+
+    def _worst_cost(self, request: Request) -> float | None:
+        if self.price is None:
+            return None
+        system = request.system if isinstance(request.system, str) else ""
+        chars = len(system) + sum(len(m.text or "") for m in request.messages)
+        # Two characters per token over-estimates every mainstream tokenizer: the bound must not undershoot.
+        input_tokens = math.ceil(chars / 2) + 16
+        return self.price.cost(input_tokens, request.config.max_tokens or self.spec.max_tokens)
+
+    def _cost(self, response: Response) -> tuple[float | None, str]:
+        usage = (response.provider_data or {}).get("usage") or {}
+        reported = usage.get("cost") if isinstance(usage, dict) else None
+        if isinstance(reported, int | float) and not isinstance(reported, bool) and reported >= 0:
+            return float(reported), "provider"
+        tokens_in, tokens_out = response.usage.input_tokens, response.usage.output_tokens
+        if self.price is not None and tokens_in is not None and tokens_out is not None:
+            return self.price.cost(tokens_in, tokens_out), "price_table"
+        return None, "unknown"
+
+    def complete(self, request: Request) -> Response:
+        worst = self._worst_cost(request)
+        model = self.spec.model
+        with self._slots:
+            self.meter.reserve(model, worst)
+            start = time.perf_counter()
+            try:
+                response = self.inner.complete(request)
+            except ProviderError as exc:
+                self.meter.settle(
+                    model, worst, ok=False, latency_s=time.perf_counter() - start, error=str(exc)[:200]
+                )
+                if "json" in str(exc).lower() and not isinstance(exc, TransportError):
+                    # A truncated or garbled body is a transport fault: DSPy retries those, not bad requests.
+                    raise TransportError(f"malformed response body from {model}") from exc
+                raise
+            except BaseException as exc:
+                self.meter.settle(
+                    model, worst, ok=False, latency_s=time.perf_counter() - start, error=type(exc).__name__
+                )
+                raise
+            cost, source = self._cost(response)
+            self.meter.settle(
+                model,
+                worst,
+                ok=True,
+                input_tokens=response.usage.input_tokens or 0,
+                output_tokens=response.usage.output_tokens or 0,
+                cost_usd=cost,
+                cost_source=source,
+                latency_s=time.perf_counter() - start,
+            )
+        return response
+
+    def stream(self, request: Request) -> Any:
+        raise NotImplementedError("lsl_dagster does not stream")
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+class Provider(ABC):
+    @abstractmethod
+    def price(self, spec: ModelSpec) -> Price | None: ...
+
+    @abstractmethod
+    def engine(self, spec: ModelSpec, seed: int) -> Any: ...
+
+    def check(self, spec: ModelSpec, *, need_price: bool) -> None:
+        """Everything that would make the first call fail, checked before any call."""
+        var = spec.key_env
+        if var is not None and not os.environ.get(var):
+            raise ConfigError(f"{spec.model} needs an API key: set the environment variable {var}")
+        if need_price and self.price(spec) is None:
+            raise ConfigError(
+                f"max_cost_usd is set but no price is known for {spec.model}: add "
+                "`price: {input_per_mtok: ..., output_per_mtok: ...}` to its model entry"
+            )
+
+
+class SimProvider(Provider):
+    def price(self, spec: ModelSpec) -> Price | None:
+        return spec.price or sim.TIERS[sim.tier_name(spec.model)].price
+
+    def engine(self, spec: ModelSpec, seed: int) -> Any:
+        return sim.SimEngine(spec.model, seed)
+
+    def check(self, spec: ModelSpec, *, need_price: bool) -> None:
+        try:
+            sim.tier_name(spec.model)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        super().check(spec, need_price=need_price)
+
+
+class HttpProvider(Provider):
+    """OpenRouter and OpenAI-compatible servers, through DSPy's native (lm15) engine."""
+
+    def __init__(self, provider: str, default_url: str | None):
+        self.provider = provider
+        self.default_url = default_url
+
+    def price(self, spec: ModelSpec) -> Price | None:
+        if spec.price is not None or self.provider != "openrouter":
+            return spec.price
+        # DSPy's packaged price snapshot; never fetched over the network at run time.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
+        from dspy.clients.model_metadata import model_info
+
+        info = model_info("openrouter", spec.model.split("/", 1)[1])
+        prices = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+        if not all(isinstance(p, int | float) for p in prices):
+            return None
+        return Price(input_per_mtok=prices[0] * 1e6, output_per_mtok=prices[1] * 1e6)
+
+    def engine(self, spec: ModelSpec, seed: int) -> Any:
+        lm15_provider = "openrouter" if self.provider == "openrouter" else "openai-chat"
+        key = os.environ.get(spec.key_env) if spec.key_env else None
+        config = RouterConfig(
+            # An OpenAI-compatible server without auth still gets a placeholder bearer token.
+            api_keys={lm15_provider: key or "not-needed"},
+            base_urls={lm15_provider: spec.api_base or self.default_url},
+            timeouts=timeouts_for(spec.timeout_s),
+            env={},
+        )
+        return LM15Engine(config, model_type="chat")
+
+
+PROVIDERS: dict[str, Provider] = {
+    "sim": SimProvider(),
+    "openrouter": HttpProvider("openrouter", OPENROUTER_URL),
+    "openai": HttpProvider("openai", None),
+}
+
+
+class LanguageModels(ConfigurableResource):
+    """Builds the metered `dspy.LM`s of an experiment. DSPy retries each failed call (429 honouring
+    Retry-After, 5xx, timeouts, dropped connections) `num_retries` times with backoff; a step whose
+    provider still fails is retried `step_retries` times by Dagster, replaying paid calls from the cache."""
+
+    num_retries: int = 4
+    step_retries: int = 1
+    step_retry_delay_s: float = 30.0
+
+    def check(self, spec: ExperimentSpec) -> None:
+        for model in (spec.large_model, spec.small_model):
+            PROVIDERS[model.provider].check(model, need_price=spec.max_cost_usd is not None)
+
+    def lm(self, spec: ModelSpec, meter: Meter, seed: int) -> dspy.LM:
+        provider = PROVIDERS[spec.provider]
+        engine = MeteredEngine(provider.engine(spec, seed), spec, meter, provider.price(spec))
+        return dspy.LM(
+            spec.model,
+            engine=engine,
+            temperature=spec.temperature,
+            max_tokens=spec.max_tokens,
+            num_retries=self.num_retries,
+            cache=True,
+        )

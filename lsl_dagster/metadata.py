@@ -1,0 +1,170 @@
+"""Materialization metadata: what the asset catalog shows and the CLI reads back."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import version
+from typing import Any
+
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+from lsl_dagster.models import Comparison, EvaluationResult, ExperimentSpec, Ledger, PromptCandidate
+from lsl_dagster.program import render
+from lsl_dagster.sim import LABEL
+from lsl_dagster.tasks import Task
+
+_USAGE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("model", "string"),
+        TableColumn("calls", "int"),
+        TableColumn("failed_attempts", "int"),
+        TableColumn("cache_hits", "int"),
+        TableColumn("input_tokens", "int"),
+        TableColumn("output_tokens", "int"),
+        TableColumn("cost_usd", "string"),
+        TableColumn("cost_source", "string"),
+        TableColumn("latency_s", "float"),
+    ]
+)
+
+
+def _cost(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.6f}"
+
+
+def ledger_metadata(ledger: Ledger) -> dict[str, Any]:
+    rows = [
+        TableRecord(
+            {
+                "model": model,
+                "calls": u.calls,
+                "failed_attempts": u.failed_attempts,
+                "cache_hits": u.cache_hits,
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+                "cost_usd": _cost(u.cost_usd),
+                "cost_source": u.cost_source,
+                "latency_s": round(u.latency_s, 3),
+            }
+        )
+        for model, u in ledger.by_model.items()
+    ]
+    metadata: dict[str, Any] = {
+        "calls": ledger.calls,
+        "requests": ledger.requests,
+        "cache_hits": ledger.cache_hits,
+        "cost_usd": MetadataValue.float(ledger.cost_usd) if ledger.cost_usd is not None else "unknown",
+        "usage": MetadataValue.table(rows, schema=_USAGE_SCHEMA),
+        "budget": f"max_calls={ledger.max_calls}, cost allowance={_cost(ledger.cost_allowance_usd)} USD",
+    }
+    if ledger.stop_reason:
+        metadata["stop_reason"] = ledger.stop_reason
+    return metadata
+
+
+def environment(spec: ExperimentSpec) -> dict[str, Any]:
+    """Enough to reproduce the run: versions, models, seed and the experiment file's content hash."""
+    return {
+        "simulated": LABEL if spec.simulated else "no (real models)",
+        "models": f"large={spec.large_model.model}, small={spec.small_model.model}",
+        "seed": spec.seed,
+        "spec_hash": spec.spec_hash,
+        "versions": (
+            f"python {platform.python_version()}, dagster {version('dagster')}, dspy {version('dspy')}, "
+            f"lsl_dagster {version('lsl_dagster')}"
+        ),
+    }
+
+
+def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec) -> dict[str, Any]:
+    banner = f"> **{LABEL}**\n\n" if candidate.simulated else ""
+    metadata = {
+        "prompt": MetadataValue.md(banner + render(candidate, task)),
+        "optimizer": candidate.provenance.optimizer,
+        "demos": sum(len(p.demos) for p in candidate.predictors.values()),
+        **environment(spec),
+        **ledger_metadata(candidate.ledger),
+    }
+    if candidate.provenance.val_score is not None:
+        metadata["val_score"] = MetadataValue.float(candidate.provenance.val_score)
+    return metadata
+
+
+def evaluation_metadata(result: EvaluationResult, spec: ExperimentSpec) -> dict[str, Any]:
+    return {
+        "score": MetadataValue.float(result.score),
+        "n": result.n,
+        "n_errors": result.n_errors,
+        "predictions": MetadataValue.path(result.predictions_path),
+        **environment(spec),
+        **ledger_metadata(result.ledger),
+    }
+
+
+def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[str, Any]:
+    arms = MetadataValue.table(
+        [
+            TableRecord(
+                {
+                    "arm": a.arm,
+                    "score": round(a.score, 4),
+                    "n": a.n,
+                    "optimization_calls": a.optimization_calls if a.optimization_calls is not None else -1,
+                    "evaluation_calls": a.calls,
+                    "evaluation_cost_usd": _cost(a.cost_usd),
+                }
+            )
+            for a in comparison.arms
+        ],
+        schema=TableSchema(
+            columns=[
+                TableColumn("arm", "string"),
+                TableColumn("score", "float"),
+                TableColumn("n", "int"),
+                TableColumn("optimization_calls", "int"),
+                TableColumn("evaluation_calls", "int"),
+                TableColumn("evaluation_cost_usd", "string"),
+            ]
+        ),
+    )
+    differences = MetadataValue.table(
+        [
+            TableRecord(
+                {
+                    "comparison": f"{d.arm} - {d.baseline}",
+                    "diff": round(d.diff, 4),
+                    "ci_low": round(d.ci_low, 4),
+                    "ci_high": round(d.ci_high, 4),
+                    "mcnemar_p": "n/a" if d.mcnemar_p is None else f"{d.mcnemar_p:.4g}",
+                    "n": d.n,
+                }
+            )
+            for d in comparison.differences
+        ],
+        schema=TableSchema(
+            columns=[
+                TableColumn("comparison", "string"),
+                TableColumn("diff", "float"),
+                TableColumn("ci_low", "float"),
+                TableColumn("ci_high", "float"),
+                TableColumn("mcnemar_p", "string"),
+                TableColumn("n", "int"),
+            ]
+        ),
+    )
+    banner = f"**{LABEL}**\n\n" if comparison.simulated else ""
+    verdicts = banner + "\n".join(f"- {d.verdict}" for d in comparison.differences)
+    total = [ledger.cost_usd for ledger in comparison.usage.values()]
+    metadata: dict[str, Any] = {
+        "arms": arms,
+        "differences": differences,
+        "verdicts": MetadataValue.md(verdicts),
+        "total_calls": sum(ledger.calls for ledger in comparison.usage.values()),
+        "total_cost_usd": "unknown" if None in total else MetadataValue.float(sum(c or 0.0 for c in total)),
+        **environment(spec),
+    }
+    for arm in comparison.arms:
+        metadata[f"score_{arm.arm}"] = MetadataValue.float(arm.score)
+    for d in comparison.differences:
+        metadata[f"diff_{d.arm}_vs_{d.baseline}"] = MetadataValue.float(d.diff)
+    return metadata

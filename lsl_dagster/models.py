@@ -1,0 +1,270 @@
+"""The domain: experiment specs, prompt candidates, evaluations and usage ledgers (Pydantic v2, JSON only)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PROVIDERS = ("sim", "openrouter", "openai")
+
+
+def check_slug(value: str) -> str:
+    """Experiment ids become path components and partition keys: only a safe slug is accepted."""
+    if not isinstance(value, str) or not _SLUG.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a safe experiment id: use 1-64 characters of a-z, 0-9, '-' and '_', "
+            "starting and ending with a letter or digit (no '/', '..', spaces or upper case)"
+        )
+    return value
+
+
+Slug = Annotated[str, AfterValidator(check_slug)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(Strict):
+    """USD per million tokens; used to bound and estimate cost when a provider reports none."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
+class ModelSpec(Strict):
+    """One model entry of an experiment file. Never holds a key, only the name of its variable."""
+
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=1024, ge=16, le=200_000)
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    timeout_s: float = Field(default=60.0, gt=0)
+    price: Price | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        provider, _, name = value.partition("/")
+        if provider not in PROVIDERS or not name:
+            raise ValueError(
+                f"model {value!r} must look like sim/<name>, openrouter/<org>/<model> or openai/<name> "
+                "(with api_base for an OpenAI-compatible server)"
+            )
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            # Catches the classic mistake of pasting the key itself, without echoing it back.
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (e.g. MY_KEY), not a key"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _openai_needs_base(self) -> ModelSpec:
+        if self.provider == "openai" and not self.api_base:
+            raise ValueError(f"{self.model}: an openai/<name> model needs api_base (the server's /v1 URL)")
+        return self
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def simulated(self) -> bool:
+        return self.provider == "sim"
+
+    @property
+    def key_env(self) -> str | None:
+        """The variable the key is read from; None when no key is needed."""
+        if self.api_key_env:
+            return self.api_key_env
+        return "OPENROUTER_API_KEY" if self.provider == "openrouter" else None
+
+
+Optimizer = Literal["miprov2", "gepa", "bootstrap_rs"]
+
+
+class Stage1Spec(Strict):
+    optimizer: Optimizer = "miprov2"
+    max_calls: int = Field(default=200, ge=10)
+
+
+class Stage2Spec(Strict):
+    max_calls: int = Field(default=200, ge=10)
+    # GEPA's reflection model: rewriting instructions is a job for the stronger model by default.
+    reflection: Literal["large", "small"] = "large"
+
+
+class DataSpec(Strict):
+    """How many examples the optimizers see (taken from the task's train and dev splits)."""
+
+    train: int = Field(default=40, ge=2)
+    val: int = Field(default=30, ge=2)
+
+
+class EvaluationSpec(Strict):
+    split: Literal["dev", "test"] = "test"
+    limit: int | None = Field(default=100, ge=1)
+
+
+class ExperimentSpec(Strict):
+    experiment_id: Slug
+    task: str
+    large_model: ModelSpec
+    small_model: ModelSpec
+    stage1: Stage1Spec = Stage1Spec()
+    stage2: Stage2Spec = Stage2Spec()
+    data: DataSpec = DataSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("task")
+    @classmethod
+    def _task_slug(cls, value: str) -> str:
+        return check_slug(value)
+
+    @property
+    def spec_hash(self) -> str:
+        """Content hash of the validated spec: formatting and comments do not change it."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    @property
+    def simulated(self) -> bool:
+        return self.large_model.simulated or self.small_model.simulated
+
+    def model(self, role: Literal["large", "small"]) -> ModelSpec:
+        return self.large_model if role == "large" else self.small_model
+
+
+class PredictorPrompt(Strict):
+    instructions: str
+    field_descriptions: dict[str, str] = {}
+    demos: list[dict[str, Any]] = []
+
+
+class Provenance(Strict):
+    stage: str
+    optimizer: str
+    model: str
+    seed: int
+    spec_hash: str
+    parent: str | None = None
+    val_score: float | None = None
+    stop_reason: str | None = None
+
+
+class PromptCandidate(Strict):
+    """Everything needed to rebuild the optimized program: per-predictor instructions, fields and demos."""
+
+    experiment_id: Slug
+    task: str
+    predictors: dict[str, PredictorPrompt]
+    provenance: Provenance
+    ledger: Ledger
+    simulated: bool
+
+
+class ModelUsage(BaseModel):
+    """What one model cost in one stage. cost_usd is None when any paid call had no known price."""
+
+    calls: int = 0
+    failed_attempts: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = 0.0
+    cost_source: Literal["provider", "price_table", "mixed", "unknown", "none"] = "none"
+    latency_s: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        """Requests sent to the provider: what max_calls caps."""
+        return self.calls + self.failed_attempts
+
+
+class Ledger(BaseModel):
+    """Usage of one stage of one experiment, per model, and whether a budget stopped it."""
+
+    stage: str
+    max_calls: int | None = None
+    cost_allowance_usd: float | None = None
+    by_model: dict[str, ModelUsage] = {}
+    stop_reason: str | None = None
+
+    @property
+    def calls(self) -> int:
+        return sum(u.calls for u in self.by_model.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(u.requests for u in self.by_model.values())
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(u.cache_hits for u in self.by_model.values())
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [u.cost_usd for u in self.by_model.values()]
+        return None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
+
+
+class EvaluationResult(Strict):
+    """Aggregates of one arm on the evaluation split; per-example rows live in the predictions JSONL."""
+
+    experiment_id: Slug
+    arm: str
+    model: str
+    split: str
+    n: int
+    score: float
+    n_errors: int
+    predictions_path: str
+    ledger: Ledger
+    simulated: bool
+
+
+class ArmSummary(Strict):
+    arm: str
+    score: float
+    n: int
+    calls: int
+    cost_usd: float | None
+    optimization_calls: int | None = None
+
+
+class PairedDifference(Strict):
+    arm: str
+    baseline: str
+    n: int
+    diff: float
+    ci_low: float
+    ci_high: float
+    mcnemar_p: float | None
+    verdict: str
+
+
+class Comparison(Strict):
+    experiment_id: Slug
+    task: str
+    large_model: str
+    small_model: str
+    arms: list[ArmSummary]
+    differences: list[PairedDifference]
+    usage: dict[str, Ledger]
+    simulated: bool

@@ -1,0 +1,212 @@
+"""DSPy's optimizers, sized to a call budget, stopping cleanly with their best candidate when it runs out."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+from dspy.utils.callback import BaseCallback
+
+from lsl_dagster.ledger import BudgetExhausted, Meter
+from lsl_dagster.tasks import Task, feedback, score
+
+MAX_BOOTSTRAPPED_DEMOS = 3
+MAX_LABELED_DEMOS = 2
+REFLECTION_MINIBATCH = 3
+
+
+def metric_for(task: Task) -> Callable[..., float]:
+    definition = task.definition
+
+    def metric(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
+        return score(
+            definition.metric, example[definition.output], str(getattr(prediction, definition.output, ""))
+        )
+
+    return metric
+
+
+def feedback_metric_for(task: Task) -> Callable[..., dspy.Prediction]:
+    """GEPA's metric: the score plus text saying what went wrong, which the reflection model reads."""
+    definition = task.definition
+
+    def metric(
+        gold: dspy.Example, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
+    ):
+        gold_answer = gold[definition.output]
+        predicted = str(getattr(pred, definition.output, ""))
+        return dspy.Prediction(
+            score=score(definition.metric, gold_answer, predicted),
+            feedback=feedback(definition.metric, gold_answer, predicted),
+        )
+
+    return metric
+
+
+class BestSoFar(BaseCallback):
+    """Remembers the best program evaluated on the full validation set, from dspy.Evaluate (MIPROv2,
+    random search) or GEPA's valset events, so a budget stop still returns the best candidate found."""
+
+    def __init__(self, student: dspy.Module, valset_size: int):
+        self.student = student
+        self.valset_size = valset_size
+        self.program: dspy.Module | None = None
+        self.score: float | None = None
+        self._started: dict[str, tuple[dspy.Module, int]] = {}
+
+    def _offer(self, program: dspy.Module, value: float) -> None:
+        if self.score is None or value > self.score:
+            self.program, self.score = program.deepcopy(), value
+
+    def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        devset = inputs.get("devset") or instance.devset
+        self._started[call_id] = (inputs["program"], len(devset))
+
+    def on_evaluate_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        program, size = self._started.pop(call_id, (None, 0))
+        if exception is None and program is not None and size == self.valset_size and outputs is not None:
+            self._offer(program, outputs.score / 100)  # dspy.Evaluate reports percent
+
+    def on_valset_evaluated(self, event: dict[str, Any]) -> None:
+        if event["num_examples_evaluated"] == event["total_valset_size"]:
+            self._offer(with_instructions(self.student, event["candidate"]), event["average_score"])
+
+
+class BudgetStopper:
+    """Stops GEPA between iterations when the stage's calls cannot cover one more typical iteration."""
+
+    def __init__(self, meter: Meter, valset_size: int):
+        self.meter = meter
+        self.iteration_calls = 2 * REFLECTION_MINIBATCH + 1 + valset_size
+
+    def __call__(self, gepa_state: Any) -> bool:
+        remaining = self.meter.remaining_calls()
+        return remaining is not None and remaining < self.iteration_calls
+
+
+def with_instructions(program: dspy.Module, instructions: dict[str, str]) -> dspy.Module:
+    copy = program.deepcopy()
+    for name, predictor in copy.named_predictors():
+        if name in instructions:
+            predictor.signature = predictor.signature.with_instructions(instructions[name])
+    return copy
+
+
+@dataclass
+class Optimized:
+    program: dspy.Module
+    val_score: float | None
+    stop_reason: str | None
+
+
+def _miprov2(
+    student, trainset, valset, *, metric, prompt_lm, task_lm, budget, seed, threads, **_: Any
+) -> dspy.Module:
+    candidates = max(2, min(8, budget // 40))
+    minibatch = min(len(valset), max(5, len(valset) // 3))
+    # Bootstrapping and proposals first, then per trial a minibatch plus every fifth trial a full eval.
+    fixed = candidates * (MAX_BOOTSTRAPPED_DEMOS + 3) + candidates + 8 + len(valset)
+    trials = max(2, int((budget - fixed) / (minibatch + len(valset) / 5)))
+    optimizer = dspy.MIPROv2(
+        metric=metric,
+        prompt_model=prompt_lm,
+        task_model=task_lm,
+        auto=None,
+        num_candidates=candidates,
+        max_bootstrapped_demos=MAX_BOOTSTRAPPED_DEMOS,
+        max_labeled_demos=MAX_LABELED_DEMOS,
+        num_threads=threads,
+        max_errors=10**9,
+        seed=seed,  # also on the instance: compile(seed=0) alone falls back to the default 9
+        verbose=False,
+    )
+    return optimizer.compile(
+        student,
+        trainset=trainset,
+        valset=valset,
+        num_trials=trials,
+        seed=seed,
+        minibatch=len(valset) > minibatch,
+        minibatch_size=minibatch,
+    )
+
+
+def _bootstrap_rs(student, trainset, valset, *, metric, budget, threads, **_: Any) -> dspy.Module:
+    per_candidate = len(valset) + MAX_BOOTSTRAPPED_DEMOS + 2
+    optimizer = dspy.BootstrapFewShotWithRandomSearch(
+        metric=metric,
+        max_bootstrapped_demos=MAX_BOOTSTRAPPED_DEMOS,
+        max_labeled_demos=MAX_LABELED_DEMOS,
+        num_candidate_programs=max(1, budget // per_candidate - 3),
+        num_threads=threads,
+        max_errors=10**9,
+    )
+    return optimizer.compile(student, trainset=trainset, valset=valset)
+
+
+def _gepa(
+    student, trainset, valset, *, feedback_metric, prompt_lm, budget, seed, threads, meter, best, **_: Any
+):
+    optimizer = dspy.GEPA(
+        metric=feedback_metric,
+        max_metric_calls=budget,
+        reflection_lm=prompt_lm,
+        reflection_minibatch_size=REFLECTION_MINIBATCH,
+        add_format_failure_as_feedback=True,
+        num_threads=threads,
+        seed=seed,
+        gepa_kwargs={"stop_callbacks": [BudgetStopper(meter, len(valset))], "callbacks": [best]},
+    )
+    return optimizer.compile(student, trainset=trainset, valset=valset)
+
+
+OPTIMIZERS = {"miprov2": _miprov2, "bootstrap_rs": _bootstrap_rs, "gepa": _gepa}
+
+
+def run_optimizer(
+    name: str,
+    student: dspy.Module,
+    trainset: list[dspy.Example],
+    valset: list[dspy.Example],
+    *,
+    task: Task,
+    task_lm: dspy.LM,
+    prompt_lm: dspy.LM,
+    meter: Meter,
+    seed: int,
+    threads: int,
+) -> Optimized:
+    """Run one of DSPy's optimizers within the meter's call budget.
+
+    When the budget runs out mid-way the best fully validated candidate so far is returned with the
+    reason; with none yet, BudgetExhausted propagates and the stage fails saying so.
+    """
+    best = BestSoFar(student, len(valset))
+    shuffled = list(trainset)
+    random.Random(seed).shuffle(shuffled)
+    try:
+        with dspy.context(lm=task_lm, callbacks=[best], max_errors=10**9):
+            program = OPTIMIZERS[name](
+                student,
+                shuffled,
+                valset,
+                metric=metric_for(task),
+                feedback_metric=feedback_metric_for(task),
+                prompt_lm=prompt_lm,
+                task_lm=task_lm,
+                budget=meter.remaining_calls() or 10**6,
+                seed=seed,
+                threads=threads,
+                meter=meter,
+                best=best,
+            )
+    except BudgetExhausted:
+        meter.wait_idle()
+        if best.program is None:
+            raise
+        return Optimized(best.program, best.score, meter.stop_reason)
+    meter.wait_idle()
+    return Optimized(program, best.score, meter.stop_reason)

@@ -1,0 +1,206 @@
+"""The experiment, one function per stage. Dagster wiring lives in assets.py; this is the method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dspy
+
+from lsl_dagster import stats
+from lsl_dagster.evaluation import evaluate, scores
+from lsl_dagster.models import (
+    ArmSummary,
+    Comparison,
+    EvaluationResult,
+    ExperimentSpec,
+    Ledger,
+    PairedDifference,
+    PromptCandidate,
+    Provenance,
+)
+from lsl_dagster.optimizers import run_optimizer
+from lsl_dagster.program import capture, rebuild, task_program, to_dspy
+from lsl_dagster.tasks import Task
+from lsl_dagster.workspace import StageRun
+
+
+def optimizer_sets(spec: ExperimentSpec, task: Task) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """Optimizers train on the train split and validate on the dev split; the test split is never seen."""
+    train = [to_dspy(e, task) for e in task.examples("train", spec.data.train)]
+    val = [to_dspy(e, task) for e in task.examples("dev", spec.data.val)]
+    return train, val
+
+
+def _optimize(
+    spec: ExperimentSpec,
+    task: Task,
+    run: StageRun,
+    *,
+    stage: str,
+    optimizer: str,
+    student: dspy.Module,
+    role: str,
+    reflection: str,
+    parent: str | None,
+) -> PromptCandidate:
+    trainset, valset = optimizer_sets(spec, task)
+    result = run_optimizer(
+        optimizer,
+        student,
+        trainset,
+        valset,
+        task=task,
+        task_lm=run.lm(role),
+        prompt_lm=run.lm(reflection),
+        meter=run.meter,
+        seed=spec.seed,
+        threads=run.threads(role),
+    )
+    provenance = Provenance(
+        stage=stage,
+        optimizer=optimizer,
+        model=spec.model(role).model,
+        seed=spec.seed,
+        spec_hash=spec.spec_hash,
+        parent=parent,
+        val_score=result.val_score,
+        stop_reason=result.stop_reason,
+    )
+    return capture(result.program, task, spec.experiment_id, provenance, run.meter.ledger(), spec.simulated)
+
+
+def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCandidate:
+    """Stage 1 — baseline optimization: the chosen optimizer tunes the task program on the large model."""
+    return _optimize(
+        spec,
+        task,
+        run,
+        stage="stage1",
+        optimizer=spec.stage1.optimizer,
+        student=task_program(task),
+        role="large",
+        reflection="large",
+        parent=None,
+    )
+
+
+def stage2_harden(
+    spec: ExperimentSpec, task: Task, stage1: PromptCandidate, run: StageRun
+) -> PromptCandidate:
+    """Stage 2 — weak-agent hardening: GEPA, seeded with the Stage 1 prompt (its demos kept), lets the
+    small model run the program and rewrites the instructions from its failures."""
+    return _optimize(
+        spec,
+        task,
+        run,
+        stage="stage2",
+        optimizer="gepa",
+        student=rebuild(stage1, task),
+        role="small",
+        reflection=spec.stage2.reflection,
+        parent="stage1",
+    )
+
+
+def budget_matched_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCandidate:
+    """FR-006 — the Stage 1 optimizer again on the large model, with the budget Stage 1 + Stage 2 used
+    (`matched_budget`, the run's max_calls), so a gain of LSL cannot be just "more optimization"."""
+    return _optimize(
+        spec,
+        task,
+        run,
+        stage="budget_matched",
+        optimizer=spec.stage1.optimizer,
+        student=task_program(task),
+        role="large",
+        reflection="large",
+        parent=None,
+    )
+
+
+def matched_budget(stage1: PromptCandidate, stage2: PromptCandidate) -> int:
+    return stage1.ledger.requests + stage2.ledger.requests
+
+
+def evaluate_on_large(
+    spec: ExperimentSpec, task: Task, candidate: PromptCandidate, arm: str, run: StageRun, out: Path
+) -> EvaluationResult:
+    """Stage 3 and the baselines — a prompt on the large model, on the held-out split; every arm sees the
+    same examples in the same order, so differences are paired."""
+    with dspy.context(lm=run.lm("large")):
+        totals = evaluate(
+            rebuild(candidate, task),
+            task,
+            task.examples(spec.evaluation.split, spec.evaluation.limit),
+            threads=run.threads("large"),
+            out=out,
+        )
+    return EvaluationResult(
+        experiment_id=spec.experiment_id,
+        arm=arm,
+        model=spec.large_model.model,
+        split=spec.evaluation.split,
+        n=totals.n,
+        score=totals.score,
+        n_errors=totals.n_errors,
+        predictions_path=str(out),
+        ledger=run.meter.ledger(),
+        simulated=spec.simulated,
+    )
+
+
+def compare(
+    spec: ExperimentSpec,
+    evaluations: dict[str, EvaluationResult],
+    usage: dict[str, Ledger],
+    optimization_calls: dict[str, int],
+) -> Comparison:
+    """The consolidated result: each arm's score, and paired differences with a 95% bootstrap CI and an
+    exact McNemar p-value (binary metrics), LSL against both baselines."""
+    per_example = {arm: scores(Path(result.predictions_path)) for arm, result in evaluations.items()}
+    arms = [
+        ArmSummary(
+            arm=arm,
+            score=result.score,
+            n=result.n,
+            calls=result.ledger.calls,
+            cost_usd=result.ledger.cost_usd,
+            optimization_calls=optimization_calls.get(arm),
+        )
+        for arm, result in evaluations.items()
+    ]
+    differences = []
+    for arm, baseline in (("lsl", "baseline"), ("budget_matched", "baseline"), ("lsl", "budget_matched")):
+        base, other = per_example[baseline], per_example[arm]
+        if base.keys() != other.keys():
+            raise ValueError(f"{arm} and {baseline} were evaluated on different examples; cannot pair them")
+        ids = sorted(base)
+        a, b = [base[i] for i in ids], [other[i] for i in ids]
+        diff, low, high = stats.paired_bootstrap_ci(a, b, seed=spec.seed)
+        p = (
+            stats.mcnemar_exact_p([x == 1 for x in a], [x == 1 for x in b])
+            if stats.is_binary(a + b)
+            else None
+        )
+        differences.append(
+            PairedDifference(
+                arm=arm,
+                baseline=baseline,
+                n=len(ids),
+                diff=diff,
+                ci_low=low,
+                ci_high=high,
+                mcnemar_p=p,
+                verdict=stats.verdict(diff, low, high, p, label=arm, baseline=baseline),
+            )
+        )
+    return Comparison(
+        experiment_id=spec.experiment_id,
+        task=spec.task,
+        large_model=spec.large_model.model,
+        small_model=spec.small_model.model,
+        arms=arms,
+        differences=differences,
+        usage=usage,
+        simulated=spec.simulated,
+    )

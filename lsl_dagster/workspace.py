@@ -1,0 +1,103 @@
+"""Where experiments, tasks and results live, and the per-stage runtime: budgets, call log, cache, LMs."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import dspy
+from dagster import ConfigurableResource
+
+from lsl_dagster.cache import stage_cache
+from lsl_dagster.experiments import load_experiment
+from lsl_dagster.files import atomic_write_text
+from lsl_dagster.ledger import CallLog, Meter, spent_usd
+from lsl_dagster.lm import LanguageModels
+from lsl_dagster.models import ExperimentSpec, Ledger
+from lsl_dagster.tasks import Task, load_task
+
+log = logging.getLogger(__name__)
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+MATERIALIZED = "materialized"
+
+
+@dataclass
+class StageRun:
+    """What a running stage uses: its meter and the experiment's models, metered and cached."""
+
+    spec: ExperimentSpec
+    meter: Meter
+    models: LanguageModels
+
+    def lm(self, role: Literal["large", "small"]) -> dspy.LM:
+        return self.models.lm(self.spec.model(role), self.meter, self.spec.seed)
+
+    def threads(self, role: Literal["large", "small"]) -> int:
+        return self.spec.model(role).max_concurrency
+
+
+class Workspace(ConfigurableResource):
+    """data_dir holds experiments/ and tasks/; runs_dir holds one directory per experiment."""
+
+    data_dir: str = str(PROJECT_DIR / "data")
+    runs_dir: str = str(PROJECT_DIR / "data" / "runs")
+
+    def experiment(self, experiment_id: str) -> ExperimentSpec:
+        return load_experiment(Path(self.data_dir), experiment_id)
+
+    def task(self, name: str) -> Task:
+        return load_task(name, Path(self.data_dir) / "tasks")
+
+    def run_dir(self, experiment_id: str) -> Path:
+        return Path(self.runs_dir) / experiment_id
+
+    @contextmanager
+    def stage(
+        self, spec: ExperimentSpec, name: str, models: LanguageModels, max_calls: int | None
+    ) -> Iterator[StageRun]:
+        """Run one stage of an experiment.
+
+        Keys and prices are checked before any call. One stage of an experiment runs at a time (a file
+        lock), so the experiment's max_cost_usd holds across processes: the stage may spend what the
+        call log says is left. Requests this stage logged since it last completed (a crashed attempt)
+        count against its max_calls, while their responses replay from the stage's cache for free.
+        The ledger is written when the stage ends, also when it fails.
+        """
+        models.check(spec)
+        run_dir = self.run_dir(spec.experiment_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with (run_dir / ".lock").open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for another stage of %s to finish", spec.experiment_id)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            records = list(CallLog.read(run_dir / "calls.jsonl"))
+            prior = []
+            for record in records:
+                if record["stage"] == name:
+                    prior = [] if record.get("event") == MATERIALIZED else [*prior, record]
+            calls = [r for r in records if "event" not in r]
+            allowance = None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent_usd(calls))
+            call_log = CallLog(run_dir / "calls.jsonl")
+            meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
+            try:
+                with stage_cache(run_dir / "cache" / name, meter):
+                    yield StageRun(spec, meter, models)
+                meter.wait_idle()
+                call_log.append({"stage": name, "event": MATERIALIZED})
+            finally:
+                meter.wait_idle()
+                call_log.close()
+                atomic_write_text(
+                    run_dir / "ledgers" / f"{name}.json", meter.ledger().model_dump_json(indent=2)
+                )
+
+    def saved_ledger(self, experiment_id: str, name: str) -> Ledger | None:
+        path = self.run_dir(experiment_id) / "ledgers" / f"{name}.json"
+        return Ledger.model_validate_json(path.read_text()) if path.exists() else None
