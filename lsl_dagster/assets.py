@@ -3,7 +3,6 @@
 No `from __future__ import annotations` here: Dagster reads the annotations at definition time.
 """
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +21,11 @@ from dagster import (
     asset,
     observable_source_asset,
 )
-from dspy.utils.exceptions import LMError
 
 from lsl_dagster import stages
-from lsl_dagster.experiments import ExperimentError
+from lsl_dagster.experiments import ExperimentError, spec_version
 from lsl_dagster.ledger import BudgetExhausted
-from lsl_dagster.lm import ConfigError, LanguageModels
+from lsl_dagster.lm import ConfigError, LanguageModels, ProviderUnavailable
 from lsl_dagster.metadata import comparison_metadata, evaluation_metadata, ledger_metadata, prompt_metadata
 from lsl_dagster.models import Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
 from lsl_dagster.tasks import Task, TaskDataError
@@ -69,14 +67,14 @@ def _stage(
             metadata=_saved_ledger(workspace, spec, name),
             allow_retries=False,
         ) from None
-    except LMError as exc:
+    except ProviderUnavailable as exc:
         if context.retry_number < models.step_retries:
             # Calls already paid for replay from the cache on the retry.
             raise RetryRequested(
                 max_retries=models.step_retries, seconds_to_wait=models.step_retry_delay_s
             ) from exc
         raise Failure(
-            description=f"{name}: the provider kept failing after retries: {type(exc).__name__}: {exc}",
+            description=f"{name}: the provider kept failing after retries: {exc}",
             metadata=_saved_ledger(workspace, spec, name),
         ) from None
 
@@ -84,16 +82,6 @@ def _stage(
 def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict:
     ledger = workspace.saved_ledger(spec.experiment_id, name)
     return ledger_metadata(ledger) if ledger is not None else {}
-
-
-def _version(workspace: Workspace, experiment_id: str) -> str:
-    """The spec's content hash; an invalid file gets its raw hash, so fixing it shows as a change too."""
-    try:
-        return workspace.experiment(experiment_id).spec_hash
-    except ExperimentError:
-        path = Path(workspace.data_dir) / "experiments" / f"{experiment_id}.yaml"
-        raw = path.read_bytes() if path.exists() else b""
-        return "invalid-" + hashlib.sha256(raw).hexdigest()[:16]
 
 
 def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
@@ -104,7 +92,10 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         """data/experiments/<experiment_id>.yaml. Its version is the validated spec's hash, so editing a
         file marks exactly that experiment's assets stale."""
         return DataVersionsByPartition(
-            {key: DataVersion(_version(workspace, key)) for key in partitions.get_partition_keys()}
+            {
+                key: DataVersion(spec_version(Path(workspace.data_dir), key))
+                for key in partitions.get_partition_keys()
+            }
         )
 
     @asset(deps=[experiment_file], pool=POOL, **common)

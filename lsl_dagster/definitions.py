@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor, multiprocess_executor
 
 from lsl_dagster.assets import build_assets
 from lsl_dagster.experiments import experiment_ids
 from lsl_dagster.io_managers import PydanticJsonIOManager
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.partitions import experiments_partitions
+from lsl_dagster.sensors import experiment_files_sensor
 from lsl_dagster.workspace import PROJECT_DIR, Workspace
+
+EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}
 
 
 def build_definitions(
@@ -24,6 +27,7 @@ def build_definitions(
     assets = build_assets(partitions)
     return Definitions(
         assets=assets,
+        sensors=[experiment_files_sensor(partitions)],
         jobs=[
             define_asset_job(
                 "lsl_experiment",
@@ -32,6 +36,9 @@ def build_definitions(
                 description="Observe the experiment file, then run every stage of one experiment.",
             )
         ],
+        # Stages of one experiment run one at a time anyway (they share its budget), so steps run
+        # in-process by default; experiments run in parallel as separate runs.
+        executor=EXECUTORS[os.environ.get("LSL_EXECUTOR", "in_process")],
         resources={
             "workspace": Workspace(data_dir=str(data_dir), runs_dir=str(runs_dir)),
             "language_models": language_models or LanguageModels(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -26,6 +27,17 @@ def experiment_ids(data_dir: Path) -> list[str]:
         except ValueError as exc:
             log.warning("ignoring %s: %s", path, exc)
     return ids
+
+
+def spec_version(data_dir: Path, experiment_id: str) -> str:
+    """The data version of an experiment file: the validated spec's hash, so comments and formatting do
+    not count; an invalid file gets its raw hash, so that fixing it shows as a change too."""
+    try:
+        return load_experiment(data_dir, experiment_id).spec_hash
+    except ExperimentError:
+        path = data_dir / "experiments" / f"{experiment_id}.yaml"
+        raw = path.read_bytes() if path.exists() else b""
+        return "invalid-" + hashlib.sha256(raw).hexdigest()[:16]
 
 
 def load_experiment(data_dir: Path, experiment_id: str) -> ExperimentSpec:

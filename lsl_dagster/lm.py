@@ -18,6 +18,14 @@ import dspy
 from dagster import ConfigurableResource
 from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
 from dspy.lm15 import ProviderError, Request, Response, RouterConfig, TransportError
+from dspy.utils.exceptions import (
+    LMAuthError,
+    LMBillingError,
+    LMRateLimitError,
+    LMServerError,
+    LMTimeoutError,
+    LMTransportError,
+)
 
 from lsl_dagster import sim
 from lsl_dagster.ledger import Meter
@@ -28,6 +36,26 @@ OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
 class ConfigError(ValueError):
     """The experiment cannot run as written (missing key, unknown price for a cost budget...)."""
+
+
+class ProviderUnavailable(BaseException):
+    """The provider kept failing after DSPy's retries. A BaseException because optimizers and
+    dspy.Evaluate score a failed example as 0: an outage must stop the stage, not read as wrong answers."""
+
+
+# Errors that mean "the provider is not serving us" once DSPy's retries are spent. Others (a request
+# too long for the context window, unparseable output) stay failures of that one example.
+_OUTAGES = (LMAuthError, LMBillingError, LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError)
+
+
+class MeteredLM(dspy.LM):
+    """dspy.LM whose exhausted retries end the stage (ProviderUnavailable) instead of one example."""
+
+    def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(prompt, messages=messages, **kwargs)
+        except _OUTAGES as exc:
+            raise ProviderUnavailable(f"{self.model}: {type(exc).__name__}: {exc}") from exc
 
 
 class MeteredEngine:
@@ -71,8 +99,9 @@ class MeteredEngine:
                 self.meter.settle(
                     model, worst, ok=False, latency_s=time.perf_counter() - start, error=str(exc)[:200]
                 )
-                if "json" in str(exc).lower() and not isinstance(exc, TransportError):
-                    # A truncated or garbled body is a transport fault: DSPy retries those, not bad requests.
+                if type(exc) is ProviderError and getattr(exc, "status", None) == 200:
+                    # HTTP 200 with a body that is not a completion (truncated, garbled): a transport
+                    # fault, which DSPy retries; unclassified provider errors it would not.
                     raise TransportError(f"malformed response body from {model}") from exc
                 raise
             except BaseException as exc:
@@ -192,7 +221,7 @@ class LanguageModels(ConfigurableResource):
     def lm(self, spec: ModelSpec, meter: Meter, seed: int) -> dspy.LM:
         provider = PROVIDERS[spec.provider]
         engine = MeteredEngine(provider.engine(spec, seed), spec, meter, provider.price(spec))
-        return dspy.LM(
+        return MeteredLM(
             spec.model,
             engine=engine,
             temperature=spec.temperature,

@@ -85,8 +85,10 @@ def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec
         **environment(spec),
         **ledger_metadata(candidate.ledger),
     }
-    if candidate.provenance.val_score is not None:
-        metadata["val_score"] = MetadataValue.float(candidate.provenance.val_score)
+    for key in ("start_val_score", "val_score"):
+        value = getattr(candidate.provenance, key)
+        if value is not None:
+            metadata[key] = MetadataValue.float(value)
     return metadata
 
 

@@ -164,6 +164,8 @@ class Provenance(Strict):
     seed: int
     spec_hash: str
     parent: str | None = None
+    # Validation scores of the program the optimizer started from and of the best one it found.
+    start_val_score: float | None = None
     val_score: float | None = None
     stop_reason: str | None = None
 

@@ -55,9 +55,12 @@ class BestSoFar(BaseCallback):
         self.valset_size = valset_size
         self.program: dspy.Module | None = None
         self.score: float | None = None
+        self.first_score: float | None = None
         self._started: dict[str, tuple[dspy.Module, int]] = {}
 
     def _offer(self, program: dspy.Module, value: float) -> None:
+        if self.first_score is None:  # both MIPROv2 and GEPA evaluate the starting program first
+            self.first_score = value
         if self.score is None or value > self.score:
             self.program, self.score = program.deepcopy(), value
 
@@ -68,7 +71,8 @@ class BestSoFar(BaseCallback):
     def on_evaluate_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
         program, size = self._started.pop(call_id, (None, 0))
         if exception is None and program is not None and size == self.valset_size and outputs is not None:
-            self._offer(program, outputs.score / 100)  # dspy.Evaluate reports percent
+            # From the per-example scores: dspy.Evaluate's own score is a percentage rounded to 2 places.
+            self._offer(program, sum(score for *_, score in outputs.results) / size)
 
     def on_valset_evaluated(self, event: dict[str, Any]) -> None:
         if event["num_examples_evaluated"] == event["total_valset_size"]:
@@ -98,6 +102,7 @@ def with_instructions(program: dspy.Module, instructions: dict[str, str]) -> dsp
 @dataclass
 class Optimized:
     program: dspy.Module
+    start_val_score: float | None
     val_score: float | None
     stop_reason: str | None
 
@@ -207,6 +212,6 @@ def run_optimizer(
         meter.wait_idle()
         if best.program is None:
             raise
-        return Optimized(best.program, best.score, meter.stop_reason)
+        return Optimized(best.program, best.first_score, best.score, meter.stop_reason)
     meter.wait_idle()
-    return Optimized(program, best.score, meter.stop_reason)
+    return Optimized(program, best.first_score, best.score, meter.stop_reason)

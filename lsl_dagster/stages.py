@@ -63,6 +63,7 @@ def _optimize(
         seed=spec.seed,
         spec_hash=spec.spec_hash,
         parent=parent,
+        start_val_score=result.start_val_score,
         val_score=result.val_score,
         stop_reason=result.stop_reason,
     )

@@ -1,0 +1,116 @@
+"""A lab for tests: a temp data dir (the shipped tasks plus test experiments), a temp runs dir and
+a temp Dagster instance; experiments run through the real job, in process."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    instance_for_test,
+)
+
+from lsl_dagster.definitions import build_definitions
+from lsl_dagster.lm import LanguageModels
+from lsl_dagster.sim_server import SimServer
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+# Small enough to run in a few seconds, large enough for every optimizer to do real work.
+FAST: dict[str, Any] = {
+    "task": "arithmetic",
+    "large_model": {"model": "sim/large"},
+    "small_model": {"model": "sim/small"},
+    "stage1": {"optimizer": "miprov2", "max_calls": 80},
+    "stage2": {"max_calls": 60},
+    "data": {"train": 12, "val": 8},
+    "evaluation": {"split": "test", "limit": 40},
+    "seed": 0,
+}
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass
+class Lab:
+    data_dir: Path
+    runs_dir: Path
+    instance: DagsterInstance
+
+    def write(self, experiment_id: str, **overrides: Any) -> Path:
+        path = self.data_dir / "experiments" / f"{experiment_id}.yaml"
+        path.write_text(yaml.safe_dump(merge({"experiment_id": experiment_id, **FAST}, overrides)))
+        return path
+
+    def defs(self, **models: Any) -> Definitions:
+        return build_definitions(
+            self.data_dir, self.runs_dir, LanguageModels(**{"step_retries": 0, **models})
+        )
+
+    def run(
+        self,
+        experiment_id: str,
+        assets: list[str] | None = None,
+        *,
+        raise_on_error: bool = True,
+        **models: Any,
+    ) -> ExecuteInProcessResult:
+        job = self.defs(**models).resolve_job_def("lsl_experiment")
+        selection = None if assets is None else [AssetKey(name) for name in assets]
+        return job.execute_in_process(
+            partition_key=experiment_id,
+            instance=self.instance,
+            asset_selection=selection,
+            raise_on_error=raise_on_error,
+        )
+
+    def output(self, experiment_id: str, asset: str) -> dict[str, Any]:
+        return json.loads((self.runs_dir / experiment_id / f"{asset}.json").read_text())
+
+    def metadata(self, experiment_id: str, asset: str) -> dict[str, Any]:
+        records = self._records(experiment_id, asset)
+        assert records, f"{asset} was not materialized for {experiment_id}"
+        return {key: value.value for key, value in records[0].asset_materialization.metadata.items()}
+
+    def materializations(self, experiment_id: str, asset: str) -> int:
+        return len(self._records(experiment_id, asset))
+
+    def _records(self, experiment_id: str, asset: str) -> list:
+        filter_ = AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[experiment_id])
+        return list(self.instance.fetch_materializations(filter_, limit=100).records)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    data_dir = tmp_path / "data"
+    shutil.copytree(PROJECT / "data" / "tasks", data_dir / "tasks")
+    (data_dir / "experiments").mkdir()
+    (tmp_path / "dagster_home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        yield Lab(data_dir, tmp_path / "runs", instance)
+
+
+@pytest.fixture
+def sim_server() -> Iterator[SimServer]:
+    with SimServer().start() as server:
+        yield server
