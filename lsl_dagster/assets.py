@@ -85,8 +85,6 @@ def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict
 
 
 def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
-    common = {"partitions_def": partitions, "group_name": GROUP, "code_version": CODE_VERSION}
-
     @observable_source_asset(partitions_def=partitions, group_name=GROUP)
     def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
         """data/experiments/<experiment_id>.yaml. Its version is the validated spec's hash, so editing a
@@ -98,7 +96,15 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
             }
         )
 
-    @asset(deps=[experiment_file], pool=POOL, **common)
+    # Every stage reads the experiment file, so each depends on it: editing the file marks them all stale.
+    common = {
+        "partitions_def": partitions,
+        "group_name": GROUP,
+        "code_version": CODE_VERSION,
+        "deps": [experiment_file],
+    }
+
+    @asset(pool=POOL, **common)
     def stage1_prompt(
         context: AssetExecutionContext, workspace: Workspace, language_models: LanguageModels
     ) -> Output[PromptCandidate]:

@@ -57,9 +57,10 @@ class Lab:
     runs_dir: Path
     instance: DagsterInstance
 
-    def write(self, experiment_id: str, **overrides: Any) -> Path:
-        path = self.data_dir / "experiments" / f"{experiment_id}.yaml"
-        path.write_text(yaml.safe_dump(merge({"experiment_id": experiment_id, **FAST}, overrides)))
+    def write(self, name: str, **overrides: Any) -> Path:
+        """data/experiments/<name>.yaml: the FAST experiment with `overrides` merged in."""
+        path = self.data_dir / "experiments" / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(merge({"experiment_id": name, **FAST}, overrides)))
         return path
 
     def defs(self, **models: Any) -> Definitions:

@@ -1,0 +1,32 @@
+# The two newcomer commands are `make demo` and `make test` (see README). Both set up .venv first.
+VENV ?= .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+EXPERIMENT ?= arith-sim-01
+
+.PHONY: demo test ui setup
+
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+# A full offline LSL experiment on the sim models, then where its results are.
+demo: setup
+	$(BIN)/dagster asset materialize -m lsl_dagster.definitions --select '*' --partition $(EXPERIMENT)
+	$(BIN)/lsl results $(EXPERIMENT)
+
+test: setup
+	$(BIN)/ruff check lsl_dagster lsl_dagster_tests
+	$(BIN)/pytest
+
+# The Dagster UI on http://127.0.0.1:3000 (lineage, partitions, launch buttons, metadata).
+ui: setup
+	$(BIN)/dagster dev

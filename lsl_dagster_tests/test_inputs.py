@@ -1,0 +1,133 @@
+"""Bad input gets a clear error, before any LLM call, and loses nothing."""
+
+import logging
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._time import get_current_datetime
+
+from lsl_dagster.experiments import ExperimentError, experiment_ids, load_experiment
+from lsl_dagster.models import check_slug
+from lsl_dagster.tasks import TaskDataError, load_task
+from lsl_dagster_tests.conftest import Lab
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "..", "Upper", "has space", "x" * 65, "-lead", "trail-"])
+def test_unsafe_experiment_ids_are_refused(lab: Lab, bad: str):
+    with pytest.raises(ValueError, match="not a safe experiment id"):
+        check_slug(bad)
+    with pytest.raises(ExperimentError, match="not a safe experiment id"):
+        load_experiment(lab.data_dir, bad)
+
+
+def test_experiment_files_with_unsafe_names_are_reported_and_skipped(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+):
+    lab.write("good-1")
+    (lab.data_dir / "experiments" / "Not Safe.yaml").write_text("experiment_id: x\n")
+    with caplog.at_level(logging.WARNING):
+        assert experiment_ids(lab.data_dir) == ["good-1"]
+    assert "Not Safe.yaml" in caplog.text
+
+
+def test_invalid_experiment_file_names_file_and_field(lab: Lab):
+    path = lab.write("bad-1", stage1={"optimizer": "adam"}, colour="blue")
+    with pytest.raises(ExperimentError) as error:
+        load_experiment(lab.data_dir, "bad-1")
+    message = str(error.value)
+    assert str(path) in message and "stage1.optimizer" in message and "colour" in message
+
+
+def test_experiment_id_must_match_file_name(lab: Lab):
+    lab.write("name-a", experiment_id="name-b")
+    with pytest.raises(ExperimentError, match="does not match the file name"):
+        load_experiment(lab.data_dir, "name-a")
+
+
+def test_a_pasted_key_in_api_key_env_is_refused_without_echoing_it(lab: Lab):
+    secret = "sk-or-v1-0123456789abcdef"
+    lab.write("key-1", large_model={"model": "openrouter/openai/gpt-4o-mini", "api_key_env": secret})
+    with pytest.raises(ExperimentError, match="NAME of an environment variable") as error:
+        load_experiment(lab.data_dir, "key-1")
+    assert secret not in str(error.value)
+
+
+def test_malformed_dataset_lines_are_reported_with_file_and_line(lab: Lab):
+    task_dir = lab.data_dir / "tasks" / "qa"
+    task_dir.mkdir()
+    (task_dir / "task.yaml").write_text(
+        "name: qa\ninstructions: Answer.\ninputs: {question: A question.}\n"
+        "output: answer\nmetric: exact_match\n"
+    )
+    good = '{"question": "q", "answer": "a"}\n'
+    (task_dir / "train.jsonl").write_text(good * 3)
+    (task_dir / "dev.jsonl").write_text(good + '{"question": "q2"}\n')
+    (task_dir / "test.jsonl").write_text(good + "{not json\n")
+    with pytest.raises(TaskDataError, match=r"dev\.jsonl:2: missing field\(s\) \['answer'\]"):
+        load_task("qa", lab.data_dir / "tasks")
+    (task_dir / "dev.jsonl").write_text(good + '{"id": "dev-x", "question": "q2", "answer": "b"}\n')
+    with pytest.raises(TaskDataError, match=r"test\.jsonl:2: invalid JSON"):
+        load_task("qa", lab.data_dir / "tasks")
+    (task_dir / "test.jsonl").write_text(good + "\n" + good)
+    with pytest.raises(TaskDataError, match=r"test\.jsonl:2: empty line"):
+        load_task("qa", lab.data_dir / "tasks")
+
+    # Through the pipeline: the stage fails naming the line, and no call is made.
+    (task_dir / "test.jsonl").write_text(good + "[1, 2]\n")
+    lab.write("qa-1", task="qa")
+    result = lab.run("qa-1", raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("stage1_prompt")
+    assert "test.jsonl:2: expected a JSON object" in failure.error.message
+    assert not (lab.runs_dir / "qa-1" / "calls.jsonl").exists()
+
+
+def test_a_missing_key_fails_before_any_call(lab: Lab, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    lab.write("or-1", large_model={"model": "openrouter/openai/gpt-4o-mini"})
+    result = lab.run("or-1", raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("stage1_prompt")
+    assert "set the environment variable OPENROUTER_API_KEY" in failure.error.message
+    assert not Path(lab.runs_dir / "or-1" / "calls.jsonl").exists()
+
+
+def test_a_cost_budget_needs_a_known_price(lab: Lab, sim_server):
+    lab.write(
+        "price-1", small_model={"model": "openai/sim-small", "api_base": sim_server.url}, max_cost_usd=1.0
+    )
+    result = lab.run("price-1", raise_on_error=False)
+    failure = result.failure_data_for_node("stage1_prompt")
+    assert "no price is known for openai/sim-small" in failure.error.message
+    assert sim_server.stats()["requests"] == 0
+
+
+def _status(lab: Lab, asset: str, experiment_id: str) -> StaleStatus:
+    graph = lab.defs().resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=lab.instance,
+        asset_graph=graph,
+    )
+    return CachingStaleStatusResolver(lab.instance, graph, view).get_status(AssetKey(asset), experiment_id)
+
+
+def test_editing_an_experiment_file_marks_exactly_its_assets_stale(lab: Lab):
+    for name in ("edit-a", "edit-b"):
+        lab.write(name)
+        assert lab.run(name, ["experiment_file", "stage1_prompt", "baseline_evaluation"]).success
+    path = lab.data_dir / "experiments" / "edit-a.yaml"
+    # A comment is not a change of the experiment.
+    path.write_text("# a note\n" + path.read_text())
+    lab.run("edit-a", ["experiment_file"])
+    assert _status(lab, "stage1_prompt", "edit-a") == StaleStatus.FRESH
+
+    path.write_text(path.read_text().replace("seed: 0", "seed: 1"))
+    lab.run("edit-a", ["experiment_file"])
+    assert _status(lab, "stage1_prompt", "edit-a") == StaleStatus.STALE
+    assert _status(lab, "baseline_evaluation", "edit-a") == StaleStatus.STALE
+    assert _status(lab, "stage1_prompt", "edit-b") == StaleStatus.FRESH
+    assert _status(lab, "baseline_evaluation", "edit-b") == StaleStatus.FRESH
