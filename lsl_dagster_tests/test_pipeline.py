@@ -5,6 +5,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import dspy
 import pytest
 from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
 
@@ -138,3 +139,22 @@ def test_reexecution_from_failure_keeps_finished_assets(lab: Lab, monkeypatch: p
         assert server.stats()["served"] > 0
     assert lab.materializations("exp-c", "stage1_prompt") == 1
     assert (lab.runs_dir / "exp-c" / "stage1_prompt.json").stat().st_mtime_ns == stage1_mtime
+
+
+def test_same_seed_same_results_and_the_seed_is_honoured(lab: Lab, monkeypatch: pytest.MonkeyPatch):
+    # MIPROv2.compile(seed=0) alone silently falls back to seed 9: record the seed it really uses.
+    used: list[int] = []
+    original = dspy.MIPROv2._set_random_seeds
+    monkeypatch.setattr(
+        dspy.MIPROv2, "_set_random_seeds", lambda self, seed: used.append(seed) or original(self, seed)
+    )
+    for name, seed in (("seed-0", 0), ("seed-0-again", 0), ("seed-9", 9)):
+        lab.write(name, seed=seed)
+        assert lab.run(name, ["experiment_file", "stage1_prompt"]).success
+
+    def prompt(name: str) -> dict:
+        return lab.output(name, "stage1_prompt")["predictors"]
+
+    assert used == [0, 0, 9]
+    assert prompt("seed-0") == prompt("seed-0-again")
+    assert prompt("seed-0") != prompt("seed-9")
