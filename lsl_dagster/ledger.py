@@ -153,6 +153,7 @@ class Meter:
         self._spent = 0.0
         self._reserved = 0.0
         self._in_flight = 0
+        self._closed = False
         for record in prior:
             self._usage.setdefault(record["model"], _Usage()).add(record)
             self._requests += 1
@@ -166,8 +167,20 @@ class Meter:
         with self._lock:
             return None if self.max_calls is None else max(0, self.max_calls - self._requests)
 
+    def halt(self, reason: str) -> None:
+        """Refuse every further request: threads an optimizer left running must not keep spending."""
+        with self._lock:
+            self.stop_reason = self.stop_reason or reason
+
+    def close(self) -> None:
+        """The stage has ended: a thread still running must not send anything more."""
+        with self._lock:
+            self._closed = True
+
     def reserve(self, model: str, worst_cost_usd: float | None) -> None:
         with self._lock:
+            if self._closed:
+                raise BudgetExhausted(f"{self.stage} has ended")
             if self.stop_reason is not None:
                 raise BudgetExhausted(self.stop_reason)
             if self.max_calls is not None and self._requests >= self.max_calls:

@@ -55,7 +55,9 @@ class MeteredLM(dspy.LM):
         try:
             return super().__call__(prompt, messages=messages, **kwargs)
         except _OUTAGES as exc:
-            raise ProviderUnavailable(f"{self.model}: {type(exc).__name__}: {exc}") from exc
+            reason = f"{self.model}: {type(exc).__name__}: {exc}"
+            self.engine.meter.halt(f"provider unavailable: {reason}")
+            raise ProviderUnavailable(reason) from exc
 
 
 class MeteredEngine:

@@ -6,7 +6,7 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +18,7 @@ from lsl_dagster.experiments import load_experiment
 from lsl_dagster.files import atomic_write_text
 from lsl_dagster.ledger import CallLog, Meter, spent_usd
 from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import ExperimentSpec, Ledger
+from lsl_dagster.models import ExperimentSpec, Ledger, ModelSpec
 from lsl_dagster.tasks import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,14 @@ class StageRun:
     spec: ExperimentSpec
     meter: Meter
     models: LanguageModels
+    _lms: dict[ModelSpec, dspy.LM] = field(default_factory=dict)
 
     def lm(self, role: Literal["large", "small"]) -> dspy.LM:
-        return self.models.lm(self.spec.model(role), self.meter, self.spec.seed)
+        # One LM per model and stage, so its max_concurrency holds however many roles it plays.
+        spec = self.spec.model(role)
+        if spec not in self._lms:
+            self._lms[spec] = self.models.lm(spec, self.meter, self.spec.seed)
+        return self._lms[spec]
 
     def threads(self, role: Literal["large", "small"]) -> int:
         return self.spec.model(role).max_concurrency
@@ -92,6 +97,7 @@ class Workspace(ConfigurableResource):
                 meter.wait_idle()
                 call_log.append({"stage": name, "event": MATERIALIZED})
             finally:
+                meter.close()
                 meter.wait_idle()
                 call_log.close()
                 atomic_write_text(
