@@ -74,7 +74,7 @@ def _stage(
                 max_retries=models.step_retries, seconds_to_wait=models.step_retry_delay_s
             ) from exc
         raise Failure(
-            description=f"{name}: the provider kept failing after retries: {exc}",
+            description=f"{name}: the provider kept failing after retries ({exc})",
             metadata=_saved_ledger(workspace, spec, name),
         ) from None
 
@@ -194,9 +194,9 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
             "budget_matched_evaluation": budget_matched_evaluation.ledger,
         }
         optimization_calls = {
-            "baseline": stage1_prompt.ledger.requests,
+            "baseline": stage1_prompt.ledger.budget_used,
             "lsl": stages.matched_budget(stage1_prompt, stage2_hardened_prompt),
-            "budget_matched": budget_matched_prompt.ledger.requests,
+            "budget_matched": budget_matched_prompt.ledger.budget_used,
         }
         result = stages.compare(spec, evaluations, usage, optimization_calls)
         return Output(result, metadata=comparison_metadata(result, spec))

@@ -78,6 +78,7 @@ class _Usage:
     calls: int = 0
     failed: int = 0
     hits: int = 0
+    replayed: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0
@@ -112,6 +113,7 @@ class _Usage:
             calls=self.calls,
             failed_attempts=self.failed,
             cache_hits=self.hits,
+            replayed=self.replayed,
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             cost_usd=None if self.unpriced else round(self.cost, 10),
@@ -126,11 +128,14 @@ def spent_usd(records: Iterable[dict[str, Any]]) -> float:
 
 
 class Meter:
-    """Budgets and usage of one stage: `max_calls` caps requests sent (retries included, cache hits not),
-    `cost_allowance_usd` caps what this stage may still spend of the experiment's max_cost_usd.
+    """Budgets and usage of one stage.
 
-    Each request first reserves its worst-case cost, so concurrent requests can never jointly overshoot.
-    Requests already logged for this stage (a run that crashed and is resumed) count from the start.
+    `max_calls` caps the stage's work: requests sent to the provider (retries included) plus responses
+    replayed from an earlier attempt of the stage (a crashed run being resumed), so a resumed stage
+    makes the same decisions as an uninterrupted one; repeats within one attempt are DSPy cache hits and
+    free. `cost_allowance_usd` caps what the stage may still spend of the experiment's max_cost_usd; each
+    request first reserves its worst-case cost, so concurrent requests cannot jointly overshoot. Usage
+    includes what earlier attempts of the stage paid (`prior`, from the call log).
     """
 
     def __init__(
@@ -149,43 +154,56 @@ class Meter:
         self._log = log
         self._lock = threading.Condition()
         self._usage: dict[str, _Usage] = {}
-        self._requests = 0
+        self._used = 0
         self._spent = 0.0
         self._reserved = 0.0
         self._in_flight = 0
         self._closed = False
+        self._halted: BaseException | None = None
         for record in prior:
             self._usage.setdefault(record["model"], _Usage()).add(record)
-            self._requests += 1
-
-    @property
-    def requests(self) -> int:
-        with self._lock:
-            return self._requests
 
     def remaining_calls(self) -> int | None:
         with self._lock:
-            return None if self.max_calls is None else max(0, self.max_calls - self._requests)
+            return None if self.max_calls is None else max(0, self.max_calls - self._used)
 
-    def halt(self, reason: str) -> None:
-        """Refuse every further request: threads an optimizer left running must not keep spending."""
+    def halt(self, error: BaseException) -> None:
+        """Refuse every further request with `error`: threads an optimizer left running must not keep
+        spending, and whichever thread reaches the stage first reports the real cause."""
         with self._lock:
-            self.stop_reason = self.stop_reason or reason
+            self.stop_reason = self.stop_reason or str(error)
+            self._halted = self._halted or error
 
     def close(self) -> None:
         """The stage has ended: a thread still running must not send anything more."""
         with self._lock:
             self._closed = True
 
+    def _check_call(self) -> None:
+        """Refuse a call (under the lock) when the stage has ended, stopped or used max_calls."""
+        if self._closed:
+            raise BudgetExhausted(f"{self.stage} has ended")
+        if self._halted is not None:
+            raise type(self._halted)(*self._halted.args)
+        if self.stop_reason is not None:
+            raise BudgetExhausted(self.stop_reason)
+        if self.max_calls is not None and self._used >= self.max_calls:
+            self.stop_reason = f"{self.stage}: max_calls={self.max_calls} reached"
+            raise BudgetExhausted(self.stop_reason)
+
+    def replay(self, model: str) -> None:
+        """A response an earlier attempt of this stage paid for, served from the cache: free, but the
+        same work as then, so it counts against max_calls as it did then."""
+        with self._lock:
+            self._check_call()
+            self._used += 1
+            usage = self._usage.setdefault(model, _Usage())
+            usage.hits += 1
+            usage.replayed += 1
+
     def reserve(self, model: str, worst_cost_usd: float | None) -> None:
         with self._lock:
-            if self._closed:
-                raise BudgetExhausted(f"{self.stage} has ended")
-            if self.stop_reason is not None:
-                raise BudgetExhausted(self.stop_reason)
-            if self.max_calls is not None and self._requests >= self.max_calls:
-                self.stop_reason = f"{self.stage}: max_calls={self.max_calls} reached"
-                raise BudgetExhausted(self.stop_reason)
+            self._check_call()
             if self.cost_allowance_usd is not None:
                 if worst_cost_usd is None:
                     raise BudgetExhausted(
@@ -199,7 +217,7 @@ class Meter:
                     )
                     raise BudgetExhausted(self.stop_reason)
                 self._reserved += worst_cost_usd
-            self._requests += 1
+            self._used += 1
             self._in_flight += 1
 
     def settle(
@@ -238,6 +256,7 @@ class Meter:
             self._log.append(record)
 
     def cache_hit(self, model: str) -> None:
+        """A repeat of a request made earlier in this attempt: free and not counted against max_calls."""
         with self._lock:
             self._usage.setdefault(model, _Usage()).hits += 1
 
@@ -251,6 +270,7 @@ class Meter:
             return Ledger(
                 stage=self.stage,
                 max_calls=self.max_calls,
+                budget_used=self._used,
                 cost_allowance_usd=self.cost_allowance_usd,
                 by_model={model: usage.model_usage() for model, usage in sorted(self._usage.items())},
                 stop_reason=self.stop_reason,

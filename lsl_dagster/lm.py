@@ -55,9 +55,11 @@ class MeteredLM(dspy.LM):
         try:
             return super().__call__(prompt, messages=messages, **kwargs)
         except _OUTAGES as exc:
-            reason = f"{self.model}: {type(exc).__name__}: {exc}"
-            self.engine.meter.halt(f"provider unavailable: {reason}")
-            raise ProviderUnavailable(reason) from exc
+            unavailable = ProviderUnavailable(
+                f"provider unavailable: {self.model}: {type(exc).__name__}: {exc}"
+            )
+            self.engine.meter.halt(unavailable)
+            raise unavailable from exc
 
 
 class MeteredEngine:

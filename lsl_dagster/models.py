@@ -187,6 +187,8 @@ class ModelUsage(BaseModel):
     calls: int = 0
     failed_attempts: int = 0
     cache_hits: int = 0
+    # Cache hits that replayed a response an earlier (crashed) attempt of the stage paid for.
+    replayed: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = 0.0
@@ -195,7 +197,7 @@ class ModelUsage(BaseModel):
 
     @property
     def requests(self) -> int:
-        """Requests sent to the provider: what max_calls caps."""
+        """Requests sent to the provider, paid or failed."""
         return self.calls + self.failed_attempts
 
 
@@ -204,6 +206,8 @@ class Ledger(BaseModel):
 
     stage: str
     max_calls: int | None = None
+    # What max_calls counts: requests sent plus responses replayed from an earlier attempt.
+    budget_used: int = 0
     cost_allowance_usd: float | None = None
     by_model: dict[str, ModelUsage] = {}
     stop_reason: str | None = None

@@ -202,7 +202,8 @@ def run_optimizer(
                 feedback_metric=feedback_metric_for(task),
                 prompt_lm=prompt_lm,
                 task_lm=task_lm,
-                budget=meter.remaining_calls() or 10**6,
+                # The whole budget, not what is left: a resumed stage must plan as it first did.
+                budget=meter.max_calls or 10**6,
                 seed=seed,
                 threads=threads,
                 meter=meter,

@@ -43,6 +43,7 @@ _COUNTERS = (
     "cost_usd",
     "in_flight",
     "max_in_flight",
+    "held",
 )
 
 
@@ -246,10 +247,15 @@ class _Handler(BaseHTTPRequestHandler):
             if sim.latency_s > 0 and sim._stop.wait(sim.latency_s):
                 self._drop()
                 return
-            reply = respond(model, system, messages, sim.seed if seed is None else seed)
+            if not sim._admit():
+                self._drop()
+                return
+            seed = sim.seed if seed is None else seed
+            reply = respond(model, system, messages, seed)
             payload = sim._completion(n, model, tier, reply)
             # Counted before the write, so a client that reads the reply and then the stats sees it.
-            sim._record_served(reply.input_tokens, reply.output_tokens, tier)
+            digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
+            sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
             self._json(200, payload)
         except RequestError as exc:
             sim._count("rejected")
@@ -321,6 +327,8 @@ class SimServer:
         self.retry_after_s, self.hang_s = retry_after_s, hang_s
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._open = threading.Event()
+        self._open.set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.reset()
@@ -369,8 +377,10 @@ class SimServer:
             self.requests = self.served = self.rejected = 0
             self.prompt_tokens = self.completion_tokens = 0
             self.cost_usd = 0.0
-            self.in_flight = self.max_in_flight = 0
+            self.in_flight = self.max_in_flight = self.held = 0
             self.faults: dict[str, int] = {}
+            # How often each distinct request (model, messages, seed) was answered: repeats are re-paid calls.
+            self.served_requests: dict[str, int] = {}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -395,8 +405,29 @@ class SimServer:
         with self._lock:
             self.faults[kind] = self.faults.get(kind, 0) + 1
 
-    def _record_served(self, prompt_tokens: int, completion_tokens: int, tier: str) -> None:
+    def hold(self) -> None:
+        """Stop answering: new and latency-delayed requests wait (counted in `held`) until release();
+        stop() drops them unanswered, so they are never served (never "paid")."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def _admit(self) -> bool:
         with self._lock:
+            self.held += 1
+        try:
+            while not self._open.wait(0.02):
+                if self._stop.is_set():
+                    return False
+            return not self._stop.is_set()
+        finally:
+            with self._lock:
+                self.held -= 1
+
+    def _record_served(self, prompt_tokens: int, completion_tokens: int, tier: str, digest: str) -> None:
+        with self._lock:
+            self.served_requests[digest] = self.served_requests.get(digest, 0) + 1
             self.served += 1
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens

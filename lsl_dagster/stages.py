@@ -120,7 +120,7 @@ def budget_matched_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> 
 
 
 def matched_budget(stage1: PromptCandidate, stage2: PromptCandidate) -> int:
-    return stage1.ledger.requests + stage2.ledger.requests
+    return stage1.ledger.budget_used + stage2.ledger.budget_used
 
 
 def evaluate_on_large(

@@ -155,14 +155,14 @@ def test_the_budget_matched_arm_gets_what_stage1_and_stage2_used(lab: Lab):
     stage1 = PromptCandidate.model_validate(lab.output("matched", "stage1_prompt"))
     stage2 = PromptCandidate.model_validate(lab.output("matched", "stage2_hardened_prompt"))
     matched = PromptCandidate.model_validate(lab.output("matched", "budget_matched_prompt"))
-    assert matched.ledger.max_calls == stage1.ledger.requests + stage2.ledger.requests
-    assert matched.ledger.requests <= matched.ledger.max_calls
+    assert matched.ledger.max_calls == stage1.ledger.budget_used + stage2.ledger.budget_used
+    assert matched.ledger.budget_used <= matched.ledger.max_calls
     comparison = Comparison.model_validate(lab.output("matched", "comparison"))
     budgets = {arm.arm: arm.optimization_calls for arm in comparison.arms}
     assert budgets == {
-        "baseline": stage1.ledger.requests,
-        "lsl": stage1.ledger.requests + stage2.ledger.requests,
-        "budget_matched": matched.ledger.requests,
+        "baseline": stage1.ledger.budget_used,
+        "lsl": stage1.ledger.budget_used + stage2.ledger.budget_used,
+        "budget_matched": matched.ledger.budget_used,
     }
     evaluation = EvaluationResult.model_validate(lab.output("matched", "budget_matched_evaluation"))
     assert evaluation.arm == "budget_matched" and evaluation.n == 40

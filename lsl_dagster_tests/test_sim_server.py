@@ -128,6 +128,7 @@ def test_models_stats_and_reset(client):
             "cost_usd": 0.0,
             "in_flight": 0,
             "max_in_flight": 0,
+            "held": 0,
             "faults": {},
         }
 
@@ -356,3 +357,29 @@ def test_stop_is_idempotent_and_threads_finish():
     server.stop()
     server.stop()
     assert threading.active_count() <= before + 1
+
+
+def test_repeated_requests_are_counted_and_held_ones_are_never_served(client):
+    with SimServer().start() as server:
+        post(client, server)
+        post(client, server)
+        assert list(server.served_requests.values()) == [2]
+
+        server.hold()
+        errors: list[BaseException] = []
+
+        def late() -> None:
+            try:
+                post(client, server, chat(question="held"))
+            except httpx.HTTPError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=late)
+        thread.start()
+        deadline = time.monotonic() + 5
+        while server.stats()["held"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.stats()["held"] == server.stats()["in_flight"] == 1
+        server.stop()
+        thread.join(5)
+        assert errors and server.served == 2
