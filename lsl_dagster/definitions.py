@@ -8,6 +8,7 @@ from pathlib import Path
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor, multiprocess_executor
 
 from lsl_dagster.assets import build_assets
+from lsl_dagster.checks import build_checks
 from lsl_dagster.experiments import experiment_ids
 from lsl_dagster.io_managers import PydanticJsonIOManager
 from lsl_dagster.lm import LanguageModels
@@ -27,6 +28,7 @@ def build_definitions(
     assets = build_assets(partitions)
     return Definitions(
         assets=assets,
+        asset_checks=build_checks(partitions),
         sensors=[experiment_files_sensor(partitions)],
         jobs=[
             define_asset_job(

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import dspy
 import pytest
-from dagster import DagsterInstance, ReexecutionOptions, execute_job, reconstructable
+from dagster import (
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    ReexecutionOptions,
+    define_asset_job,
+    execute_job,
+    reconstructable,
+)
 
 from lsl_dagster.definitions import build_definitions
 from lsl_dagster.lm import LanguageModels
@@ -158,3 +166,46 @@ def test_same_seed_same_results_and_the_seed_is_honoured(lab: Lab, monkeypatch: 
     assert used == [0, 0, 9]
     assert prompt("seed-0") == prompt("seed-0-again")
     assert prompt("seed-0") != prompt("seed-9")
+
+
+def _checks(lab: Lab, experiment_id: str) -> dict[str, bool]:
+    """Run only the asset checks of an experiment (the UI's "Execute checks"); check -> passed."""
+    defs = lab.defs()
+    partitions = defs.resolve_assets_def("stage1_prompt").partitions_def
+    job = define_asset_job("checks", selection=AssetSelection.all_asset_checks(), partitions_def=partitions)
+    result = (
+        Definitions.merge(defs, Definitions(jobs=[job]))
+        .resolve_job_def("checks")
+        .execute_in_process(tags={"dagster/partition": experiment_id}, instance=lab.instance)
+    )
+    return {
+        f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
+        for e in result.get_asset_check_evaluations()
+    }
+
+
+def test_asset_checks_pass_on_a_sound_experiment_and_catch_tampering(lab: Lab):
+    lab.write("checked")
+    assert lab.run("checked").success
+    assert all(_checks(lab, "checked").values())
+
+    # A dropped prediction row, an out-of-range score, a test example smuggled into the demos.
+    predictions = Path(lab.output("checked", "baseline_evaluation")["predictions_path"])
+    predictions.write_text("".join(predictions.read_text().splitlines(keepends=True)[:-1]))
+    stage3 = Path(lab.output("checked", "stage3_evaluation")["predictions_path"])
+    rows = [json.loads(line) for line in stage3.read_text().splitlines()]
+    rows[0]["score"] = 1.5
+    stage3.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prompt_path = lab.runs_dir / "checked" / "stage1_prompt.json"
+    prompt = json.loads(prompt_path.read_text())
+    leaked = {"question": rows[1]["inputs"]["question"], "answer": rows[1]["gold"], "example_id": "train-x"}
+    prompt["predictors"]["predict"]["demos"].append(leaked)
+    prompt_path.write_text(json.dumps(prompt))
+
+    failed = {check for check, passed in _checks(lab, "checked").items() if not passed}
+    assert failed == {
+        "baseline_evaluation:all_examples_evaluated",
+        "baseline_evaluation:scores_in_range",  # the reported score is no longer the rows' mean
+        "stage3_evaluation:scores_in_range",
+        "stage1_prompt:no_test_leakage",
+    }
