@@ -1,49 +1,183 @@
-"""`lsl`: read experiment results from the Dagster instance (the asset catalog is the registry)."""
+"""`lsl`: experiment status, results, exports and plots, read from the Dagster instance (the registry)."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._time import get_current_datetime
 
-from lsl_dagster.models import Comparison
+from lsl_dagster.evaluation import scores
+from lsl_dagster.experiments import spec_version
+from lsl_dagster.files import atomic_writer
+from lsl_dagster.models import Comparison, EvaluationResult, PairedDifference
+from lsl_dagster.sensors import DATA_VERSION_TAG
 from lsl_dagster.sim import LABEL
+from lsl_dagster.stats import paired_bootstrap_ci
+
+T = TypeVar("T", Comparison, EvaluationResult)
+Stored = dict[str, tuple[Comparison, Path]]  # experiment id -> its latest comparison and the file it is in
+
+# The stage assets in pipeline order, with their column headers in `lsl status`.
+STAGES = {
+    "stage1_prompt": "stage1",
+    "stage2_hardened_prompt": "stage2",
+    "budget_matched_prompt": "budget_prompt",
+    "baseline_evaluation": "baseline_eval",
+    "stage3_evaluation": "stage3_eval",
+    "budget_matched_evaluation": "budget_eval",
+    "comparison": "comparison",
+}
+EVALUATION_OF = {"baseline": "baseline_evaluation", "lsl": "stage3_evaluation"}  # else <arm>_evaluation
+FILE = dg.AssetKey("experiment_file")
+START, SUCCESS = dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS
+FRESHNESS = {StaleStatus.FRESH: "materialized", StaleStatus.STALE: "stale", StaleStatus.MISSING: "missing"}
+# Export columns with their Parquet types, explicit so that a column empty in every row keeps its type.
+COLUMNS = {
+    **dict.fromkeys(["experiment_id", "task", "large_model", "small_model"], "string"),
+    **{"simulated": "bool", "arm": "string", "score": "float64"},
+    **dict.fromkeys(["n", "optimization_calls", "evaluation_calls"], "int64"),
+    **dict.fromkeys(["evaluation_cost_usd", "diff_vs_baseline", "ci_low", "ci_high", "mcnemar_p"], "float64"),
+    **{"verdict": "string", "total_calls": "int64", "total_cost_usd": "float64"},
+}
 
 
 class CliError(Exception):
     pass
 
 
-def _instance() -> DagsterInstance:
+def _instance() -> dg.DagsterInstance:
     if not os.environ.get("DAGSTER_HOME"):
         raise CliError("DAGSTER_HOME is not set: point it at the Dagster instance the experiments ran in")
-    return DagsterInstance.get()
+    try:
+        return dg.DagsterInstance.get()
+    except dg.DagsterInvariantViolationError as exc:  # not a directory, not absolute, bad dagster.yaml
+        raise CliError(str(exc)) from None
 
 
-def latest_comparisons(
-    instance: DagsterInstance, experiments: Sequence[str] = ()
-) -> dict[str, tuple[Comparison, Path]]:
-    """The latest materialized comparison of each experiment and its file (named in the metadata)."""
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("comparison"), asset_partitions=list(experiments) or None),
-        limit=10_000,
-    ).records
-    found: dict[str, tuple[Comparison, Path]] = {}
-    for record in records:  # newest first
-        key = record.partition_key
-        if key in found:
-            continue
-        path = Path(record.asset_materialization.metadata["path"].value)
-        found[key] = (Comparison.model_validate_json(path.read_text(encoding="utf-8")), path)
+def _code_location() -> tuple[Any, Path, list[str]]:
+    """The asset graph, data dir and experiments (partitions) of the code location. Built now rather than
+    imported, so that it follows LSL_DATA_DIR / LSL_RUNS_DIR as they are set now."""
+    from lsl_dagster.definitions import build_definitions
+
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    experiments = graph.get(dg.AssetKey("stage1_prompt")).partitions_def.get_partition_keys()
+    return graph, Path(defs.resources["workspace"].data_dir), list(experiments)
+
+
+def _check_known(requested: Sequence[str], known: Sequence[str]) -> None:
+    if unknown := [e for e in requested if e not in known]:
+        raise CliError(f"unknown experiment(s): {', '.join(unknown)} (known: {', '.join(known) or 'none'})")
+
+
+def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, Path]:
+    """An asset value from the file its materialization names (the IO manager's `path` metadata)."""
+    path = Path(record.asset_materialization.metadata["path"].value)
+    try:
+        return model.model_validate_json(path.read_text(encoding="utf-8")), path
+    except (OSError, ValueError) as exc:  # a missing, unreadable or invalid file
+        raise CliError(f"cannot read {what} of {record.partition_key} named in the instance: {exc}") from None
+
+
+def observe_experiment_files(instance: dg.DagsterInstance, data_dir: Path, ids: Sequence[str]) -> list[str]:
+    """Record a new experiment_file version for each file that changed since it was last observed (as the
+    experiment_files sensor does), so that Dagster's stale status accounts for edits. Returns those ids."""
+    changed = []
+    for experiment_id in ids:
+        version = spec_version(data_dir, experiment_id)
+        filter_ = dg.AssetRecordsFilter(FILE, asset_partitions=[experiment_id])
+        last = instance.fetch_observations(filter_, limit=1).records
+        if not last or last[0].asset_observation.data_version != version:
+            tags = {DATA_VERSION_TAG: version}
+            instance.report_runless_asset_event(dg.AssetObservation(FILE, partition=experiment_id, tags=tags))
+            changed += [experiment_id] if last else []
+    return changed
+
+
+def _own_step_failed(instance: dg.DagsterInstance, asset: str, experiment_id: str) -> bool:
+    """Dagster marks FAILED every asset a failed run had planned, also those skipped because an upstream
+    step failed. Here only an asset whose own step started and did not succeed counts as failed."""
+    planned = instance.get_latest_planned_materialization_info(dg.AssetKey(asset), experiment_id)
+    if planned is None:
+        return False
+    events = instance.all_logs(planned.run_id, of_type={START, SUCCESS})
+    steps = {kind: {e.step_key for e in events if e.dagster_event_type == kind} for kind in (START, SUCCESS)}
+    return asset in steps[START] - steps[SUCCESS]
+
+
+def stage_status(instance: dg.DagsterInstance, graph, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """experiment -> stage asset -> materialized | stale | failed | in progress | missing."""
+    now = TemporalContext(effective_dt=get_current_datetime(), last_event_id=None)
+    view = AssetGraphView(temporal_context=now, instance=instance, asset_graph=graph)
+    freshness = CachingStaleStatusResolver(instance, graph, view)
+    table: dict[str, dict[str, str]] = {e: {} for e in ids}
+    for asset in STAGES:
+        key = dg.AssetKey(asset)
+        # Run outcomes as the UI shows them (IN_PROGRESS, FAILED); data freshness from the stale resolver.
+        runs = instance.get_status_by_partition(key, ids, graph.get(key).partitions_def) or {}
+        for e in ids:
+            if runs.get(e) == dg.AssetPartitionStatus.IN_PROGRESS:
+                table[e][asset] = "in progress"
+            elif runs.get(e) == dg.AssetPartitionStatus.FAILED and _own_step_failed(instance, asset, e):
+                table[e][asset] = "failed"
+            else:
+                table[e][asset] = FRESHNESS[freshness.get_status(key, e)]
+    return table
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _instance() as instance:
+        graph, data_dir, known = _code_location()
+        _check_known(args.experiments, known)
+        # Checked before observing anything, so that a mistyped DAGSTER_HOME is reported, not written to.
+        if not any(instance.has_asset_key(dg.AssetKey(asset)) for asset in STAGES):
+            raise CliError(f"no stage has been materialized yet in the instance at {instance.root_directory}")
+        if not (experiments := list(args.experiments) or known):
+            raise CliError(f"no experiment files in {data_dir / 'experiments'}")
+        changed = observe_experiment_files(instance, data_dir, experiments)
+        table = stage_status(instance, graph, experiments)
+    widths = [max(len("experiment"), *map(len, experiments)), *(max(len(h), 12) for h in STAGES.values())]
+    for cells in [["experiment", *STAGES.values()], *([e, *row.values()] for e, row in table.items())]:
+        print("  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths, strict=True)).rstrip())
+    for e, row in table.items():  # where each experiment stands is derived, never stored
+        todo = next(((asset, status) for asset, status in row.items() if status != "materialized"), None)
+        where = f"next: {todo[0]} ({todo[1]})" if todo else "done: every stage is materialized and up to date"
+        print(f"{e}: {where}" + (" - its file changed since it was last observed" if e in changed else ""))
+    return 0
+
+
+def latest_comparisons(instance: dg.DagsterInstance, experiments: Sequence[str] = ()) -> Stored:
+    """The latest materialized comparison of each experiment asked for (default: all) and its file."""
+    filter_ = dg.AssetRecordsFilter(dg.AssetKey("comparison"), asset_partitions=list(experiments) or None)
+    found: Stored = {}
+    for record in instance.fetch_materializations(filter_, limit=10_000).records:  # newest first
+        if record.partition_key not in found:
+            found[record.partition_key] = _load(Comparison, record, "the comparison")
+    if missing := [e for e in experiments if e not in found]:
+        _check_known(missing, _code_location()[2])
+        raise CliError(f"no comparison has been materialized for {', '.join(missing)} yet (see `lsl status`)")
+    if not found:
+        raise CliError("no comparison has been materialized yet in this instance")
     return dict(sorted(found.items()))
 
 
 def _cost(value: float | None) -> str:
     return "unknown" if value is None else f"${value:.4f}"
+
+
+def _ci(d: PairedDifference, sep: str = " ") -> str:
+    return f"{d.diff:+.3f}{sep}[{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
 
 
 def results_table(comparisons: Sequence[Comparison]) -> str:
@@ -52,48 +186,170 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
         f"{'opt calls':>9} {'eval cost':>10}"
     ]
     for comparison in comparisons:
-        experiment_id = comparison.experiment_id
+        label = comparison.experiment_id + (" (sim)" if comparison.simulated else "")
         diffs = {d.arm: d for d in comparison.differences if d.baseline == "baseline"}
         for arm in comparison.arms:
             d = diffs.get(arm.arm)
-            delta = f"{d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]" if d else "-"
+            delta = _ci(d) if d else "-"
             p = "-" if d is None or d.mcnemar_p is None else f"{d.mcnemar_p:.3g}"
             calls = "-" if arm.optimization_calls is None else str(arm.optimization_calls)
-            label = experiment_id + (" (sim)" if comparison.simulated else "")
             lines.append(
                 f"{label:<24} {arm.arm:<15} {arm.score:>6.3f} {arm.n:>5}  {delta:<27} {p:>8}  "
                 f"{calls:>9} {_cost(arm.cost_usd):>10}"
             )
-        for d in comparison.differences:
-            lines.append(f"    {d.verdict}")
+        lines += [f"    {d.verdict}" for d in comparison.differences]
     if any(c.simulated for c in comparisons):
         lines.append(f"(sim) = {LABEL}")
     return "\n".join(lines)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    stored = latest_comparisons(_instance(), args.experiments)
-    if not stored:
-        raise CliError("no comparison has been materialized yet in this instance")
+    with _instance() as instance:
+        stored = latest_comparisons(instance, args.experiments)
     print(results_table([comparison for comparison, _ in stored.values()]))
     for experiment_id, (_, path) in stored.items():
         print(f"{experiment_id}: assets, predictions and call log in {path.parent}")
     return 0
 
 
+def export_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
+    """One row per (experiment, arm): the arm, its difference to the baseline, the experiment's totals."""
+    rows = []
+    for c in comparisons:
+        diffs = {d.arm: d for d in c.differences if d.baseline == "baseline"}
+        costs = [ledger.cost_usd for ledger in c.usage.values()]
+        for arm in c.arms:
+            d = diffs.get(arm.arm)
+            rows.append(
+                {
+                    **c.model_dump(exclude={"arms", "differences", "usage"}),
+                    **arm.model_dump(include={"arm", "score", "n", "optimization_calls"}),
+                    "evaluation_calls": arm.calls,
+                    "evaluation_cost_usd": arm.cost_usd,
+                    "diff_vs_baseline": None if d is None else d.diff,
+                    **(d.model_dump(include={"ci_low", "ci_high", "mcnemar_p", "verdict"}) if d else {}),
+                    "total_calls": sum(ledger.calls for ledger in c.usage.values()),
+                    "total_cost_usd": None if None in costs else sum(costs),
+                }
+            )
+    return [{column: row.get(column) for column in COLUMNS} for row in rows]
+
+
+def write_atomic_binary(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """files.atomic_writer for binary files: a temp file beside `path`, fsynced, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left there if something failed
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _instance() as instance:
+        stored = latest_comparisons(instance, args.experiments)
+    rows = export_rows([comparison for comparison, _ in stored.values()])
+    if args.format == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = pa.schema([(column, pa.type_for_alias(kind)) for column, kind in COLUMNS.items()])
+        table = pa.Table.from_pylist(rows, schema=schema)
+        write_atomic_binary(args.output, lambda out: pq.write_table(table, out))
+    else:
+        with atomic_writer(args.output) as out:
+            if args.format == "json":
+                json.dump(rows, out, indent=2)
+            else:  # None becomes an empty field; floats are written in full (repr) precision
+                writer = csv.DictWriter(out, fieldnames=list(COLUMNS))
+                writer.writeheader()
+                writer.writerows(rows)
+    print(f"{len(rows)} rows written to {args.output}")
+    return 0
+
+
+def arm_cis(instance: dg.DagsterInstance, comparison: Comparison) -> dict[str, tuple[float, float]]:
+    """95% CI of each arm's mean score: a percentile bootstrap over its per-example scores. stats has only
+    the paired bootstrap; paired with zeros, each example's difference is its score, so
+    paired_bootstrap_ci(zeros, scores) is exactly the bootstrap CI of the mean score."""
+    cis = {}
+    for arm in comparison.arms:
+        asset = EVALUATION_OF.get(arm.arm, f"{arm.arm}_evaluation")
+        filter_ = dg.AssetRecordsFilter(dg.AssetKey(asset), asset_partitions=[comparison.experiment_id])
+        records = instance.fetch_materializations(filter_, limit=1).records
+        result, _ = _load(EvaluationResult, records[0], asset)
+        try:
+            per_example = list(scores(Path(result.predictions_path)).values())
+        except OSError as exc:
+            raise CliError(f"cannot read the predictions of {asset}: {exc}") from None
+        if len(per_example) != arm.n or abs(sum(per_example) / arm.n - arm.score) > 1e-9:
+            raise CliError(f"{asset} of {comparison.experiment_id} changed after its comparison was made")
+        cis[arm.arm] = paired_bootstrap_ci([0.0] * arm.n, per_example)[1:]
+    return cis
+
+
+def plot(comparisons: dict[str, Comparison], cis: dict[str, dict[str, tuple[float, float]]], path: Path):
+    from matplotlib.figure import Figure  # not pyplot: no global state, and a Figure renders with Agg
+
+    fig = Figure(figsize=(4.8 * len(comparisons), 5), layout="constrained")
+    axes = fig.subplots(1, len(comparisons), squeeze=False)[0]
+    for ax, (experiment_id, c) in zip(axes, comparisons.items(), strict=True):
+        diffs = {d.arm: d for d in c.differences if d.baseline == "baseline"}
+        # The paired difference under each bar: overlapping CIs of two arms do not mean "no difference".
+        labels = [a.arm + ("\nΔ " + _ci(diffs[a.arm], sep="\n") if a.arm in diffs else "") for a in c.arms]
+        low = [max(0.0, a.score - cis[experiment_id][a.arm][0]) for a in c.arms]
+        high = [max(0.0, cis[experiment_id][a.arm][1] - a.score) for a in c.arms]
+        bars = ax.bar(labels, [a.score for a in c.arms], yerr=[low, high], capsize=6, color="#4c72b0")
+        ax.bar_label(bars, fmt="%.3f", label_type="center", color="white")
+        ax.set(ylim=(0, 1.05), ylabel="score, 95% bootstrap CI")  # every task metric is in [0, 1]
+        ax.tick_params(axis="x", labelsize=8)
+        simulated = " - SIMULATED" if c.simulated else ""
+        ax.set_title(f"{experiment_id}{simulated}\n{c.large_model} / {c.small_model}")
+    if any(c.simulated for c in comparisons.values()):
+        fig.suptitle(LABEL, color="#b00000")
+    write_atomic_binary(path, lambda out: fig.savefig(out, format="png", dpi=120))
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    with _instance() as instance:
+        stored = {e: c for e, (c, _) in latest_comparisons(instance, args.experiments).items()}
+        cis = {e: arm_cis(instance, comparison) for e, comparison in stored.items()}
+    plot(stored, cis, args.output)
+    print(f"plot of {', '.join(stored)} written to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    results = sub.add_parser("results", help="scores, paired differences with CIs, calls and cost")
-    results.add_argument("experiments", nargs="*", help="experiment ids (default: all)")
-    results.set_defaults(func=cmd_results)
+    commands = {
+        "status": (cmd_status, "which stages of each experiment are materialized, stale, failed or missing"),
+        "results": (cmd_results, "scores, paired differences with CIs, calls and cost"),
+        "export": (cmd_export, "one row per experiment and arm, as CSV, JSON or Parquet"),
+        "plot": (cmd_plot, "each arm's score with its CI, one panel per experiment (PNG)"),
+    }
+    for name, (func, text) in commands.items():
+        command = sub.add_parser(name, help=text, description=text)
+        command.add_argument("experiments", nargs="*", help="experiment ids (default: all)")
+        command.set_defaults(func=func)
+        if name == "export":
+            command.add_argument("--format", choices=["csv", "json", "parquet"], required=True)
+        if name in ("export", "plot"):
+            command.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            # Loading the code location warns about the Dagster beta APIs it uses: news for its authors.
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            return args.func(args)
     except CliError as exc:
         print(f"lsl: {exc}", file=sys.stderr)
         return 2
