@@ -20,7 +20,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 # A full offline LSL experiment on the sim models, then where its results are.
 demo: setup
-	$(BIN)/dagster asset materialize -m lsl_dagster.definitions --select '*' --partition $(EXPERIMENT)
+	$(BIN)/dagster asset materialize -m lsl_dagster.definitions --select 'group:lsl' --partition $(EXPERIMENT)
 	$(BIN)/lsl results $(EXPERIMENT)
 
 test: setup

@@ -18,16 +18,26 @@ from dagster import (
     PartitionsDefinition,
     RetryRequested,
     SourceAsset,
+    StaticPartitionMapping,
+    StaticPartitionsDefinition,
     asset,
     observable_source_asset,
 )
 
 from lsl_dagster import stages
+from lsl_dagster.campaigns import summarize
 from lsl_dagster.experiments import ExperimentError, spec_version
 from lsl_dagster.ledger import BudgetExhausted
 from lsl_dagster.lm import ConfigError, LanguageModels, ProviderUnavailable
-from lsl_dagster.metadata import comparison_metadata, evaluation_metadata, ledger_metadata, prompt_metadata
-from lsl_dagster.models import Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
+from lsl_dagster.metadata import (
+    campaign_metadata,
+    comparison_metadata,
+    evaluation_metadata,
+    ledger_metadata,
+    prompt_metadata,
+)
+from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
+from lsl_dagster.plots import campaign_figure
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
 
@@ -35,7 +45,8 @@ from lsl_dagster.workspace import StageRun, Workspace
 CODE_VERSION = "1"
 # Steps that call LLMs take a slot of this Dagster concurrency pool (limit set on the instance).
 POOL = "lsl_llm"
-GROUP = "lsl"
+GROUP = "lsl"  # one experiment's assets, partitioned by experiment
+CAMPAIGN_GROUP = "campaigns"
 
 
 def _load(workspace: Workspace, experiment_id: str) -> tuple[ExperimentSpec, Task]:
@@ -211,3 +222,26 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         budget_matched_evaluation,
         comparison,
     ]
+
+
+def build_campaign_assets(campaigns: dict[str, list[str]]) -> list[AssetsDefinition]:
+    """The campaign level: one partition per campaign, fed by the comparisons of its experiments."""
+    experiments_of = StaticPartitionMapping({e: name for name, ids in campaigns.items() for e in ids})
+
+    @asset(
+        partitions_def=StaticPartitionsDefinition(sorted(campaigns)),
+        group_name=CAMPAIGN_GROUP,
+        code_version=CODE_VERSION,
+        ins={"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
+    )
+    def campaign_summary(
+        context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
+    ) -> Output[CampaignSummary]:
+        """Per grid cell of a campaign: each arm's mean score and each paired difference (LSL vs the
+        baselines), with 95% confidence intervals across seeds, as a table and a plot."""
+        plot = workspace.run_dir(context.partition_key) / "campaign_summary.png"
+        summary = summarize(context.partition_key, comparisons, str(plot))
+        campaign_figure(summary, plot)
+        return Output(summary, metadata=campaign_metadata(summary))
+
+    return [campaign_summary]

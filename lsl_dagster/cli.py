@@ -8,19 +8,23 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.execution.backfill import BulkActionStatus
 from dagster._time import get_current_datetime
 
+from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
-from lsl_dagster.experiments import spec_version
+from lsl_dagster.experiments import campaigns, spec_version
 from lsl_dagster.files import atomic_writer
-from lsl_dagster.models import Comparison, EvaluationResult, PairedDifference
+from lsl_dagster.launch import backfill, daemon, reap, unfinished_backfills, wait
+from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, Interval, PairedDifference
+from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
 from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
@@ -235,20 +239,6 @@ def export_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
     return [{column: row.get(column) for column in COLUMNS} for row in rows]
 
 
-def write_atomic_binary(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """files.atomic_writer for binary files: a temp file beside `path`, fsynced, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left there if something failed
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     with _instance() as instance:
         stored = latest_comparisons(instance, args.experiments)
@@ -259,7 +249,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         schema = pa.schema([(column, pa.type_for_alias(kind)) for column, kind in COLUMNS.items()])
         table = pa.Table.from_pylist(rows, schema=schema)
-        write_atomic_binary(args.output, lambda out: pq.write_table(table, out))
+        with atomic_writer(args.output, "wb") as out:
+            pq.write_table(table, out)
     else:
         with atomic_writer(args.output) as out:
             if args.format == "json":
@@ -292,34 +283,85 @@ def arm_cis(instance: dg.DagsterInstance, comparison: Comparison) -> dict[str, t
     return cis
 
 
-def plot(comparisons: dict[str, Comparison], cis: dict[str, dict[str, tuple[float, float]]], path: Path):
-    from matplotlib.figure import Figure  # not pyplot: no global state, and a Figure renders with Agg
-
-    fig = Figure(figsize=(4.8 * len(comparisons), 5), layout="constrained")
-    axes = fig.subplots(1, len(comparisons), squeeze=False)[0]
-    for ax, (experiment_id, c) in zip(axes, comparisons.items(), strict=True):
-        diffs = {d.arm: d for d in c.differences if d.baseline == "baseline"}
-        # The paired difference under each bar: overlapping CIs of two arms do not mean "no difference".
-        labels = [a.arm + ("\nΔ " + _ci(diffs[a.arm], sep="\n") if a.arm in diffs else "") for a in c.arms]
-        low = [max(0.0, a.score - cis[experiment_id][a.arm][0]) for a in c.arms]
-        high = [max(0.0, cis[experiment_id][a.arm][1] - a.score) for a in c.arms]
-        bars = ax.bar(labels, [a.score for a in c.arms], yerr=[low, high], capsize=6, color="#4c72b0")
-        ax.bar_label(bars, fmt="%.3f", label_type="center", color="white")
-        ax.set(ylim=(0, 1.05), ylabel="score, 95% bootstrap CI")  # every task metric is in [0, 1]
-        ax.tick_params(axis="x", labelsize=8)
-        simulated = " - SIMULATED" if c.simulated else ""
-        ax.set_title(f"{experiment_id}{simulated}\n{c.large_model} / {c.small_model}")
-    if any(c.simulated for c in comparisons.values()):
-        fig.suptitle(LABEL, color="#b00000")
-    write_atomic_binary(path, lambda out: fig.savefig(out, format="png", dpi=120))
-
-
 def cmd_plot(args: argparse.Namespace) -> int:
     with _instance() as instance:
         stored = {e: c for e, (c, _) in latest_comparisons(instance, args.experiments).items()}
         cis = {e: arm_cis(instance, comparison) for e, comparison in stored.items()}
-    plot(stored, cis, args.output)
+    experiments_figure(stored, cis, args.output)
     print(f"plot of {', '.join(stored)} written to {args.output}")
+    return 0
+
+
+def campaign_table(summary: CampaignSummary) -> str:
+    """Per cell: each arm's mean score and LSL's differences, with 95% CIs across seeds."""
+
+    def interval(value: Interval) -> str:
+        if value.ci_low is None or value.ci_high is None:
+            return f"{value.mean:+.3f}"
+        return f"{value.mean:+.3f} [{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
+
+    cell = summary.cells[0]
+    header = ["cell", "seeds", *cell.arms, *cell.differences]
+    rows = [
+        [
+            f"{c.task}/{c.pair}/{c.optimizer}",
+            str(len(c.experiments)),
+            *(f"{v.mean:.3f}" for v in c.arms.values()),
+            *map(interval, c.differences.values()),
+        ]
+        for c in summary.cells
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]
+    ]
+    if summary.simulated:
+        lines.append(LABEL)
+    return "\n".join(lines)
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    """Backfill what the campaign still needs (missing, failed or stale assets), wait, show the summary."""
+    with _instance() as instance:
+        graph, data_dir, _ = _code_location()
+        grids = campaigns(data_dir)
+        if args.name not in grids:
+            raise CliError(f"unknown campaign {args.name!r} (known: {', '.join(grids) or 'none'})")
+        ids = sorted(grids[args.name][1])
+        title = f"campaign {args.name}"
+        for thing in reap(instance, title):
+            print(f"{thing} was left behind by a killed launch: canceled / marked failed")
+        for running in unfinished_backfills(instance, title):  # a live daemon is still carrying it out
+            wait(instance, running.backfill_id, print)
+        observe_experiment_files(instance, data_dir, ids)
+        table = stage_status(instance, graph, ids)
+        todo = {
+            asset: [e for e in ids if table[e][asset] in ("missing", "stale", "failed")] for asset in STAGES
+        }
+        summary_key = dg.AssetKey("campaign_summary")
+        needed = (
+            any(todo.values())
+            or not instance.fetch_materializations(
+                dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
+            ).records
+        )
+        if needed:
+            todo["campaign_summary"] = [args.name]
+            with daemon(instance):
+                backfill_id = backfill(instance, graph, todo, title=title)
+                status = wait(instance, backfill_id, print)
+            if status != BulkActionStatus.COMPLETED_SUCCESS:
+                raise CliError(
+                    f"campaign {args.name}: backfill {backfill_id} ended {status.value.lower()}; see "
+                    "`lsl status`. Run this command again to retry only what is missing or failed."
+                )
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
+        ).records[0]
+        path = Path(record.asset_materialization.metadata["path"].value)
+    summary = CampaignSummary.model_validate_json(path.read_text(encoding="utf-8"))
+    print(campaign_table(summary))
+    print(f"{args.name}: summary in {path}, plot in {summary.plot_path}")
     return 0
 
 
@@ -332,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
         "export": (cmd_export, "one row per experiment and arm, as CSV, JSON or Parquet"),
         "plot": (cmd_plot, "each arm's score with its CI, one panel per experiment (PNG)"),
     }
+    campaign = sub.add_parser("campaign", help="run a campaign (data/campaigns/NAME.yaml) as a backfill")
+    campaign.add_argument("action", choices=["run"])
+    campaign.add_argument("name", help="the campaign's name")
+    campaign.set_defaults(func=cmd_campaign)
     for name, (func, text) in commands.items():
         command = sub.add_parser(name, help=text, description=text)
         command.add_argument("experiments", nargs="*", help="experiment ids (default: all)")
@@ -350,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Loading the code location warns about the Dagster beta APIs it uses: news for its authors.
             warnings.simplefilter("ignore", dg.BetaWarning)
             return args.func(args)
-    except CliError as exc:
+    except (CliError, CampaignError) as exc:
         print(f"lsl: {exc}", file=sys.stderr)
         return 2
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor, multiprocess_executor
 
-from lsl_dagster.assets import build_assets
+from lsl_dagster.assets import GROUP, build_assets, build_campaign_assets
 from lsl_dagster.checks import build_checks
-from lsl_dagster.experiments import experiment_ids
+from lsl_dagster.experiments import campaigns, experiment_ids
 from lsl_dagster.io_managers import PydanticJsonIOManager
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.partitions import experiments_partitions
@@ -25,7 +25,8 @@ def build_definitions(
     data_dir = data_dir or Path(os.environ.get("LSL_DATA_DIR", PROJECT_DIR / "data"))
     runs_dir = runs_dir or Path(os.environ.get("LSL_RUNS_DIR", data_dir / "runs"))
     partitions = experiments_partitions(experiment_ids(data_dir))
-    assets = build_assets(partitions)
+    grids = {name: sorted(specs) for name, (_, specs) in campaigns(data_dir).items()}
+    assets = [*build_assets(partitions), *build_campaign_assets(grids)]
     return Definitions(
         assets=assets,
         asset_checks=build_checks(partitions),
@@ -33,7 +34,7 @@ def build_definitions(
         jobs=[
             define_asset_job(
                 "lsl_experiment",
-                selection=AssetSelection.all(include_sources=True),
+                selection=AssetSelection.groups(GROUP, include_sources=True),
                 partitions_def=partitions,
                 description="Observe the experiment file, then run every stage of one experiment.",
             )

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from lsl_dagster.models import ExperimentSpec, check_slug
+from lsl_dagster.campaigns import CampaignError, expand, load_campaign
+from lsl_dagster.models import CampaignSpec, ExperimentSpec, check_slug
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,16 @@ class ExperimentError(ValueError):
     """An experiment id or file is invalid; the message says which and why."""
 
 
-def experiment_ids(data_dir: Path) -> list[str]:
-    """Ids of the experiment files; a file whose name is not a safe id is reported and left out."""
+def campaigns(data_dir: Path) -> dict[str, tuple[CampaignSpec, dict[str, ExperimentSpec]]]:
+    """Every campaign file with its expanded experiments; an invalid campaign raises (nothing of it runs)."""
+    found = {}
+    for path in sorted((data_dir / "campaigns").glob("*.yaml")):
+        campaign = load_campaign(path)
+        found[campaign.campaign] = (campaign, expand(campaign, path, data_dir / "tasks"))
+    return found
+
+
+def _file_ids(data_dir: Path) -> list[str]:
     ids = []
     for path in sorted((data_dir / "experiments").glob("*.yaml")):
         try:
@@ -27,6 +36,18 @@ def experiment_ids(data_dir: Path) -> list[str]:
         except ValueError as exc:
             log.warning("ignoring %s: %s", path, exc)
     return ids
+
+
+def experiment_ids(data_dir: Path) -> list[str]:
+    """Ids of the experiment files (a file whose name is not a safe id is reported and left out) and of
+    every campaign's experiments."""
+    ids = _file_ids(data_dir)
+    for name, (_, specs) in campaigns(data_dir).items():
+        clash = sorted(set(ids) & (set(specs) | {name}))
+        if clash:
+            raise CampaignError(f"campaign {name!r} reuses the experiment id(s) {clash} of data/experiments/")
+        ids += specs
+    return sorted(ids)
 
 
 def spec_version(data_dir: Path, experiment_id: str) -> str:
@@ -47,7 +68,10 @@ def load_experiment(data_dir: Path, experiment_id: str) -> ExperimentSpec:
         raise ExperimentError(str(exc)) from None
     path = data_dir / "experiments" / f"{experiment_id}.yaml"
     if not path.is_file():
-        raise ExperimentError(f"no experiment file {path}")
+        for _, specs in campaigns(data_dir).values():
+            if experiment_id in specs:
+                return specs[experiment_id]
+        raise ExperimentError(f"no experiment file {path} and no campaign defines {experiment_id!r}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -8,7 +8,15 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
-from lsl_dagster.models import Comparison, EvaluationResult, ExperimentSpec, Ledger, PromptCandidate
+from lsl_dagster.models import (
+    CampaignSummary,
+    Comparison,
+    EvaluationResult,
+    ExperimentSpec,
+    Interval,
+    Ledger,
+    PromptCandidate,
+)
 from lsl_dagster.program import render
 from lsl_dagster.sim import LABEL
 from lsl_dagster.tasks import Task
@@ -173,3 +181,37 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
     for d in comparison.differences:
         metadata[f"diff_{d.arm}_vs_{d.baseline}"] = MetadataValue.float(d.diff)
     return metadata
+
+
+def _interval(value: Interval) -> str:
+    if value.ci_low is None or value.ci_high is None:
+        return f"{value.mean:+.3f} (n={value.n}, no CI)"
+    return f"{value.mean:+.3f} [{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
+
+
+def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
+    cell = summary.cells[0]
+    columns = ["cell", "seeds", *cell.arms, *cell.differences]
+    rows = [
+        TableRecord(
+            {
+                "cell": f"{c.task} / {c.pair} / {c.optimizer}",
+                "seeds": len(c.experiments),
+                **{arm: _interval(value) for arm, value in c.arms.items()},
+                **{name: _interval(value) for name, value in c.differences.items()},
+            }
+        )
+        for c in summary.cells
+    ]
+    banner = f"**{LABEL}**\n\n" if summary.simulated else ""
+    return {
+        "cells": MetadataValue.table(
+            rows, schema=TableSchema(columns=[TableColumn(c, "string") for c in columns])
+        ),
+        "note": MetadataValue.md(
+            banner + "Means across seeds with 95% Student-t intervals; a difference is "
+            "supported only where its interval excludes 0."
+        ),
+        "plot": MetadataValue.path(summary.plot_path),
+        "experiments": sum(len(c.experiments) for c in summary.cells),
+    }

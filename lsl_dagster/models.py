@@ -74,9 +74,13 @@ class ModelSpec(Strict):
         return value
 
     @model_validator(mode="after")
-    def _openai_needs_base(self) -> ModelSpec:
+    def _reachable(self) -> ModelSpec:
         if self.provider == "openai" and not self.api_base:
             raise ValueError(f"{self.model}: an openai/<name> model needs api_base (the server's /v1 URL)")
+        if self.provider == "sim":
+            from lsl_dagster.sim import tier_name  # sim imports this module
+
+            tier_name(self.model)
         return self
 
     @property
@@ -273,4 +277,63 @@ class Comparison(Strict):
     arms: list[ArmSummary]
     differences: list[PairedDifference]
     usage: dict[str, Ledger]
+    simulated: bool
+
+
+class ModelPair(Strict):
+    large_model: ModelSpec
+    small_model: ModelSpec
+    name: Slug | None = None
+
+    @property
+    def label(self) -> str:
+        """The pair's part of an experiment id: its name, else the two model names."""
+        if self.name:
+            return self.name
+        short = [
+            re.sub(r"[^a-z0-9]+", "-", m.model.rsplit("/", 1)[-1].lower()).strip("-") for m in self.models
+        ]
+        return "_".join(short)
+
+    @property
+    def models(self) -> tuple[ModelSpec, ModelSpec]:
+        return self.large_model, self.small_model
+
+
+class CampaignSpec(Strict):
+    """data/campaigns/<campaign>.yaml: a grid of tasks x model pairs x optimizers x seeds."""
+
+    campaign: Slug
+    tasks: list[Slug] = Field(min_length=1)
+    model_pairs: list[ModelPair] = Field(min_length=1)
+    optimizers: list[Optimizer] = Field(default=["miprov2"], min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    # Every other experiment setting, shared by all cells (validated when the grid is expanded).
+    experiment: dict[str, Any] = {}
+
+
+class Interval(Strict):
+    mean: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+
+
+class CellSummary(Strict):
+    """One grid cell (task x model pair x optimizer) across its seeds."""
+
+    task: str
+    pair: str
+    large_model: str
+    small_model: str
+    optimizer: str
+    experiments: list[str]
+    arms: dict[str, Interval]
+    differences: dict[str, Interval]
+
+
+class CampaignSummary(Strict):
+    campaign: Slug
+    cells: list[CellSummary]
+    plot_path: str
     simulated: bool

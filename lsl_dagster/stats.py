@@ -109,3 +109,29 @@ def verdict(
     if p is not None and p >= alpha:
         text += f"; McNemar p={p:.3g} does not confirm it at alpha={alpha:g}"
     return text
+
+
+# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (t_{0.975, df}).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float | None, float | None]:
+    """Mean and 95% Student-t interval across independent replicates (e.g. seeds); no interval for n < 2.
+
+    Across a handful of seeds a bootstrap is degenerate; the t interval is the honest (wide) one.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError("mean_ci95 needs a non-empty 1-D sequence of finite numbers")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, None, None
+    df = x.size - 1
+    # Beyond 30 degrees of freedom the normal quantile plus its first Cornish-Fisher term is within 1e-3.
+    t = _T975[df - 1] if df <= 30 else 1.959964 + (1.959964**3 + 1.959964) / (4 * df)
+    half = t * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, mean - half, mean + half

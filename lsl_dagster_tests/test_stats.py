@@ -265,3 +265,18 @@ def test_verdict_worse(diff, lo, hi):
 
 def test_verdict_confidence_label():
     assert "90% CI" in verdict(0.0, -0.1, 0.1, None, confidence=0.9)
+
+
+def test_mean_ci95_matches_the_t_interval():
+    from lsl_dagster.stats import mean_ci95
+
+    mean, low, high = mean_ci95([0.70, 0.74, 0.72])
+    # mean 0.72, sd 0.02, t(2) = 4.303: half width 4.303 * 0.02 / sqrt(3)
+    assert mean == pytest.approx(0.72)
+    assert high - mean == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert mean - low == pytest.approx(high - mean)
+    assert mean_ci95([0.5]) == (0.5, None, None)
+    big = mean_ci95([0.0, 1.0] * 50)  # df = 99: close to the normal interval
+    assert big[2] - big[0] == pytest.approx(1.984 * 0.5025 / 10, rel=2e-3)
+    with pytest.raises(ValueError):
+        mean_ci95([])

@@ -1,0 +1,136 @@
+"""Campaigns: a grid file expanded into experiments, and the grid's results summarized across seeds."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from lsl_dagster import stats
+from lsl_dagster.models import (
+    CampaignSpec,
+    CampaignSummary,
+    CellSummary,
+    Comparison,
+    ExperimentSpec,
+    Interval,
+    check_slug,
+)
+
+SEPARATOR = "--"
+
+
+class CampaignError(ValueError):
+    """A campaign file is invalid or does not expand; nothing of it runs."""
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors(include_url=False)
+    )
+
+
+def load_campaign(path: Path) -> CampaignSpec:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        campaign = CampaignSpec.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise CampaignError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        raise CampaignError(f"{path}: {_problems(exc)}") from None
+    if campaign.campaign != path.stem:
+        raise CampaignError(f"{path}: campaign {campaign.campaign!r} does not match the file name")
+    return campaign
+
+
+def experiment_id(campaign: CampaignSpec, task: str, pair: str, optimizer: str, seed: int) -> str:
+    return SEPARATOR.join([campaign.campaign, task, pair, optimizer, f"s{seed}"])
+
+
+def expand(campaign: CampaignSpec, path: Path, tasks_dir: Path) -> dict[str, ExperimentSpec]:
+    """Every cell x seed as a validated experiment, with a deterministic, readable id."""
+    for task in campaign.tasks:
+        if not (tasks_dir / task / "task.yaml").is_file():
+            raise CampaignError(f"{path}: unknown task {task!r} (no {tasks_dir / task / 'task.yaml'})")
+    base = campaign.experiment
+    specs: dict[str, ExperimentSpec] = {}
+    grid = itertools.product(campaign.tasks, campaign.model_pairs, campaign.optimizers, campaign.seeds)
+    for task, pair, optimizer, seed in grid:
+        experiment_id_ = experiment_id(campaign, task, pair.label, optimizer, seed)
+        try:
+            check_slug(experiment_id_)
+        except ValueError as exc:
+            raise CampaignError(f"{path}: {exc} (shorten the campaign name or name the model pair)") from None
+        if experiment_id_ in specs:
+            raise CampaignError(f"{path}: two cells expand to the same experiment id {experiment_id_!r}")
+        try:
+            specs[experiment_id_] = ExperimentSpec.model_validate(
+                {
+                    **base,
+                    "experiment_id": experiment_id_,
+                    "task": task,
+                    "large_model": pair.large_model,
+                    "small_model": pair.small_model,
+                    "stage1": {**base.get("stage1", {}), "optimizer": optimizer},
+                    "seed": seed,
+                }
+            )
+        except ValidationError as exc:
+            raise CampaignError(f"{path}: cell {experiment_id_}: {_problems(exc)}") from None
+    return specs
+
+
+def cell_of(experiment_id_: str) -> tuple[str, str, str, str]:
+    """(task, pair, optimizer, seed) back from an expanded experiment id."""
+    _, task, pair, optimizer, seed = experiment_id_.split(SEPARATOR)
+    return task, pair, optimizer, seed
+
+
+def _interval(values: list[float]) -> Interval:
+    mean, low, high = stats.mean_ci95(values)
+    return Interval(mean=mean, ci_low=low, ci_high=high, n=len(values))
+
+
+def summarize(campaign: str, comparisons: dict[str, Comparison], plot_path: str) -> CampaignSummary:
+    """Per grid cell: each arm's mean score and each paired difference, with 95% CIs across seeds."""
+    cells: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    for experiment in sorted(comparisons):
+        task, pair, optimizer, _ = cell_of(experiment)
+        cells[(task, pair, optimizer)].append(experiment)
+    summaries = []
+    for (task, pair, optimizer), experiments in sorted(cells.items()):
+        results = [comparisons[e] for e in experiments]
+        arms = {
+            arm.arm: _interval([next(a.score for a in r.arms if a.arm == arm.arm) for r in results])
+            for arm in results[0].arms
+        }
+        differences = {
+            f"{d.arm} - {d.baseline}": _interval(
+                [
+                    next(x.diff for x in r.differences if (x.arm, x.baseline) == (d.arm, d.baseline))
+                    for r in results
+                ]
+            )
+            for d in results[0].differences
+        }
+        summaries.append(
+            CellSummary(
+                task=task,
+                pair=pair,
+                large_model=results[0].large_model,
+                small_model=results[0].small_model,
+                optimizer=optimizer,
+                experiments=experiments,
+                arms=arms,
+                differences=differences,
+            )
+        )
+    return CampaignSummary(
+        campaign=campaign,
+        cells=summaries,
+        plot_path=plot_path,
+        simulated=any(c.simulated for c in comparisons.values()),
+    )

@@ -1,0 +1,131 @@
+"""`lsl campaign run`: what a campaign still needs, as one Dagster asset backfill, executed by Dagster's
+daemon and run queue (max_concurrent_runs, concurrency pools): the same thing the UI launches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.definitions.selector import (
+    PartitionRangeSelector,
+    PartitionsByAssetSelector,
+    PartitionsSelector,
+)
+from dagster._core.execution.backfill import (
+    BULK_ACTION_TERMINAL_STATUSES,
+    BulkActionStatus,
+    PartitionBackfill,
+)
+from dagster._core.utils import make_new_backfill_id
+
+
+def _daemon_alive(instance: dg.DagsterInstance) -> bool:
+    now = time.time()
+    return any(now - beat.timestamp < 60 for beat in instance.get_daemon_heartbeats().values())
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def unfinished_backfills(instance: dg.DagsterInstance, title: str) -> list[PartitionBackfill]:
+    return [b for b in instance.get_backfills(status=BulkActionStatus.REQUESTED) if b.title == title]
+
+
+def reap(instance: dg.DagsterInstance, title: str) -> list[str]:
+    """What a killed launch left behind, when no daemon is alive to carry it on: its backfill is canceled
+    (so the relaunch's backfill is the only one launching runs), and runs left starting or started whose
+    process is gone are marked failed (so the status says what happened and the relaunch retries them;
+    local runs record their pid at start). Returns what was reaped."""
+    if _daemon_alive(instance):
+        return []
+    reaped = []
+    for orphan in unfinished_backfills(instance, title):
+        instance.update_backfill(
+            orphan.with_status(BulkActionStatus.CANCELED).with_end_timestamp(time.time())
+        )
+        reaped.append(f"backfill {orphan.backfill_id}")
+    running = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+    for run in instance.get_runs(running):
+        starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
+        if not _pid_alive(starts[0].dagster_event.pid if starts else None):
+            instance.report_run_failed(
+                run, "its process is gone (found by `lsl campaign run` with no daemon alive)"
+            )
+            reaped.append(f"run {run.run_id}")
+    return reaped
+
+
+@contextmanager
+def daemon(instance: dg.DagsterInstance) -> Iterator[None]:
+    """Dagster's daemon (run queue, backfills): the one `dagster dev` runs, else our own for the duration."""
+    if _daemon_alive(instance):
+        yield
+        return
+    binary = Path(sys.executable).with_name("dagster-daemon")
+    command = [str(binary), "run", "-m", "lsl_dagster.definitions"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def backfill(instance: dg.DagsterInstance, graph, todo: Mapping[str, Sequence[str]], title: str) -> str:
+    """Submit one asset backfill of `todo` (asset -> partitions); Dagster orders it by the asset graph."""
+    selectors = [
+        PartitionsByAssetSelector(
+            asset_key=dg.AssetKey(asset),
+            partitions=PartitionsSelector(
+                ranges=[PartitionRangeSelector(start=p, end=p) for p in partitions]
+            ),
+        )
+        for asset, partitions in todo.items()
+        if partitions
+    ]
+    request = PartitionBackfill.from_partitions_by_assets(
+        backfill_id=make_new_backfill_id(),
+        asset_graph=graph,
+        backfill_timestamp=time.time(),
+        tags={},
+        dynamic_partitions_store=instance,
+        partitions_by_assets=selectors,
+        title=title,
+        description=None,
+        run_config=None,
+    )
+    instance.add_backfill(request)
+    return request.backfill_id
+
+
+def wait(instance: dg.DagsterInstance, backfill_id: str, say: Callable[[str], None]) -> BulkActionStatus:
+    """Until the backfill is done, saying how its runs stand whenever that changes."""
+    last = None
+    while True:
+        status = instance.get_backfill(backfill_id).status
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+        counts = {s.value.lower(): sum(r.status == s for r in runs) for s in {r.status for r in runs}}
+        line = f"backfill {backfill_id}: {status.value.lower()}; runs " + (
+            ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"
+        )
+        if line != last:
+            say(line)
+            last = line
+        if status in BULK_ACTION_TERMINAL_STATUSES:
+            return status
+        time.sleep(2)
