@@ -4,7 +4,9 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 EXPERIMENT ?= arith-sim-01
 
-.PHONY: demo test ui setup
+CAMPAIGN ?= grid-sim-01
+
+.PHONY: demo test ui setup campaign
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -26,6 +28,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check lsl_dagster lsl_dagster_tests
 	$(BIN)/pytest
+
+# A campaign (data/campaigns/$(CAMPAIGN).yaml) as a Dagster backfill, then its table.
+campaign: setup
+	$(BIN)/lsl campaign run $(CAMPAIGN)
 
 # The Dagster UI on http://127.0.0.1:3000 (lineage, partitions, launch buttons, metadata).
 ui: setup

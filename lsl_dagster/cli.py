@@ -22,7 +22,7 @@ from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
 from lsl_dagster.experiments import campaigns, spec_version
 from lsl_dagster.files import atomic_writer
-from lsl_dagster.launch import backfill, daemon, reap, unfinished_backfills, wait
+from lsl_dagster.launch import backfill, daemon, daemon_alive, reap, unfinished_backfills, wait
 from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, Interval, PairedDifference
 from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
@@ -329,7 +329,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             raise CliError(f"unknown campaign {args.name!r} (known: {', '.join(grids) or 'none'})")
         ids = sorted(grids[args.name][1])
         title = f"campaign {args.name}"
-        for thing in reap(instance, title):
+        alive = daemon_alive(instance)
+        for thing in [] if alive else reap(instance, title):
             print(f"{thing} was left behind by a killed launch: canceled / marked failed")
         for running in unfinished_backfills(instance, title):  # a live daemon is still carrying it out
             wait(instance, running.backfill_id, print)
@@ -347,7 +348,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         )
         if needed:
             todo["campaign_summary"] = [args.name]
-            with daemon(instance):
+            with daemon(alive):
                 backfill_id = backfill(instance, graph, todo, title=title)
                 status = wait(instance, backfill_id, print)
             if status != BulkActionStatus.COMPLETED_SUCCESS:

@@ -25,9 +25,19 @@ from dagster._core.execution.backfill import (
 from dagster._core.utils import make_new_backfill_id
 
 
-def _daemon_alive(instance: dg.DagsterInstance) -> bool:
-    now = time.time()
-    return any(now - beat.timestamp < 60 for beat in instance.get_daemon_heartbeats().values())
+def daemon_alive(instance: dg.DagsterInstance) -> bool:
+    """Whether a Dagster daemon serves this instance. A daemon heartbeats every 30 s, and one killed a
+    moment ago looks alive until its last heartbeat is stale: so wait (< 35 s) for the next one."""
+
+    def newest() -> float:
+        return max((beat.timestamp for beat in instance.get_daemon_heartbeats().values()), default=0.0)
+
+    seen = newest()
+    while time.time() - seen < 35:
+        time.sleep(1)
+        if newest() > seen:
+            return True
+    return False
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -47,12 +57,10 @@ def unfinished_backfills(instance: dg.DagsterInstance, title: str) -> list[Parti
 
 
 def reap(instance: dg.DagsterInstance, title: str) -> list[str]:
-    """What a killed launch left behind, when no daemon is alive to carry it on: its backfill is canceled
-    (so the relaunch's backfill is the only one launching runs), and runs left starting or started whose
-    process is gone are marked failed (so the status says what happened and the relaunch retries them;
-    local runs record their pid at start). Returns what was reaped."""
-    if _daemon_alive(instance):
-        return []
+    """What a killed launch left behind, to call when no daemon is alive to carry it on: its backfill is
+    canceled (so the relaunch's backfill is the only one launching runs), and runs left starting or
+    started whose process is gone are marked failed (so the status says what happened and the relaunch
+    retries them; local runs record their pid at start). Returns what was reaped."""
     reaped = []
     for orphan in unfinished_backfills(instance, title):
         instance.update_backfill(
@@ -71,9 +79,10 @@ def reap(instance: dg.DagsterInstance, title: str) -> list[str]:
 
 
 @contextmanager
-def daemon(instance: dg.DagsterInstance) -> Iterator[None]:
-    """Dagster's daemon (run queue, backfills): the one `dagster dev` runs, else our own for the duration."""
-    if _daemon_alive(instance):
+def daemon(alive: bool) -> Iterator[None]:
+    """Dagster's daemon (run queue, backfills): the one `dagster dev` runs if `alive`, else our own for
+    the duration."""
+    if alive:
         yield
         return
     binary = Path(sys.executable).with_name("dagster-daemon")

@@ -1,0 +1,178 @@
+"""Campaigns: grid expansion with clear errors; a campaign run as a backfill that survives a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+from lsl_dagster.campaigns import CampaignError
+from lsl_dagster.experiments import campaigns, experiment_ids, load_experiment
+from lsl_dagster.sim_server import SimServer
+from lsl_dagster_tests.conftest import FAST, PROJECT, Lab
+
+PAIRS = [
+    {"name": "l-s", "large_model": {"model": "sim/large"}, "small_model": {"model": "sim/small"}},
+    {"name": "l-t", "large_model": {"model": "sim/large"}, "small_model": {"model": "sim/tiny"}},
+]
+
+
+def _write(lab: Lab, name: str, **overrides) -> Path:
+    path = lab.data_dir / "campaigns" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    campaign = {"campaign": name, "tasks": ["arithmetic"], "model_pairs": PAIRS, "seeds": [0, 1], **overrides}
+    path.write_text(yaml.safe_dump(campaign))
+    return path
+
+
+def test_the_shipped_campaign_expands_into_readable_experiment_ids():
+    ((campaign, specs),) = [v for k, v in campaigns(PROJECT / "data").items() if k == "grid-sim-01"]
+    assert len(specs) == 12 == len(campaign.tasks) * len(campaign.model_pairs) * len(campaign.seeds)
+    spec = specs["grid-sim-01--word_sort--large-tiny--miprov2--s2"]
+    assert (spec.task, spec.small_model.model, spec.seed, spec.stage1.optimizer) == (
+        "word_sort",
+        "sim/tiny",
+        2,
+        "miprov2",
+    )
+    assert spec.stage1.max_calls == 120  # the shared settings reach every cell
+    assert set(specs) <= set(experiment_ids(PROJECT / "data"))
+
+
+def test_campaign_cells_are_experiments_like_any_other(lab: Lab):
+    _write(lab, "grid", experiment={"evaluation": {"limit": 25}})
+    ids = experiment_ids(lab.data_dir)
+    assert ids == sorted(f"grid--arithmetic--{p}--miprov2--s{s}" for p in ("l-s", "l-t") for s in (0, 1))
+    spec = load_experiment(lab.data_dir, ids[0])
+    assert spec.evaluation.limit == 25 and spec.small_model.model == "sim/small"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tasks": ["arithmetic", "nope"]}, "unknown task 'nope'"),
+        ({"model_pairs": [PAIRS[0], PAIRS[0]]}, "two cells expand to the same experiment id"),
+        (
+            {"model_pairs": [{**PAIRS[0], "small_model": {"model": "sim/huge"}}]},
+            "unknown sim model 'sim/huge'",
+        ),
+        ({"experiment": {"stage1": {"max_calls": 1}}}, "stage1.max_calls"),
+        ({"seeds": []}, "seeds"),
+        ({"campaign": "other"}, "does not match the file name"),
+    ],
+)
+def test_invalid_campaigns_fail_before_anything_runs(lab: Lab, overrides: dict, message: str):
+    path = _write(lab, "bad", **overrides)
+    with pytest.raises(CampaignError, match=message) as error:
+        experiment_ids(lab.data_dir)
+    assert str(path) in str(error.value)
+
+
+def test_a_campaign_may_not_reuse_an_experiment_id(lab: Lab):
+    lab.write("grid--arithmetic--l-s--miprov2--s0")
+    _write(lab, "grid")
+    with pytest.raises(CampaignError, match="reuses the experiment id"):
+        experiment_ids(lab.data_dir)
+
+
+def _comparisons(instance: DagsterInstance, ids: list[str]) -> dict[str, int]:
+    filter_ = AssetRecordsFilter(asset_key=AssetKey("comparison"), asset_partitions=ids)
+    records = instance.fetch_materializations(filter_, limit=1000).records
+    return {
+        e: sum(r.partition_key == e for r in records)
+        for e in ids
+        if any(r.partition_key == e for r in records)
+    }
+
+
+def test_campaign_runs_as_a_backfill_survives_a_kill_and_matches_its_experiments(tmp_path: Path, lab: Lab):
+    home = tmp_path / "home"
+    home.mkdir()
+    # Four experiments at once on SQLite; at most 2 LLM steps at a time (the pool), 3 calls each.
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "telemetry": {"enabled": False},
+                "concurrency": {"runs": {"max_concurrent_runs": 4}, "pools": {"default_limit": 2}},
+            }
+        )
+    )
+    with SimServer(latency_s=0.01).start() as server:
+        http = {"api_base": server.url, "max_concurrency": 3}
+        pairs = [
+            {
+                "name": "l-s",
+                "large_model": {"model": "openai/sim-large", **http},
+                "small_model": {"model": "openai/sim-small", **http},
+            },
+            {
+                "name": "l-t",
+                "large_model": {"model": "openai/sim-large", **http},
+                "small_model": {"model": "openai/sim-tiny", **http},
+            },
+        ]
+        shared = {k: v for k, v in FAST.items() if k not in ("task", "large_model", "small_model", "seed")}
+        _write(lab, "grid", model_pairs=pairs, experiment=shared)
+        ids = experiment_ids(lab.data_dir)
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "LSL_DATA_DIR": str(lab.data_dir),
+            "LSL_RUNS_DIR": str(lab.runs_dir),
+        }
+        command = [str(Path(sys.executable).with_name("lsl")), "campaign", "run", "grid"]
+
+        first = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        instance = DagsterInstance.from_config(str(home))
+        deadline = time.monotonic() + 300
+        while len(_comparisons(instance, ids)) < 2:
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        os.killpg(first.pid, signal.SIGKILL)  # the launcher, its daemon and the runs it started
+        first.wait()
+        done_before = _comparisons(instance, ids)
+        assert 2 <= len(done_before) < len(ids)
+
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert second.returncode == 0, second.stderr
+        max_in_flight = server.stats()["max_in_flight"]
+
+    done = _comparisons(instance, ids)
+    assert set(done) == set(ids)
+    assert all(done[e] == 1 for e in done_before)  # what was finished was not run again
+    assert max_in_flight <= 2 * 3
+    runs = instance.get_run_records()
+    assert not any(
+        "database is locked" in (r.dagster_run.tags.get("dagster/failure_reason") or "") for r in runs
+    )
+
+    summary_path = Path(
+        next(
+            line.split("summary in ")[1].split(",")[0]
+            for line in second.stdout.splitlines()
+            if "summary in" in line
+        )
+    )
+    summary = json.loads(summary_path.read_text())
+    assert Path(summary["plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for cell in summary["cells"]:
+        experiments = [
+            json.loads((lab.runs_dir / e / "comparison.json").read_text()) for e in cell["experiments"]
+        ]
+        assert len(experiments) == 2
+        for arm, interval in cell["arms"].items():
+            scores = [next(a["score"] for a in c["arms"] if a["arm"] == arm) for c in experiments]
+            assert interval["mean"] == pytest.approx(sum(scores) / 2)
+        lsl = [
+            next(d["diff"] for d in c["differences"] if (d["arm"], d["baseline"]) == ("lsl", "baseline"))
+            for c in experiments
+        ]
+        assert cell["differences"]["lsl - baseline"]["mean"] == pytest.approx(sum(lsl) / 2)
