@@ -22,7 +22,15 @@ from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
 from lsl_dagster.experiments import campaigns, spec_version
 from lsl_dagster.files import atomic_writer
-from lsl_dagster.launch import backfill, daemon, daemon_alive, reap, unfinished_backfills, wait
+from lsl_dagster.launch import (
+    backfill,
+    cancel_orphaned_backfills,
+    daemon,
+    daemon_alive,
+    reap_dead_runs,
+    unfinished_backfills,
+    wait,
+)
 from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, Interval, PairedDifference
 from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
@@ -140,8 +148,15 @@ def stage_status(instance: dg.DagsterInstance, graph, ids: Sequence[str]) -> dic
     return table
 
 
+def _reap(instance: dg.DagsterInstance, daemon_is_alive: bool) -> None:
+    for run_id in reap_dead_runs(instance, daemon_is_alive):
+        print(f"run {run_id} was left running by a process that is gone: marked failed, pool slots freed")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with _instance() as instance:
+        # Only runs whose process is gone: waiting to rule out a live daemon is not worth it here.
+        _reap(instance, daemon_is_alive=True)
         graph, data_dir, known = _code_location()
         _check_known(args.experiments, known)
         # Checked before observing anything, so that a mistyped DAGSTER_HOME is reported, not written to.
@@ -330,8 +345,9 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         ids = sorted(grids[args.name][1])
         title = f"campaign {args.name}"
         alive = daemon_alive(instance)
-        for thing in [] if alive else reap(instance, title):
-            print(f"{thing} was left behind by a killed launch: canceled / marked failed")
+        for backfill_id in [] if alive else cancel_orphaned_backfills(instance, title):
+            print(f"backfill {backfill_id} was left behind by a killed launch: canceled")
+        _reap(instance, alive)
         for running in unfinished_backfills(instance, title):  # a live daemon is still carrying it out
             wait(instance, running.backfill_id, print)
         observe_experiment_files(instance, data_dir, ids)

@@ -22,6 +22,7 @@ from dagster._core.execution.backfill import (
     BulkActionStatus,
     PartitionBackfill,
 )
+from dagster._core.storage.runs.sqlite import SqliteRunStorage
 from dagster._core.utils import make_new_backfill_id
 
 
@@ -56,25 +57,34 @@ def unfinished_backfills(instance: dg.DagsterInstance, title: str) -> list[Parti
     return [b for b in instance.get_backfills(status=BulkActionStatus.REQUESTED) if b.title == title]
 
 
-def reap(instance: dg.DagsterInstance, title: str) -> list[str]:
-    """What a killed launch left behind, to call when no daemon is alive to carry it on: its backfill is
-    canceled (so the relaunch's backfill is the only one launching runs), and runs left starting or
-    started whose process is gone are marked failed (so the status says what happened and the relaunch
-    retries them; local runs record their pid at start). Returns what was reaped."""
-    reaped = []
-    for orphan in unfinished_backfills(instance, title):
+def cancel_orphaned_backfills(instance: dg.DagsterInstance, title: str) -> list[str]:
+    """Backfills a killed launch left requested, to call when no daemon is alive to carry them on: so
+    the relaunch's backfill is the only one launching runs."""
+    orphans = unfinished_backfills(instance, title)
+    for orphan in orphans:
         instance.update_backfill(
             orphan.with_status(BulkActionStatus.CANCELED).with_end_timestamp(time.time())
         )
-        reaped.append(f"backfill {orphan.backfill_id}")
+    return [orphan.backfill_id for orphan in orphans]
+
+
+def reap_dead_runs(instance: dg.DagsterInstance, daemon_is_alive: bool) -> list[str]:
+    """Runs left started by a process that is gone (kill -9) are marked failed and their concurrency
+    slots freed: otherwise they show as running forever and hold their pool slots, and later runs wait.
+    Also runs left starting (no process yet) when no daemon is alive to start them. Only on an instance
+    kept in local SQLite: a run's recorded pid means something only on the machine it ran on."""
+    if not isinstance(instance.run_storage, SqliteRunStorage):
+        return []
+    reaped = []
     running = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
     for run in instance.get_runs(running):
         starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
-        if not _pid_alive(starts[0].dagster_event.pid if starts else None):
-            instance.report_run_failed(
-                run, "its process is gone (found by `lsl campaign run` with no daemon alive)"
-            )
-            reaped.append(f"run {run.run_id}")
+        pid = starts[0].dagster_event.pid if starts else None
+        if _pid_alive(pid) or (pid is None and daemon_is_alive):
+            continue
+        instance.report_run_failed(run, "its process is gone (killed?); marked failed by lsl")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped.append(run.run_id)
     return reaped
 
 

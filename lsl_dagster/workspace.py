@@ -45,6 +45,11 @@ class StageRun:
     def threads(self, role: Literal["large", "small"]) -> int:
         return self.spec.model(role).max_concurrency
 
+    def close(self) -> None:
+        """DSPy leaves a custom engine's connections to its owner: close them with the stage."""
+        for lm in self._lms.values():
+            lm.engine.close()
+
 
 class Workspace(ConfigurableResource):
     """data_dir holds experiments/ and tasks/; runs_dir holds one directory per experiment."""
@@ -69,9 +74,9 @@ class Workspace(ConfigurableResource):
 
         Keys and prices are checked before any call. One stage of an experiment runs at a time (a file
         lock), so the experiment's max_cost_usd holds across processes: the stage may spend what the
-        call log says is left. Requests this stage logged since it last completed (a crashed attempt)
-        count against its max_calls, while their responses replay from the stage's cache for free.
-        The ledger is written when the stage ends, also when it fails.
+        call log says is left. What the stage paid since it last completed (a crashed attempt) is part
+        of its usage; those responses replay from the stage's cache for free. The ledger is written
+        when the stage ends, also when it fails.
         """
         models.check(spec)
         run_dir = self.run_dir(spec.experiment_id)
@@ -83,22 +88,27 @@ class Workspace(ConfigurableResource):
                 log.info("waiting for another stage of %s to finish", spec.experiment_id)
                 fcntl.flock(lock, fcntl.LOCK_EX)
             records = list(CallLog.read(run_dir / "calls.jsonl"))
-            prior = []
+            prior: list[dict] = []
             for record in records:
                 if record["stage"] == name:
-                    prior = [] if record.get("event") == MATERIALIZED else [*prior, record]
+                    if record.get("event") == MATERIALIZED:
+                        prior.clear()
+                    else:
+                        prior.append(record)
             calls = [r for r in records if "event" not in r]
             allowance = None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent_usd(calls))
             call_log = CallLog(run_dir / "calls.jsonl")
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
+            run = StageRun(spec, meter, models)
             try:
                 with stage_cache(run_dir / "cache" / name, meter):
-                    yield StageRun(spec, meter, models)
+                    yield run
                 meter.wait_idle()
                 call_log.append({"stage": name, "event": MATERIALIZED})
             finally:
                 meter.close()
                 meter.wait_idle()
+                run.close()
                 call_log.close()
                 atomic_write_text(
                     run_dir / "ledgers" / f"{name}.json", meter.ledger().model_dump_json(indent=2)

@@ -7,6 +7,7 @@ import copy
 import json
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,14 +102,20 @@ class Lab:
         return list(self.instance.fetch_materializations(filter_, limit=100).records)
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+@contextmanager
+def make_lab(tmp_path: Path, instance_settings: dict[str, Any] | None = None) -> Iterator[Lab]:
     data_dir = tmp_path / "data"
     shutil.copytree(PROJECT / "data" / "tasks", data_dir / "tasks")
     (data_dir / "experiments").mkdir()
     (tmp_path / "dagster_home").mkdir()
-    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+    with instance_for_test(temp_dir=str(tmp_path / "dagster_home"), overrides=instance_settings) as instance:
         yield Lab(data_dir, tmp_path / "runs", instance)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with make_lab(tmp_path) as lab:
+        yield lab
 
 
 @pytest.fixture

@@ -6,13 +6,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from dagster import AssetKey, AssetRecordsFilter
 
+from lsl_dagster.cli import main
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import Lab
+from lsl_dagster_tests.conftest import Lab, make_lab
 
 STAGE_ASSETS = [
     "stage1_prompt",
@@ -82,6 +84,13 @@ def _assert_nothing_corrupt(directory: Path) -> None:
 
 
 @pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """One LLM step at a time: a killed run must not keep holding the pool's only slot."""
+    with make_lab(tmp_path, {"concurrency": {"pools": {"default_limit": 1}}}) as lab:
+        yield lab
+
+
+@pytest.fixture
 def reference(lab: Lab) -> tuple[dict, dict[str, int]]:
     """An uninterrupted run: its outputs and how often the server answered each distinct request."""
     with SimServer(seed=PORT_SERVER_SEED, latency_s=0.005).start() as server:
@@ -91,7 +100,14 @@ def reference(lab: Lab) -> tuple[dict, dict[str, int]]:
 
 
 @pytest.mark.parametrize(("stage", "after"), [("stage1", 30), ("stage2", 20), ("baseline_evaluation", 15)])
-def test_kill_9_mid_stage_then_resume(lab: Lab, reference, stage: str, after: int):
+def test_kill_9_mid_stage_then_resume(
+    lab: Lab,
+    reference,
+    stage: str,
+    after: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+):
     expected, paid_once = reference
     name = f"kill-{stage.replace('_', '-')}"
     first = SimServer(seed=PORT_SERVER_SEED, latency_s=0.01).start()
@@ -111,7 +127,7 @@ def test_kill_9_mid_stage_then_resume(lab: Lab, reference, stage: str, after: in
         "-m",
         "lsl_dagster.definitions",
         "--select",
-        "*",
+        "group:lsl",
         "--partition",
         name,
     ]
@@ -135,6 +151,12 @@ def test_kill_9_mid_stage_then_resume(lab: Lab, reference, stage: str, after: in
         if process.poll() is None:
             process.kill()
         first.stop()
+    # `lsl status` finds the killed run (its process is gone), marks it failed and frees its pool slot.
+    monkeypatch.setenv("DAGSTER_HOME", lab.instance.root_directory)
+    monkeypatch.setenv("LSL_DATA_DIR", str(lab.data_dir))
+    monkeypatch.setenv("LSL_RUNS_DIR", str(lab.runs_dir))
+    assert main(["status", name]) == 0
+    assert "marked failed, pool slots freed" in capsys.readouterr().out
     done_before = _materialized(lab, name)
     _assert_nothing_corrupt(lab.runs_dir / name)
     mtimes = {a: (lab.runs_dir / name / f"{a}.json").stat().st_mtime_ns for a in done_before}
