@@ -24,7 +24,7 @@ from dagster import (
     observable_source_asset,
 )
 
-from lsl_dagster import stages
+from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
 from lsl_dagster.experiments import ExperimentError, spec_version
 from lsl_dagster.ledger import BudgetExhausted
@@ -41,8 +41,6 @@ from lsl_dagster.plots import campaign_figure
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
 
-# Bump when a stage's behaviour changes: every materialization then shows as stale.
-CODE_VERSION = "1"
 # Steps that call LLMs take a slot of this Dagster concurrency pool (limit set on the instance).
 POOL = "lsl_llm"
 GROUP = "lsl"  # one experiment's assets, partitioned by experiment
@@ -98,13 +96,13 @@ def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict
 def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
     @observable_source_asset(partitions_def=partitions, group_name=GROUP)
     def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
-        """data/experiments/<experiment_id>.yaml. Its version is the validated spec's hash, so editing a
-        file marks exactly that experiment's assets stale."""
+        """data/experiments/<experiment_id>.yaml (or its campaign's cell). Its version is the validated
+        spec's hash, so editing a file marks exactly that experiment's assets stale."""
+        # A run of one experiment observes just that one: every run observing every file would grow the
+        # event log with the square of a campaign's size.
+        keys = [context.partition_key] if context.has_partition_key else partitions.get_partition_keys()
         return DataVersionsByPartition(
-            {
-                key: DataVersion(spec_version(Path(workspace.data_dir), key))
-                for key in partitions.get_partition_keys()
-            }
+            {key: DataVersion(spec_version(Path(workspace.data_dir), key)) for key in keys}
         )
 
     # Every stage reads the experiment file, so each depends on it: editing the file marks them all stale.

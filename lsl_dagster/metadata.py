@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
+from lsl_dagster import CODE_VERSION
 from lsl_dagster.models import (
     CampaignSummary,
     Comparison,
@@ -80,6 +81,7 @@ def environment(spec: ExperimentSpec) -> dict[str, Any]:
         "models": f"large={spec.large_model.model}, small={spec.small_model.model}",
         "seed": spec.seed,
         "spec_hash": spec.spec_hash,
+        "code_version": CODE_VERSION,
         "versions": (
             f"python {platform.python_version()}, dagster {version('dagster')}, dspy {version('dspy')}, "
             f"lsl_dagster {version('lsl_dagster')}"
