@@ -26,7 +26,7 @@ from dagster import (
 
 from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
-from lsl_dagster.experiments import ExperimentError, spec_version
+from lsl_dagster.experiments import ExperimentError, spec_versions
 from lsl_dagster.ledger import BudgetExhausted
 from lsl_dagster.lm import ConfigError, LanguageModels, ProviderUnavailable
 from lsl_dagster.metadata import (
@@ -101,9 +101,8 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         # A run of one experiment observes just that one: every run observing every file would grow the
         # event log with the square of a campaign's size.
         keys = [context.partition_key] if context.has_partition_key else partitions.get_partition_keys()
-        return DataVersionsByPartition(
-            {key: DataVersion(spec_version(Path(workspace.data_dir), key)) for key in keys}
-        )
+        versions = spec_versions(Path(workspace.data_dir), keys)
+        return DataVersionsByPartition({key: DataVersion(version) for key, version in versions.items()})
 
     # Every stage reads the experiment file, so each depends on it: editing the file marks them all stale.
     common = {

@@ -20,7 +20,7 @@ from dagster._time import get_current_datetime
 
 from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
-from lsl_dagster.experiments import campaigns, spec_version
+from lsl_dagster.experiments import campaigns, spec_versions
 from lsl_dagster.files import atomic_writer
 from lsl_dagster.launch import (
     backfill,
@@ -106,8 +106,7 @@ def observe_experiment_files(instance: dg.DagsterInstance, data_dir: Path, ids: 
     """Record a new experiment_file version for each file that changed since it was last observed (as the
     experiment_files sensor does), so that Dagster's stale status accounts for edits. Returns those ids."""
     changed = []
-    for experiment_id in ids:
-        version = spec_version(data_dir, experiment_id)
+    for experiment_id, version in spec_versions(data_dir, ids).items():
         filter_ = dg.AssetRecordsFilter(FILE, asset_partitions=[experiment_id])
         last = instance.fetch_observations(filter_, limit=1).records
         if not last or last[0].asset_observation.data_version != version:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -50,15 +51,22 @@ def experiment_ids(data_dir: Path) -> list[str]:
     return sorted(ids)
 
 
-def spec_version(data_dir: Path, experiment_id: str) -> str:
-    """The data version of an experiment file: the validated spec's hash, so comments and formatting do
-    not count; an invalid file gets its raw hash, so that fixing it shows as a change too."""
-    try:
-        return load_experiment(data_dir, experiment_id).spec_hash
-    except ExperimentError:
+def spec_versions(data_dir: Path, experiment_ids: Sequence[str]) -> dict[str, str]:
+    """The data version of each experiment: its validated spec's hash, so comments and formatting do not
+    count; an invalid file gets its raw hash, so that fixing it shows as a change too."""
+    cells = {e: spec for _, specs in campaigns(data_dir).values() for e, spec in specs.items()}
+    versions = {}
+    for experiment_id in experiment_ids:
         path = data_dir / "experiments" / f"{experiment_id}.yaml"
-        raw = path.read_bytes() if path.exists() else b""
-        return "invalid-" + hashlib.sha256(raw).hexdigest()[:16]
+        try:
+            spec = (
+                cells[experiment_id] if experiment_id in cells else load_experiment(data_dir, experiment_id)
+            )
+            versions[experiment_id] = spec.spec_hash
+        except ExperimentError:
+            raw = path.read_bytes() if path.exists() else b""
+            versions[experiment_id] = "invalid-" + hashlib.sha256(raw).hexdigest()[:16]
+    return versions
 
 
 def load_experiment(data_dir: Path, experiment_id: str) -> ExperimentSpec:

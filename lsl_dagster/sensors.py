@@ -13,7 +13,7 @@ from dagster import (
     sensor,
 )
 
-from lsl_dagster.experiments import spec_version
+from lsl_dagster.experiments import spec_versions
 from lsl_dagster.workspace import Workspace
 
 # The tag Dagster reads an observation's data version from (what observable source assets emit).
@@ -26,9 +26,7 @@ def experiment_files_sensor(partitions: PartitionsDefinition) -> SensorDefinitio
         """Records a new version of experiment_file for every experiment whose file changed, so its
         downstream assets show as stale without anyone clicking "Observe"."""
         seen = json.loads(context.cursor or "{}")
-        versions = {
-            key: spec_version(Path(workspace.data_dir), key) for key in partitions.get_partition_keys()
-        }
+        versions = spec_versions(Path(workspace.data_dir), partitions.get_partition_keys())
         events = [
             AssetObservation("experiment_file", partition=key, tags={DATA_VERSION_TAG: version})
             for key, version in versions.items()

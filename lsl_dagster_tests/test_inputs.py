@@ -131,3 +131,24 @@ def test_editing_an_experiment_file_marks_exactly_its_assets_stale(lab: Lab):
     assert _status(lab, "baseline_evaluation", "edit-a") == StaleStatus.STALE
     assert _status(lab, "stage1_prompt", "edit-b") == StaleStatus.FRESH
     assert _status(lab, "baseline_evaluation", "edit-b") == StaleStatus.FRESH
+
+
+def test_the_sensor_observes_exactly_the_files_that_changed(lab: Lab):
+    from dagster import build_sensor_context
+
+    for name in ("watch-a", "watch-b"):
+        lab.write(name)
+    defs = lab.defs()
+    sensor = defs.resolve_sensor_def("experiment_files")
+
+    def tick(cursor: str | None):
+        with build_sensor_context(instance=lab.instance, cursor=cursor, resources=defs.resources) as context:
+            result = sensor(context)
+        return sorted(e.partition for e in result.asset_events), result.cursor
+
+    observed, cursor = tick(None)
+    assert observed == ["watch-a", "watch-b"]
+    assert tick(cursor)[0] == []
+    path = lab.data_dir / "experiments" / "watch-b.yaml"
+    path.write_text(path.read_text().replace("seed: 0", "seed: 2"))
+    assert tick(cursor)[0] == ["watch-b"]
