@@ -29,7 +29,9 @@ BIN = Path(sys.executable).parent
 
 def parser(description: str, repeat: int) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--repeat", type=int, default=repeat, help=f"runs per measurement (median; default {repeat})")
+    p.add_argument(
+        "--repeat", type=int, default=repeat, help=f"runs per measurement (median; default {repeat})"
+    )
     p.add_argument("--quick", action="store_true", help="a smaller smoke-check version (about a minute)")
     return p
 
@@ -73,7 +75,9 @@ def environment() -> str:
             f"versions: python {platform.python_version()}, "
             + ", ".join(f"{k} {v}" for k, v in versions.items())
             + f" (git {_git_head()})",
-            f"date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}, load average "
+            + "/".join(f"{load:.2f}" for load in os.getloadavg())
+            + " (1/5/15 min; other work on the machine skews times)",
         ]
     )
 
@@ -83,12 +87,14 @@ def median(values: Iterable[float]) -> float:
 
 
 def spread(values: Sequence[float], fmt: str = "{:.2f}") -> str:
-    """The median, and the range when there were several runs."""
-    text = fmt.format(median(values))
-    return text if len(values) < 2 else f"{text} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+    """The median, and the range (min-max) when the runs differed."""
+    low, mid, high = fmt.format(min(values)), fmt.format(median(values)), fmt.format(max(values))
+    return mid if low == high else f"{mid} ({low}-{high})"
 
 
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> None:
+def print_table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()
+) -> None:
     cells = [list(map(str, header)), *([str(c) for c in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     line = "  ".join
@@ -160,12 +166,12 @@ def shipped_experiment(name: str = "arith-sim-01") -> dict[str, Any]:
 
 def call_signature(records: Iterable[Mapping[str, Any]]) -> Counter[tuple[Any, ...]]:
     """What was asked of the providers, independent of timing: (stage, model, ok, tokens in, tokens out)."""
-    return Counter(
-        (r["stage"], r["model"], r["ok"], r["input_tokens"], r["output_tokens"]) for r in records
-    )
+    return Counter((r["stage"], r["model"], r["ok"], r["input_tokens"], r["output_tokens"]) for r in records)
 
 
-def run(command: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 1800) -> tuple[float, str]:
+def run(
+    command: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 1800
+) -> tuple[float, str]:
     """Run a command to completion; (wall seconds, stdout). A failure shows the command's output."""
     start = time.perf_counter()
     done = subprocess.run(list(command), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -188,3 +194,20 @@ def materialize(experiment_id: str, select: str = "group:lsl") -> list[str]:
         "--partition",
         experiment_id,
     ]
+
+
+def starting_candidate(spec: Any, task: Any) -> Any:
+    """The task's unoptimized program as a PromptCandidate, what an evaluation benchmark evaluates."""
+    from lsl_dagster.models import Ledger, Provenance
+    from lsl_dagster.program import capture, task_program
+
+    provenance = Provenance(
+        stage="bench",
+        optimizer="none",
+        model=spec.large_model.model,
+        seed=spec.seed,
+        spec_hash=spec.spec_hash,
+    )
+    return capture(
+        task_program(task), task, spec.experiment_id, provenance, Ledger(stage="bench"), spec.simulated
+    )

@@ -74,9 +74,13 @@ def run_experiment(workspace: Workspace, models: LanguageModels, experiment_id: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("experiments", nargs="+")
-    parser.add_argument("--campaign", help="also summarize these experiments as this campaign (with its plot)")
+    parser.add_argument(
+        "--campaign", help="also summarize these experiments as this campaign (with its plot)"
+    )
     args = parser.parse_args()
     data_dir = Path(os.environ["LSL_DATA_DIR"])
     workspace = Workspace(data_dir=str(data_dir), runs_dir=os.environ["LSL_RUNS_DIR"])

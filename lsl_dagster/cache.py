@@ -29,7 +29,7 @@ class StageCache(Cache):
             enable_memory_cache=True,
             disk_cache_dir=str(directory),
             disk_size_limit_bytes=2**40,  # never evict: an evicted entry would be paid for again
-            memory_max_entries=4096,  # bounded, so memory does not grow with the test set
+            memory_max_entries=1024,  # bounded, so memory does not grow with the test set
             restrict_pickle=True,
         )
         self.meter = meter
