@@ -1,0 +1,163 @@
+"""How memory grows with the work: peak RSS of evaluating 1k, 5k and 20k examples.
+
+    .venv/bin/python bench/memory.py [--repeat 3] [--quick] [--trace N]
+
+Each evaluation runs in a fresh subprocess: `stages.evaluate_on_large` inside `Workspace.stage` (metered
+engine, response cache on disk and in memory, call log, predictions streamed to JSONL) over the generated
+arithmetic test split on `sim/large`. The child reports its peak RSS (VmHWM) and its RSS just before the
+evaluation started. `--trace N` instead diffs tracemalloc snapshots around one evaluation of N examples and
+prints where the memory that stayed allocated was allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from _common import REPO, median, parser, print_table, run, spread, starting_candidate
+
+SIZES = (1_000, 5_000, 20_000)
+QUICK_SIZES = (500, 2_000)
+TARGET_MB = 50
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def open_cache_files() -> int:
+    """File descriptors this process holds on the response cache's SQLite files (3 per connection)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed since listed
+            count += "cache.db" in os.readlink(f"/proc/self/fd/{fd}")
+    return count
+
+
+def child(n: int, trace: bool) -> None:
+    """Evaluate n examples; print one JSON line: peak and starting RSS (KiB), calls, cache fds, seconds."""
+    from lsl_dagster import stages
+    from lsl_dagster.lm import LanguageModels
+    from lsl_dagster.models import ExperimentSpec
+    from lsl_dagster.tasks import load_task
+    from lsl_dagster.workspace import Workspace
+
+    task = load_task("arithmetic", REPO / "data" / "tasks")
+    spec = ExperimentSpec(
+        experiment_id="bench-memory",
+        task=task.name,
+        large_model={"model": "sim/large"},
+        small_model={"model": "sim/small"},
+        evaluation={"split": "test", "limit": n},
+    )
+    candidate = starting_candidate(spec, task)
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as runs:
+        workspace = Workspace(data_dir=str(REPO / "data"), runs_dir=runs)
+        out = Path(runs) / "predictions.jsonl"
+        with workspace.stage(spec, "baseline_evaluation", LanguageModels(), None) as stage:
+            if trace:
+                tracemalloc.start(25)
+                before = tracemalloc.take_snapshot()
+            start_kib, start = _status_kib("VmRSS"), time.perf_counter()
+            result = stages.evaluate_on_large(spec, task, candidate, "baseline", stage, out)
+            seconds = time.perf_counter() - start
+            cache_fds = open_cache_files()
+            if trace:
+                current, peak = tracemalloc.get_traced_memory()
+                print(
+                    f"tracemalloc: {current / 2**20:.1f} MiB traced at the end, peak {peak / 2**20:.1f} MiB"
+                )
+                print_growth(before, tracemalloc.take_snapshot())
+        calls = sum(
+            1 for line in (Path(runs) / "bench-memory" / "calls.jsonl").open() if '"event"' not in line
+        )
+    assert result.n == n
+    peak_kib = _status_kib("VmHWM")
+    print(
+        json.dumps(
+            {
+                "peak_kib": peak_kib,
+                "start_kib": start_kib,
+                "cache_fds": cache_fds,
+                "calls": calls,
+                "s": seconds,
+            }
+        )
+    )
+
+
+def print_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> None:
+    stats = after.compare_to(before, "traceback")
+    grown = sum(s.size_diff for s in stats)
+    print(f"tracemalloc: {grown / 2**20:+.1f} MiB still allocated after the evaluation; largest sources:")
+    for stat in stats[:12]:
+        frames = [
+            f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in reversed(stat.traceback[-4:])
+        ]
+        print(f"  {stat.size_diff / 2**20:+7.2f} MiB {stat.count_diff:+8d} blocks  " + " <- ".join(frames))
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n")[0], repeat=3)
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--trace", type=int, metavar="N", help="tracemalloc diff around one evaluation of N examples"
+    )
+    args = p.parse_args()
+    if args.child is not None:
+        child(args.child, trace=False)
+        return
+    if args.trace is not None:
+        child(args.trace, trace=True)
+        return
+    sizes, repeat = (QUICK_SIZES, 1) if args.quick else (SIZES, args.repeat)
+    measured: dict[int, list[dict]] = {n: [] for n in sizes}
+    for i in range(repeat):
+        for n in sizes:
+            _, out = run([sys.executable, __file__, "--child", str(n)])
+            measured[n].append(json.loads(out.strip().splitlines()[-1]))
+            print(f"{i + 1}/{repeat} n={n}: {measured[n][-1]}", file=sys.stderr)
+
+    def mib(n: int, key: str) -> list[float]:
+        return [m[key] / 1024 for m in measured[n]]
+
+    rows = [
+        [
+            f"{n:,}",
+            int(median(m["calls"] for m in measured[n])),
+            spread(mib(n, "start_kib"), "{:.1f}"),
+            spread(mib(n, "peak_kib"), "{:.1f}"),
+            spread([(m["peak_kib"] - m["start_kib"]) / 1024 for m in measured[n]], "{:.1f}"),
+            int(median(m["cache_fds"] for m in measured[n])),
+            spread([m["s"] for m in measured[n]], "{:.1f}"),
+        ]
+        for n in sizes
+    ]
+    small, large = sizes[0], sizes[-1]
+    growth = median(mib(large, "peak_kib")) - median(mib(small, "peak_kib"))
+    print_table(
+        f"Peak RSS of one evaluation on sim/large, by examples evaluated, median of {repeat}",
+        ["examples", "calls", "RSS before MiB", "peak RSS MiB", "peak - before MiB", "cache fds", "eval s"],
+        rows,
+        [
+            f"peak RSS ({large:,}) - peak RSS ({small:,}) = {growth:+.1f} MiB = {growth * 1.048576:+.1f} MB; "
+            f"target (issue 5, 20k vs 1k): within {TARGET_MB} MB -> "
+            + ("met" if growth * 1.048576 <= TARGET_MB else "MISSED"),
+            "RSS before: after imports and stage set-up, just before evaluating. Peak: the child's VmHWM.",
+            "cache fds: open descriptors on the response cache's SQLite files when the evaluation returns.",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

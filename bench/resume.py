@@ -1,0 +1,205 @@
+"""What a resume costs: kill -9 a run half-way through Stage 2, resume it, count what was paid twice.
+
+    .venv/bin/python bench/resume.py [--repeat 3] [--quick]
+
+Per repetition, in a fresh instance: an uninterrupted reference run of the experiment (both models over
+HTTP from the sim server); then the same experiment again, killed with SIGKILL once its call log holds half
+of the reference's Stage 2 calls, and resumed as a user would: `lsl status` (marks the killed run failed,
+frees its pool slot), then `dagster asset materialize` of the assets not yet materialized. Every request
+the server answers is recorded, so repaid calls are counted exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _common import Lab, make_lab, materialize, median, parser, print_table, shipped_experiment, spread
+from _common import run as run_command
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+from lsl_dagster.sim import TIERS
+from lsl_dagster.sim_server import SimServer
+
+ASSETS = [
+    "stage1_prompt",
+    "baseline_evaluation",
+    "stage2_hardened_prompt",
+    "budget_matched_prompt",
+    "stage3_evaluation",
+    "budget_matched_evaluation",
+    "comparison",
+]
+LATENCY_S = 0.01
+QUICK = {
+    "stage1": {"optimizer": "miprov2", "max_calls": 80},
+    "stage2": {"max_calls": 60},
+    "data": {"train": 12, "val": 8},
+    "evaluation": {"split": "test", "limit": 40},
+}
+
+
+def experiment(port: int, quick: bool) -> dict[str, Any]:
+    """The shipped example (or a small one), with both models served over HTTP by the sim server."""
+    spec = {**shipped_experiment(), **(QUICK if quick else {})}
+    base = f"http://127.0.0.1:{port}/v1"
+    for role, tier in (("large_model", "large"), ("small_model", "small")):
+        # The sim tier's price, so that max_cost_usd holds as it does on sim/<tier>.
+        price = TIERS[tier].price.model_dump()
+        spec[role] = {"model": f"openai/sim-{tier}", "api_base": base, "price": price}
+    return spec
+
+
+def stage_calls(lab: Lab, experiment_id: str, stage: str) -> int:
+    path = lab.runs_dir / experiment_id / "calls.jsonl"
+    if not path.exists():
+        return 0
+    complete = path.read_text().split("\n")[:-1]  # a line being written may be torn
+    return sum(r.get("stage") == stage and "event" not in r for r in map(json.loads, filter(None, complete)))
+
+
+def materialized(lab: Lab, experiment_id: str) -> list[str]:
+    with DagsterInstance.from_config(str(lab.home)) as instance:
+        return [
+            asset
+            for asset in ASSETS
+            if instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[experiment_id]), limit=1
+            ).records
+        ]
+
+
+def outcome(lab: Lab, experiment_id: str) -> tuple[Any, ...]:
+    comparison = json.loads((lab.runs_dir / experiment_id / "comparison.json").read_text())
+    return comparison["arms"], comparison["differences"]
+
+
+@dataclass
+class Result:
+    reference_s: float  # the uninterrupted `dagster asset materialize`, start to exit
+    killed_after_s: float  # launch of the run that was killed, to the kill
+    status_s: float  # `lsl status`, start to exit
+    resume_s: float  # `dagster asset materialize` of the missing assets, start to exit
+    reference_calls: int
+    resumed_calls: int  # requests the resumed run had answered
+    repaid: int  # answered more often (killed + resumed) than in the reference, summed over requests
+    missed: int  # answered less often than in the reference
+    replayed: int  # responses the resumed stages took from the cache (paid by the killed run)
+    done_before: int  # assets materialized when the run was killed
+    same_results: bool
+
+    @property
+    def fraction(self) -> float:
+        return (self.status_s + self.resume_s) / self.reference_s
+
+
+def once(root: Path, quick: bool) -> Result:
+    lab = make_lab(root)
+    with SimServer(latency_s=LATENCY_S).start() as server:
+        lab.write_experiment("reference", experiment(server.port, quick))
+        reference_s, _ = run_command(materialize("reference"), lab.env())
+        reference = Counter(server.served_requests)
+    stage2 = stage_calls(lab, "reference", "stage2")
+
+    first = SimServer(latency_s=LATENCY_S).start()
+    lab.write_experiment("killed", experiment(first.port, quick))
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        materialize("killed"), env=lab.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        while stage_calls(lab, "killed", "stage2") < stage2 // 2:
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.01)
+        # Freeze the provider and let the client store what it already received: requests in flight at
+        # the kill are then never answered (never paid), as in test_resume.py.
+        first.hold()
+        while first.stats()["in_flight"] != first.stats()["held"]:
+            time.sleep(0.005)
+        time.sleep(0.3)
+        killed_after_s = time.perf_counter() - started
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        first.stop()
+
+    status_s, status = run_command(
+        [str(Path(sys.executable).with_name("lsl")), "status", "killed"], lab.env()
+    )
+    assert "marked failed, pool slots freed" in status, status
+    done = materialized(lab, "killed")
+    missing = [asset for asset in ASSETS if asset not in done]
+    with SimServer(latency_s=LATENCY_S, port=first.port).start() as second:
+        resume_s, _ = run_command(materialize("killed", ",".join(["experiment_file", *missing])), lab.env())
+        resumed = Counter(second.served_requests)
+    paid = Counter(first.served_requests) + resumed
+    ledger = json.loads((lab.runs_dir / "killed" / "stage2_hardened_prompt.json").read_text())["ledger"]
+    return Result(
+        reference_s=reference_s,
+        killed_after_s=killed_after_s,
+        status_s=status_s,
+        resume_s=resume_s,
+        reference_calls=reference.total(),
+        resumed_calls=resumed.total(),
+        repaid=(paid - reference).total(),
+        missed=(reference - paid).total(),
+        replayed=sum(usage["replayed"] for usage in ledger["by_model"].values()),
+        done_before=len(done),
+        same_results=outcome(lab, "killed") == outcome(lab, "reference"),
+    )
+
+
+def main() -> None:
+    args = parser(__doc__.split("\n")[0], repeat=3).parse_args()
+    repeat = 1 if args.quick else args.repeat
+    results = []
+    for i in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="bench-resume-") as tmp:
+            results.append(once(Path(tmp), args.quick))
+        print(f"resume {i + 1}/{repeat}: {results[-1]}", file=sys.stderr)
+
+    def col(name: str, fmt: str = "{:.2f}") -> str:
+        return spread([getattr(r, name) for r in results], fmt)
+
+    print_table(
+        f"Resume after kill -9 at ~50% of Stage 2 ({'small experiment' if args.quick else 'arith-sim-01'} "
+        f"over HTTP, L = {LATENCY_S * 1000:.0f} ms), median of {repeat}",
+        ["", "value"],
+        [
+            ["requests answered, uninterrupted reference run", col("reference_calls", "{:.0f}")],
+            ["requests answered, resumed run", col("resumed_calls", "{:.0f}")],
+            ["  Stage 2 responses replayed from the cache", col("replayed", "{:.0f}")],
+            ["repaid calls: killed + resumed answered beyond the reference", col("repaid", "{:.0f}")],
+            ["missed calls: reference answered beyond killed + resumed", col("missed", "{:.0f}")],
+            ["results identical to the reference (arms, differences)", all(x.same_results for x in results)],
+            [f"assets materialized before the kill (of {len(ASSETS)})", col("done_before", "{:.0f}")],
+            ["uninterrupted run, s (R)", col("reference_s")],
+            ["killed run, launch to kill, s", col("killed_after_s")],
+            ["lsl status, s (S)", col("status_s")],
+            ["materialize the missing assets, s (M)", col("resume_s")],
+            ["resume time as a fraction of the run: (S + M) / R", col("fraction", "{:.0%}")],
+            [
+                "work left at the kill: resumed calls / reference calls",
+                f"{median(x.resumed_calls / x.reference_calls for x in results):.0%}",
+            ],
+        ],
+        [
+            "Requests are told apart by (model, messages, seed), counted by the server as it answers them.",
+            "Times are wall times of the subprocesses, from a fresh Dagster instance (repo dagster.yaml).",
+            f"Targets: repaid calls = 0. Pass: {'yes' if all(x.repaid == 0 for x in results) else 'NO'}.",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
