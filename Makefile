@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/lsl results $(EXPERIMENT)
 
 test: setup
-	$(BIN)/ruff check lsl_dagster lsl_dagster_tests
+	$(BIN)/ruff check lsl_dagster lsl_dagster_tests bench
 	$(BIN)/pytest
 
 # A campaign (data/campaigns/$(CAMPAIGN).yaml) as a Dagster backfill, then its table.

@@ -26,18 +26,11 @@ from _common import Lab, make_lab, materialize, median, parser, print_table, shi
 from _common import run as run_command
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
+from lsl_dagster.cli import STAGES
 from lsl_dagster.sim import TIERS
 from lsl_dagster.sim_server import SimServer
 
-ASSETS = [
-    "stage1_prompt",
-    "baseline_evaluation",
-    "stage2_hardened_prompt",
-    "budget_matched_prompt",
-    "stage3_evaluation",
-    "budget_matched_evaluation",
-    "comparison",
-]
+ASSETS = list(STAGES)  # the stage assets
 LATENCY_S = 0.01
 QUICK = {
     "stage1": {"optimizer": "miprov2", "max_calls": 80},

@@ -12,19 +12,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter
 
-from lsl_dagster.cli import main
+from lsl_dagster.cli import STAGES, main
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.conftest import Lab, make_lab
 
-STAGE_ASSETS = [
-    "stage1_prompt",
-    "baseline_evaluation",
-    "stage2_hardened_prompt",
-    "budget_matched_prompt",
-    "stage3_evaluation",
-    "budget_matched_evaluation",
-    "comparison",
-]
+STAGE_ASSETS = list(STAGES)  # the stage assets
 PORT_SERVER_SEED = 0
 
 
