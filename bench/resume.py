@@ -114,9 +114,7 @@ def once(root: Path, quick: bool) -> Result:
             time.sleep(0.01)
         # Freeze the provider and let the client store what it already received: requests in flight at
         # the kill are then never answered (never paid), as in test_resume.py.
-        first.hold()
-        while first.stats()["in_flight"] != first.stats()["held"]:
-            time.sleep(0.005)
+        first.freeze()
         time.sleep(0.3)
         killed_after_s = time.perf_counter() - started
         process.send_signal(signal.SIGKILL)

@@ -23,6 +23,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -412,6 +413,15 @@ class SimServer:
         """Stop answering: new and latency-delayed requests wait (counted in `held`) until release();
         stop() drops them unanswered, so they are never served (never "paid")."""
         self._open.clear()
+
+    def freeze(self) -> None:
+        """hold(), returning once every request in flight is held: from then on nothing is answered."""
+        self.hold()
+        while True:
+            with self._lock:
+                if self.in_flight == self.held:
+                    return
+            time.sleep(0.005)
 
     def release(self) -> None:
         self._open.set()

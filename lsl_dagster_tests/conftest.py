@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,6 +90,23 @@ class Lab:
             asset_selection=selection,
             raise_on_error=raise_on_error,
         )
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The environment of a command run against this lab: its instance, data and runs directories."""
+        return {
+            **os.environ,
+            "DAGSTER_HOME": self.instance.root_directory,
+            "LSL_DATA_DIR": str(self.data_dir),
+            "LSL_RUNS_DIR": str(self.runs_dir),
+            **overrides,
+        }
+
+    @staticmethod
+    def materialize_command(experiment_id: str) -> list[str]:
+        """What a user runs to materialize one experiment from a shell."""
+        dagster = str(Path(sys.executable).with_name("dagster"))
+        select = ["--select", "group:lsl", "--partition", experiment_id]
+        return [dagster, "asset", "materialize", "-m", "lsl_dagster.definitions", *select]
 
     def output(self, experiment_id: str, asset: str) -> dict[str, Any]:
         return json.loads((self.runs_dir / experiment_id / f"{asset}.json").read_text())

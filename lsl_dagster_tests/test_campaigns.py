@@ -120,12 +120,7 @@ def test_campaign_runs_as_a_backfill_survives_a_kill_and_matches_its_experiments
         shared = {k: v for k, v in FAST.items() if k not in ("task", "large_model", "small_model", "seed")}
         _write(lab, "grid", model_pairs=pairs, experiment=shared)
         ids = experiment_ids(lab.data_dir)
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "LSL_DATA_DIR": str(lab.data_dir),
-            "LSL_RUNS_DIR": str(lab.runs_dir),
-        }
+        env = lab.env(DAGSTER_HOME=str(home))
         command = [str(Path(sys.executable).with_name("lsl")), "campaign", "run", "grid"]
 
         first = subprocess.Popen(

@@ -1,10 +1,8 @@
 """Crash safety: kill -9 a real materialization mid-stage, resume, and check nothing is lost or paid twice."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,26 +102,9 @@ def test_kill_9_mid_stage_then_resume(
     name = f"kill-{stage.replace('_', '-')}"
     first = SimServer(seed=PORT_SERVER_SEED, latency_s=0.01).start()
     lab.write(name, **_spec(first.port))
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": lab.instance.root_directory,
-        "LSL_DATA_DIR": str(lab.data_dir),
-        "LSL_RUNS_DIR": str(lab.runs_dir),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "asset",
-        "materialize",
-        "-m",
-        "lsl_dagster.definitions",
-        "--select",
-        "group:lsl",
-        "--partition",
-        name,
-    ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        lab.materialize_command(name), env=lab.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 180
         while _stage_calls(lab, name, stage) < after:
@@ -133,9 +114,7 @@ def test_kill_9_mid_stage_then_resume(
         # Freeze the provider, let the client store the responses it already received, then kill: what
         # is in flight then is never answered, so never paid. (A response sent in the instant before a
         # real crash, before it reached the cache, is paid again: at most max_concurrency calls.)
-        first.hold()
-        while first.stats()["in_flight"] != first.stats()["held"]:
-            time.sleep(0.005)
+        first.freeze()
         time.sleep(0.3)
         process.send_signal(signal.SIGKILL)
         process.wait(30)

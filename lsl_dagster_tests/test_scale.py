@@ -1,12 +1,15 @@
 """Scale is configuration: the same code on a Postgres-backed instance with the multiprocess executor."""
 
-import os
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from dagster import AssetKey, DagsterInstance
+from dagster_postgres import PostgresRunStorage
 
+from lsl_dagster.cli import STAGES
 from lsl_dagster_tests.conftest import Lab
 
 
@@ -25,38 +28,25 @@ def test_an_experiment_on_postgres_with_the_multiprocess_executor(
         )
     )
     lab.write("pg-1")
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "LSL_DATA_DIR": str(lab.data_dir),
-        "LSL_RUNS_DIR": str(lab.runs_dir),
-        "LSL_EXECUTOR": "multiprocess",
-    }
-    bin_dir = Path(sys.executable).parent
+    env = lab.env(DAGSTER_HOME=str(home), LSL_EXECUTOR="multiprocess")
     materialize = subprocess.run(
-        [
-            str(bin_dir / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "lsl_dagster.definitions",
-            "--select",
-            "group:lsl",
-            "--partition",
-            "pg-1",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        lab.materialize_command("pg-1"), env=env, capture_output=True, text=True, timeout=600
     )
     assert materialize.returncode == 0, materialize.stderr[-3000:]
     assert "multiprocess" in materialize.stderr  # steps ran in their own processes
-    results = subprocess.run(
-        [str(bin_dir / "lsl"), "results", "pg-1"], env=env, capture_output=True, text=True
-    )
+
+    # The registry is the Postgres database: every stage's materialization is recorded there.
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        for asset in STAGES:
+            assert instance.get_latest_materialization_event(AssetKey(asset)) is not None, asset
+
+    # `lsl results` reads it back: each arm's score as the comparison file has it.
+    lsl = str(Path(sys.executable).with_name("lsl"))
+    results = subprocess.run([lsl, "results", "pg-1"], env=env, capture_output=True, text=True)
     assert results.returncode == 0, results.stderr
-    comparison = (lab.runs_dir / "pg-1" / "comparison.json").read_text()
-    for arm in ("baseline", "lsl", "budget_matched"):
-        assert "pg-1 (sim)" in results.stdout and arm in results.stdout
-    assert '"experiment_id": "pg-1"' in comparison
+    comparison = json.loads((lab.runs_dir / "pg-1" / "comparison.json").read_text())
+    rows = [line.split() for line in results.stdout.splitlines() if line.startswith("pg-1 (sim)")]
+    scores = {row[2]: row[3] for row in rows}
+    assert scores == {arm["arm"]: f"{arm['score']:.3f}" for arm in comparison["arms"]}
+    assert set(scores) == {"baseline", "lsl", "budget_matched"}
