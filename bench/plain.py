@@ -54,21 +54,15 @@ def run_experiment(workspace: Workspace, models: LanguageModels, experiment_id: 
     )
     lsl = evaluate("stage3_evaluation", "lsl", stage2)
     matched_eval = evaluate("budget_matched_evaluation", "budget_matched", matched)
-    usage = {
-        "stage1": stage1.ledger,
-        "stage2": stage2.ledger,
-        "budget_matched": matched.ledger,
-        "baseline_evaluation": baseline.ledger,
-        "stage3_evaluation": lsl.ledger,
-        "budget_matched_evaluation": matched_eval.ledger,
-    }
-    optimization_calls = {
-        "baseline": stage1.ledger.budget_used,
-        "lsl": stages.matched_budget(stage1, stage2),
-        "budget_matched": matched.ledger.budget_used,
-    }
-    evaluations = {"baseline": baseline, "lsl": lsl, "budget_matched": matched_eval}
-    comparison = stages.compare(spec, evaluations, usage, optimization_calls)
+    comparison = stages.compare(
+        spec,
+        stage1=stage1,
+        stage2=stage2,
+        budget_matched=matched,
+        baseline_evaluation=baseline,
+        stage3_evaluation=lsl,
+        budget_matched_evaluation=matched_eval,
+    )
     save("comparison", comparison)
     return comparison
 

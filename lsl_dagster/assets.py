@@ -188,25 +188,15 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
     ) -> Output[Comparison]:
         """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
         spec, _ = _load(workspace, context.partition_key)
-        evaluations = {
-            "baseline": baseline_evaluation,
-            "lsl": stage3_evaluation,
-            "budget_matched": budget_matched_evaluation,
-        }
-        usage = {
-            "stage1": stage1_prompt.ledger,
-            "stage2": stage2_hardened_prompt.ledger,
-            "budget_matched": budget_matched_prompt.ledger,
-            "baseline_evaluation": baseline_evaluation.ledger,
-            "stage3_evaluation": stage3_evaluation.ledger,
-            "budget_matched_evaluation": budget_matched_evaluation.ledger,
-        }
-        optimization_calls = {
-            "baseline": stage1_prompt.ledger.budget_used,
-            "lsl": stages.matched_budget(stage1_prompt, stage2_hardened_prompt),
-            "budget_matched": budget_matched_prompt.ledger.budget_used,
-        }
-        result = stages.compare(spec, evaluations, usage, optimization_calls)
+        result = stages.compare(
+            spec,
+            stage1=stage1_prompt,
+            stage2=stage2_hardened_prompt,
+            budget_matched=budget_matched_prompt,
+            baseline_evaluation=baseline_evaluation,
+            stage3_evaluation=stage3_evaluation,
+            budget_matched_evaluation=budget_matched_evaluation,
+        )
         return Output(result, metadata=comparison_metadata(result, spec))
 
     return [

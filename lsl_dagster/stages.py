@@ -13,7 +13,6 @@ from lsl_dagster.models import (
     Comparison,
     EvaluationResult,
     ExperimentSpec,
-    Ledger,
     PairedDifference,
     PromptCandidate,
     Provenance,
@@ -152,12 +151,35 @@ def evaluate_on_large(
 
 def compare(
     spec: ExperimentSpec,
-    evaluations: dict[str, EvaluationResult],
-    usage: dict[str, Ledger],
-    optimization_calls: dict[str, int],
+    *,
+    stage1: PromptCandidate,
+    stage2: PromptCandidate,
+    budget_matched: PromptCandidate,
+    baseline_evaluation: EvaluationResult,
+    stage3_evaluation: EvaluationResult,
+    budget_matched_evaluation: EvaluationResult,
 ) -> Comparison:
-    """The consolidated result: each arm's score, and paired differences with a 95% bootstrap CI and an
-    exact McNemar p-value (binary metrics), LSL against both baselines."""
+    """The consolidated result: each arm's score and optimization budget, every stage's usage, and paired
+    differences with a 95% bootstrap CI and an exact McNemar p-value (binary metrics), LSL against both
+    baselines."""
+    evaluations = {
+        "baseline": baseline_evaluation,
+        "lsl": stage3_evaluation,
+        "budget_matched": budget_matched_evaluation,
+    }
+    usage = {
+        "stage1": stage1.ledger,
+        "stage2": stage2.ledger,
+        "budget_matched": budget_matched.ledger,
+        "baseline_evaluation": baseline_evaluation.ledger,
+        "stage3_evaluation": stage3_evaluation.ledger,
+        "budget_matched_evaluation": budget_matched_evaluation.ledger,
+    }
+    optimization_calls = {
+        "baseline": stage1.ledger.budget_used,
+        "lsl": matched_budget(stage1, stage2),
+        "budget_matched": budget_matched.ledger.budget_used,
+    }
     per_example = {arm: scores(Path(result.predictions_path)) for arm, result in evaluations.items()}
     arms = [
         ArmSummary(
