@@ -7,10 +7,7 @@ import copy
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,58 +143,18 @@ def sim_server() -> Iterator[SimServer]:
         yield server
 
 
-def _postgres_bin(name: str) -> str:
-    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))), None)
-    if found is None:
-        pytest.fail(
-            f"PostgreSQL's {name} is not installed; the Postgres-backed instance test needs a server "
-            "(apt-get install postgresql, or set LSL_TEST_POSTGRES_URL to a database it may use)"
-        )
-    return str(found)
-
-
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database, or LSL_TEST_POSTGRES_URL. Fails (never skips) without a server."""
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway PostgreSQL server (pgserver's bundled binaries), or LSL_TEST_POSTGRES_URL. A server that
+    cannot start fails the test that needs it; nothing is skipped."""
     if url := os.environ.get("LSL_TEST_POSTGRES_URL"):
         yield url
         return
-    directory = Path(tempfile.mkdtemp(prefix="lsl-postgres-"))
-    # PostgreSQL refuses to run as root: as root, run it as the postgres user the Debian package creates.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(directory, "postgres")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    data = directory / "db"
-    subprocess.run(
-        [*as_user, _postgres_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        check=True,
-        capture_output=True,
-    )
-    pg_ctl = [*as_user, _postgres_bin("pg_ctl"), "-D", str(data)]
-    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
-    subprocess.run(
-        [*pg_ctl, "-o", options, "-l", str(directory / "log"), "-w", "start"], check=True, capture_output=True
-    )
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="delete")
     try:
-        subprocess.run(
-            [
-                _postgres_bin("psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "-c",
-                "create database lsl",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/lsl"
+        server.psql("create database lsl;")
+        yield server.get_uri("lsl")
     finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(directory, ignore_errors=True)
+        server.cleanup()
