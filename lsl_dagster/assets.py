@@ -162,6 +162,7 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
             out = workspace.run_dir(spec.experiment_id) / "predictions" / f"{arm}.jsonl"
             with _stage(context, workspace, language_models, spec, name, None) as run:
                 result = stages.evaluate_on_large(spec, task, candidate, arm, run, out)
+            result = result.model_copy(update={"predictions_path": workspace.relative(out)})
             return Output(result, metadata=evaluation_metadata(result, spec))
 
         _evaluation.__doc__ = (
@@ -188,14 +189,20 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
     ) -> Output[Comparison]:
         """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
         spec, _ = _load(workspace, context.partition_key)
+
+        def located(result: EvaluationResult) -> EvaluationResult:  # its predictions where they are now
+            return result.model_copy(
+                update={"predictions_path": str(workspace.resolve(result.predictions_path))}
+            )
+
         result = stages.compare(
             spec,
             stage1=stage1_prompt,
             stage2=stage2_hardened_prompt,
             budget_matched=budget_matched_prompt,
-            baseline_evaluation=baseline_evaluation,
-            stage3_evaluation=stage3_evaluation,
-            budget_matched_evaluation=budget_matched_evaluation,
+            baseline_evaluation=located(baseline_evaluation),
+            stage3_evaluation=located(stage3_evaluation),
+            budget_matched_evaluation=located(budget_matched_evaluation),
         )
         return Output(result, metadata=comparison_metadata(result, spec))
 
@@ -211,12 +218,14 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
     ]
 
 
-def build_campaign_assets(campaigns: dict[str, list[str]]) -> list[AssetsDefinition]:
-    """The campaign level: one partition per campaign, fed by the comparisons of its experiments."""
+def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str]) -> list[AssetsDefinition]:
+    """The campaign level: one partition per campaign file, fed by the comparisons of its experiments. An
+    invalid campaign file is a partition too: materializing it fails with the file's error, so the UI
+    shows what is wrong with it while every other campaign loads and runs."""
     experiments_of = StaticPartitionMapping({e: name for name, ids in campaigns.items() for e in ids})
 
     @asset(
-        partitions_def=StaticPartitionsDefinition(sorted(campaigns)),
+        partitions_def=StaticPartitionsDefinition(sorted({*campaigns, *errors})),
         group_name=CAMPAIGN_GROUP,
         code_version=CODE_VERSION,
         ins={"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
@@ -226,8 +235,10 @@ def build_campaign_assets(campaigns: dict[str, list[str]]) -> list[AssetsDefinit
     ) -> Output[CampaignSummary]:
         """Per grid cell of a campaign: each arm's mean score and each paired difference (LSL vs the
         baselines), with 95% confidence intervals across seeds, as a table and a plot."""
+        if context.partition_key in errors:
+            raise Failure(description=errors[context.partition_key], allow_retries=False)
         plot = workspace.run_dir(context.partition_key) / "campaign_summary.png"
-        summary = summarize(context.partition_key, comparisons, str(plot))
+        summary = summarize(context.partition_key, comparisons, workspace.relative(plot))
         campaign_figure(summary, plot)
         return Output(summary, metadata=campaign_metadata(summary))
 

@@ -1,7 +1,6 @@
 """Asset checks a researcher wants green before trusting an experiment's numbers."""
 
 import json
-from pathlib import Path
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -18,10 +17,9 @@ EVALUATIONS = ("baseline_evaluation", "stage3_evaluation", "budget_matched_evalu
 PROMPTS = ("stage1_prompt", "stage2_hardened_prompt", "budget_matched_prompt")
 
 
-def _rows(result: EvaluationResult) -> list[dict]:
-    return [
-        json.loads(line) for line in Path(result.predictions_path).read_text(encoding="utf-8").splitlines()
-    ]
+def _rows(workspace: Workspace, result: EvaluationResult) -> list[dict]:
+    path = workspace.resolve(result.predictions_path)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def _evaluation_checks(asset: str, partitions: PartitionsDefinition) -> list[AssetChecksDefinition]:
@@ -34,7 +32,7 @@ def _evaluation_checks(asset: str, partitions: PartitionsDefinition) -> list[Ass
         spec = workspace.experiment(context.partition_key)
         task = workspace.task(spec.task)
         expected = [e.id for e in task.examples(spec.evaluation.split, spec.evaluation.limit)]
-        got = [row["example_id"] for row in _rows(result)]
+        got = [row["example_id"] for row in _rows(workspace, result)]
         return AssetCheckResult(
             passed=got == expected and result.n == len(expected),
             metadata={
@@ -47,9 +45,9 @@ def _evaluation_checks(asset: str, partitions: PartitionsDefinition) -> list[Ass
         )
 
     @asset_check(asset=asset, name="scores_in_range", partitions_def=partitions)
-    def scores_in_range(result: EvaluationResult) -> AssetCheckResult:
+    def scores_in_range(workspace: Workspace, result: EvaluationResult) -> AssetCheckResult:
         """Every per-example score is in [0, 1] and the reported score is their mean."""
-        scores = [row["score"] for row in _rows(result)]
+        scores = [row["score"] for row in _rows(workspace, result)]
         in_range = all(0.0 <= s <= 1.0 for s in scores)
         mean = sum(scores) / len(scores) if scores else float("nan")
         return AssetCheckResult(

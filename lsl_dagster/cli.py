@@ -5,35 +5,33 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.execution.backfill import BulkActionStatus
-from dagster._time import get_current_datetime
 
 from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
-from lsl_dagster.experiments import campaigns, spec_versions
+from lsl_dagster.experiments import problems, scan_campaigns, spec_versions
 from lsl_dagster.files import atomic_writer
 from lsl_dagster.launch import (
-    backfill,
-    cancel_orphaned_backfills,
-    daemon,
-    daemon_alive,
-    reap_dead_runs,
-    unfinished_backfills,
-    wait,
+    CAMPAIGN_TAG,
+    LAUNCH_TAG,
+    cancel_runs,
+    dead_runs,
+    new_launch_id,
+    run_experiments,
+    run_summary,
 )
 from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, Interval, PairedDifference
 from lsl_dagster.plots import experiments_figure
-from lsl_dagster.sensors import DATA_VERSION_TAG
+from lsl_dagster.registry import NEEDS_WORK, Stage, latest_materializations, stage_status, stages_of
 from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
 
@@ -51,9 +49,6 @@ STAGES = {
     "comparison": "comparison",
 }
 EVALUATION_OF = {"baseline": "baseline_evaluation", "lsl": "stage3_evaluation"}  # else <arm>_evaluation
-FILE = dg.AssetKey("experiment_file")
-START, SUCCESS = dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS
-FRESHNESS = {StaleStatus.FRESH: "materialized", StaleStatus.STALE: "stale", StaleStatus.MISSING: "missing"}
 # Export columns with their Parquet types, explicit so that a column empty in every row keeps its type.
 COLUMNS = {
     **dict.fromkeys(["experiment_id", "task", "large_model", "small_model"], "string"),
@@ -68,6 +63,14 @@ class CliError(Exception):
     pass
 
 
+class _NoMissingConfigWarning(logging.Filter):
+    """An instance without dagster.yaml is a valid one (Dagster's defaults); Dagster still warns about it
+    on every load, which is noise in `lsl` output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No dagster instance configuration file")
+
+
 def _instance() -> dg.DagsterInstance:
     if not os.environ.get("DAGSTER_HOME"):
         raise CliError("DAGSTER_HOME is not set: point it at the Dagster instance the experiments ran in")
@@ -77,15 +80,30 @@ def _instance() -> dg.DagsterInstance:
         raise CliError(str(exc)) from None
 
 
-def _code_location() -> tuple[Any, Path, list[str]]:
-    """The asset graph, data dir and experiments (partitions) of the code location. Built now rather than
-    imported, so that it follows LSL_DATA_DIR / LSL_RUNS_DIR as they are set now."""
+@dataclass
+class CodeLocation:
+    """What `lsl` needs of the code location, built now rather than imported, so that it follows
+    LSL_DATA_DIR / LSL_RUNS_DIR as they are set now."""
+
+    data_dir: Path
+    runs_dir: Path
+    experiments: list[str]
+    stages: dict[str, Stage]
+
+
+def _code_location() -> CodeLocation:
     from lsl_dagster.definitions import build_definitions
 
     defs = build_definitions()
-    graph = defs.resolve_asset_graph()
-    experiments = graph.get(dg.AssetKey("stage1_prompt")).partitions_def.get_partition_keys()
-    return graph, Path(defs.resources["workspace"].data_dir), list(experiments)
+    specs = defs.resolve_all_asset_specs()
+    (stage1,) = [s for s in specs if s.key == dg.AssetKey("stage1_prompt")]
+    workspace = defs.resources["workspace"]
+    return CodeLocation(
+        data_dir=Path(workspace.data_dir),
+        runs_dir=Path(workspace.runs_dir),
+        experiments=list(stage1.partitions_def.get_partition_keys()),
+        stages=stages_of(specs),
+    )
 
 
 def _check_known(requested: Sequence[str], known: Sequence[str]) -> None:
@@ -93,86 +111,71 @@ def _check_known(requested: Sequence[str], known: Sequence[str]) -> None:
         raise CliError(f"unknown experiment(s): {', '.join(unknown)} (known: {', '.join(known) or 'none'})")
 
 
+def _runs_dir() -> Path:
+    from lsl_dagster.definitions import directories
+
+    return directories()[1]
+
+
 def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, Path]:
-    """An asset value from the file its materialization names (the IO manager's `path` metadata)."""
-    path = Path(record.asset_materialization.metadata["path"].value)
+    """An asset value from the file its materialization names (the IO manager's `path` metadata, relative
+    to the runs directory: the one LSL_RUNS_DIR names now, wherever the runs directory was then)."""
+    path = _runs_dir() / str(record.asset_materialization.metadata["path"].value)
     try:
         return model.model_validate_json(path.read_text(encoding="utf-8")), path
     except (OSError, ValueError) as exc:  # a missing, unreadable or invalid file
         raise CliError(f"cannot read {what} of {record.partition_key} named in the instance: {exc}") from None
 
 
-def observe_experiment_files(instance: dg.DagsterInstance, data_dir: Path, ids: Sequence[str]) -> list[str]:
-    """Record a new experiment_file version for each file that changed since it was last observed (as the
-    experiment_files sensor does), so that Dagster's stale status accounts for edits. Returns those ids."""
-    changed = []
-    for experiment_id, version in spec_versions(data_dir, ids).items():
-        filter_ = dg.AssetRecordsFilter(FILE, asset_partitions=[experiment_id])
-        last = instance.fetch_observations(filter_, limit=1).records
-        if not last or last[0].asset_observation.data_version != version:
-            tags = {DATA_VERSION_TAG: version}
-            instance.report_runless_asset_event(dg.AssetObservation(FILE, partition=experiment_id, tags=tags))
-            changed += [experiment_id] if last else []
-    return changed
-
-
-def _own_step_failed(instance: dg.DagsterInstance, asset: str, experiment_id: str) -> bool:
-    """Dagster marks FAILED every asset a failed run had planned, also those skipped because an upstream
-    step failed. Here only an asset whose own step started and did not succeed counts as failed."""
-    planned = instance.get_latest_planned_materialization_info(dg.AssetKey(asset), experiment_id)
-    if planned is None:
-        return False
-    events = instance.all_logs(planned.run_id, of_type={START, SUCCESS})
-    steps = {kind: {e.step_key for e in events if e.dagster_event_type == kind} for kind in (START, SUCCESS)}
-    return asset in steps[START] - steps[SUCCESS]
-
-
-def stage_status(instance: dg.DagsterInstance, graph, ids: Sequence[str]) -> dict[str, dict[str, str]]:
-    """experiment -> stage asset -> materialized | stale | failed | in progress | missing."""
-    now = TemporalContext(effective_dt=get_current_datetime(), last_event_id=None)
-    view = AssetGraphView(temporal_context=now, instance=instance, asset_graph=graph)
-    freshness = CachingStaleStatusResolver(instance, graph, view)
-    table: dict[str, dict[str, str]] = {e: {} for e in ids}
-    for asset in STAGES:
-        key = dg.AssetKey(asset)
-        # Run outcomes as the UI shows them (IN_PROGRESS, FAILED); data freshness from the stale resolver.
-        runs = instance.get_status_by_partition(key, ids, graph.get(key).partitions_def) or {}
-        for e in ids:
-            if runs.get(e) == dg.AssetPartitionStatus.IN_PROGRESS:
-                table[e][asset] = "in progress"
-            elif runs.get(e) == dg.AssetPartitionStatus.FAILED and _own_step_failed(instance, asset, e):
-                table[e][asset] = "failed"
-            else:
-                table[e][asset] = FRESHNESS[freshness.get_status(key, e)]
-    return table
-
-
-def _reap(instance: dg.DagsterInstance, daemon_is_alive: bool) -> None:
-    for run_id in reap_dead_runs(instance, daemon_is_alive):
-        print(f"run {run_id} was left running by a process that is gone: marked failed, pool slots freed")
+def spec_hashes(data_dir: Path, ids: Sequence[str]) -> dict[str, str | None]:
+    """Each experiment's current spec hash; None for an invalid file."""
+    return {e: None if v.startswith("invalid-") else v for e, v in spec_versions(data_dir, ids).items()}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Reads the instance, never writes to it (see registry.stage_status for how staleness is derived)."""
     with _instance() as instance:
-        # Only runs whose process is gone: waiting to rule out a live daemon is not worth it here.
-        _reap(instance, daemon_is_alive=True)
-        graph, data_dir, known = _code_location()
-        _check_known(args.experiments, known)
-        # Checked before observing anything, so that a mistyped DAGSTER_HOME is reported, not written to.
+        location = _code_location()
+        _check_known(args.experiments, location.experiments)
         if not any(instance.has_asset_key(dg.AssetKey(asset)) for asset in STAGES):
             raise CliError(f"no stage has been materialized yet in the instance at {instance.root_directory}")
-        if not (experiments := list(args.experiments) or known):
-            raise CliError(f"no experiment files in {data_dir / 'experiments'}")
-        changed = observe_experiment_files(instance, data_dir, experiments)
-        table = stage_status(instance, graph, experiments)
+        if not (experiments := list(args.experiments) or location.experiments):
+            raise CliError(f"no experiment files in {location.data_dir / 'experiments'}")
+        table = stage_status(instance, location.stages, spec_hashes(location.data_dir, experiments))
+    errors = problems(location.data_dir)
     widths = [max(len("experiment"), *map(len, experiments)), *(max(len(h), 12) for h in STAGES.values())]
     for cells in [["experiment", *STAGES.values()], *([e, *row.values()] for e, row in table.items())]:
         print("  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths, strict=True)).rstrip())
     for e, row in table.items():  # where each experiment stands is derived, never stored
         todo = next(((asset, status) for asset, status in row.items() if status != "materialized"), None)
+        if todo and todo[1] == "invalid":
+            file = str(location.data_dir / "experiments" / f"{e}.yaml")
+            print(f"{e}: invalid: {errors.get(file, 'its experiment file does not load')}")
+            continue
         where = f"next: {todo[0]} ({todo[1]})" if todo else "done: every stage is materialized and up to date"
-        print(f"{e}: {where}" + (" - its file changed since it was last observed" if e in changed else ""))
+        print(f"{e}: {where}")
+    for file, error in errors.items():  # campaign files: the status of their experiments says nothing
+        if "/campaigns/" in Path(file).as_posix():
+            print(f"campaign {Path(file).stem}: invalid: {error}")
     return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Every experiment and campaign file, without running anything: 0 when all are valid."""
+    from lsl_dagster.definitions import directories
+
+    data_dir = directories()[0]
+    errors = problems(data_dir)
+    for file, error in errors.items():
+        print(error if error.startswith(file) else f"{file}: {error}")
+    valid, _ = scan_campaigns(data_dir)
+    files = sorted((data_dir / "experiments").glob("*.yaml"))
+    ok = [p for p in files if str(p) not in errors]
+    print(
+        f"{len(ok)} of {len(files)} experiment files and {len(valid)} of "
+        f"{len(list((data_dir / 'campaigns').glob('*.yaml')))} campaign files are valid"
+    )
+    return 1 if errors else 0
 
 
 def latest_comparisons(instance: dg.DagsterInstance, experiments: Sequence[str] = ()) -> Stored:
@@ -183,7 +186,7 @@ def latest_comparisons(instance: dg.DagsterInstance, experiments: Sequence[str] 
         if record.partition_key not in found:
             found[record.partition_key] = _load(Comparison, record, "the comparison")
     if missing := [e for e in experiments if e not in found]:
-        _check_known(missing, _code_location()[2])
+        _check_known(missing, _code_location().experiments)
         raise CliError(f"no comparison has been materialized for {', '.join(missing)} yet (see `lsl status`)")
     if not found:
         raise CliError("no comparison has been materialized yet in this instance")
@@ -288,7 +291,7 @@ def arm_cis(instance: dg.DagsterInstance, comparison: Comparison) -> dict[str, t
         records = instance.fetch_materializations(filter_, limit=1).records
         result, _ = _load(EvaluationResult, records[0], asset)
         try:
-            per_example = list(scores(Path(result.predictions_path)).values())
+            per_example = list(scores(_runs_dir() / result.predictions_path).values())
         except OSError as exc:
             raise CliError(f"cannot read the predictions of {asset}: {exc}") from None
         if len(per_example) != arm.n or abs(sum(per_example) / arm.n - arm.score) > 1e-9:
@@ -335,49 +338,51 @@ def campaign_table(summary: CampaignSummary) -> str:
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:
-    """Backfill what the campaign still needs (missing, failed or stale assets), wait, show the summary."""
+    """Run what the campaign still needs (missing, failed or stale assets) right away, then its summary."""
     with _instance() as instance:
-        graph, data_dir, _ = _code_location()
-        grids = campaigns(data_dir)
-        if args.name not in grids:
-            raise CliError(f"unknown campaign {args.name!r} (known: {', '.join(grids) or 'none'})")
-        ids = sorted(grids[args.name][1])
-        title = f"campaign {args.name}"
-        alive = daemon_alive(instance)
-        for backfill_id in [] if alive else cancel_orphaned_backfills(instance, title):
-            print(f"backfill {backfill_id} was left behind by a killed launch: canceled")
-        _reap(instance, alive)
-        for running in unfinished_backfills(instance, title):  # a live daemon is still carrying it out
-            wait(instance, running.backfill_id, print)
-        observe_experiment_files(instance, data_dir, ids)
-        table = stage_status(instance, graph, ids)
-        todo = {
-            asset: [e for e in ids if table[e][asset] in ("missing", "stale", "failed")] for asset in STAGES
-        }
-        summary_key = dg.AssetKey("campaign_summary")
-        needed = (
-            any(todo.values())
-            or not instance.fetch_materializations(
-                dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
-            ).records
+        location = _code_location()
+        valid, errors = scan_campaigns(location.data_dir)
+        if args.name in errors:
+            raise CliError(f"campaign {args.name} is invalid: {errors[args.name]}")
+        if args.name not in valid:
+            raise CliError(f"unknown campaign {args.name!r} (known: {', '.join(valid) or 'none'})")
+        ids = sorted(valid[args.name][1])
+        if dead := dead_runs(instance, args.name):  # a killed launch left them "started" forever
+            cancel_runs(dead)
+            print(f"canceled {len(dead)} run(s) a killed launch left unfinished: {', '.join(dead)}")
+        table = stage_status(instance, location.stages, spec_hashes(location.data_dir, ids))
+        if busy := [e for e in ids if "in progress" in table[e].values()]:
+            raise CliError(f"experiment(s) {', '.join(busy)} are being run right now; try again when done")
+        todo = {e: [a for a in STAGES if table[e][a] in NEEDS_WORK] for e in ids}
+        todo = {e: assets for e, assets in todo.items() if assets}
+        summary = latest_materializations(instance, "campaign_summary", [args.name]).get(args.name)
+        comparisons = latest_materializations(instance, "comparison", ids)
+        stale_summary = summary is None or any(
+            r.storage_id > summary.storage_id for r in comparisons.values()
         )
-        if needed:
-            todo["campaign_summary"] = [args.name]
-            with daemon(alive):
-                backfill_id = backfill(instance, graph, todo, title=title)
-                status = wait(instance, backfill_id, print)
-            if status != BulkActionStatus.COMPLETED_SUCCESS:
-                raise CliError(
-                    f"campaign {args.name}: backfill {backfill_id} ended {status.value.lower()}; see "
-                    "`lsl status`. Run this command again to retry only what is missing or failed."
-                )
-        record = instance.fetch_materializations(
-            dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
-        ).records[0]
-        path = Path(record.asset_materialization.metadata["path"].value)
-    summary = CampaignSummary.model_validate_json(path.read_text(encoding="utf-8"))
-    print(campaign_table(summary))
-    print(f"{args.name}: summary in {path}, plot in {summary.plot_path}")
+    launch = new_launch_id()
+    tags = {CAMPAIGN_TAG: args.name, LAUNCH_TAG: launch}
+    log = location.runs_dir / args.name / f"launch-{launch}.log"
+    if todo:
+        print(
+            f"campaign {args.name}: {len(todo)} of {len(ids)} experiments to run (tag {LAUNCH_TAG}={launch})"
+        )
+        outcomes = run_experiments(todo, tags, args.workers, log, print)
+        if failed := [o for o in outcomes if not o.success]:
+            raise CliError(
+                f"campaign {args.name}: {len(failed)} experiment(s) failed: "
+                + ", ".join(f"{o.experiment_id} (run {o.run_id})" for o in failed)
+                + f"; see `lsl status` and {log}. Run this command again to retry only what is left."
+            )
+    if todo or stale_summary:
+        run_id, success = run_summary(args.name, tags, log)
+        if not success:
+            raise CliError(f"campaign {args.name}: the campaign_summary run {run_id} failed; see {log}")
+    with _instance() as instance:
+        (record,) = latest_materializations(instance, "campaign_summary", [args.name]).values()
+        summary_model, path = _load(CampaignSummary, record, "the campaign summary")
+    print(campaign_table(summary_model))
+    print(f"{args.name}: summary in {path}, plot in {location.runs_dir / summary_model.plot_path}")
     return 0
 
 
@@ -390,9 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         "export": (cmd_export, "one row per experiment and arm, as CSV, JSON or Parquet"),
         "plot": (cmd_plot, "each arm's score with its CI, one panel per experiment (PNG)"),
     }
+    validate = sub.add_parser("validate", help="check every experiment and campaign file; run nothing")
+    validate.set_defaults(func=cmd_validate)
     campaign = sub.add_parser("campaign", help="run a campaign (data/campaigns/NAME.yaml) as a backfill")
     campaign.add_argument("action", choices=["run"])
     campaign.add_argument("name", help="the campaign's name")
+    campaign.add_argument(
+        "--workers", type=int, default=4, help="experiments run at once, each in a worker process (default 4)"
+    )
     campaign.set_defaults(func=cmd_campaign)
     for name, (func, text) in commands.items():
         command = sub.add_parser(name, help=text, description=text)
@@ -407,10 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.getLogger("dagster").addFilter(_NoMissingConfigWarning())
     try:
         with warnings.catch_warnings():
-            # Loading the code location warns about the Dagster beta APIs it uses: news for its authors.
+            # Loading the code location warns about the beta and preview APIs it uses: news for its authors.
             warnings.simplefilter("ignore", dg.BetaWarning)
+            warnings.simplefilter("ignore", dg.PreviewWarning)
             return args.func(args)
     except (CliError, CampaignError) as exc:
         print(f"lsl: {exc}", file=sys.stderr)

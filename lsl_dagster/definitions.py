@@ -7,9 +7,9 @@ from pathlib import Path
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor, multiprocess_executor
 
-from lsl_dagster.assets import GROUP, build_assets, build_campaign_assets
+from lsl_dagster.assets import CAMPAIGN_GROUP, GROUP, build_assets, build_campaign_assets
 from lsl_dagster.checks import build_checks
-from lsl_dagster.experiments import campaigns, experiment_ids
+from lsl_dagster.experiments import experiment_ids, scan_campaigns
 from lsl_dagster.io_managers import PydanticJsonIOManager
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.partitions import experiments_partitions
@@ -19,14 +19,21 @@ from lsl_dagster.workspace import PROJECT_DIR, Workspace
 EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}
 
 
+def directories(data_dir: Path | None = None, runs_dir: Path | None = None) -> tuple[Path, Path]:
+    """The data directory (experiments, campaigns, tasks) and the runs directory (outputs): the ones
+    given, else LSL_DATA_DIR and LSL_RUNS_DIR, else data/ and data/runs/."""
+    data_dir = data_dir or Path(os.environ.get("LSL_DATA_DIR", PROJECT_DIR / "data"))
+    return data_dir, runs_dir or Path(os.environ.get("LSL_RUNS_DIR", data_dir / "runs"))
+
+
 def build_definitions(
     data_dir: Path | None = None, runs_dir: Path | None = None, language_models: LanguageModels | None = None
 ) -> Definitions:
-    data_dir = data_dir or Path(os.environ.get("LSL_DATA_DIR", PROJECT_DIR / "data"))
-    runs_dir = runs_dir or Path(os.environ.get("LSL_RUNS_DIR", data_dir / "runs"))
+    data_dir, runs_dir = directories(data_dir, runs_dir)
     partitions = experiments_partitions(experiment_ids(data_dir))
-    grids = {name: sorted(specs) for name, (_, specs) in campaigns(data_dir).items()}
-    assets = [*build_assets(partitions), *build_campaign_assets(grids)]
+    valid, errors = scan_campaigns(data_dir)
+    grids = {name: sorted(specs) for name, (_, specs) in valid.items()}
+    assets = [*build_assets(partitions), *build_campaign_assets(grids, errors)]
     return Definitions(
         assets=assets,
         asset_checks=build_checks(partitions),
@@ -37,7 +44,12 @@ def build_definitions(
                 selection=AssetSelection.groups(GROUP, include_sources=True),
                 partitions_def=partitions,
                 description="Observe the experiment file, then run every stage of one experiment.",
-            )
+            ),
+            define_asset_job(
+                "lsl_campaign",
+                selection=AssetSelection.groups(CAMPAIGN_GROUP),
+                description="Summarize a campaign whose experiments all have a comparison.",
+            ),
         ],
         # Stages of one experiment run one at a time anyway (they share its budget), so steps run
         # in-process by default; experiments run in parallel as separate runs.

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from lsl_dagster.campaigns import CampaignError, expand, load_campaign
 from lsl_dagster.models import CampaignSpec, ExperimentSpec, check_slug
+from lsl_dagster.tasks import TaskDataError, load_task
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +21,34 @@ class ExperimentError(ValueError):
     """An experiment id or file is invalid; the message says which and why."""
 
 
-def campaigns(data_dir: Path) -> dict[str, tuple[CampaignSpec, dict[str, ExperimentSpec]]]:
-    """Every campaign file with its expanded experiments; an invalid campaign raises (nothing of it runs)."""
-    found = {}
+def scan_campaigns(
+    data_dir: Path,
+) -> tuple[dict[str, tuple[CampaignSpec, dict[str, ExperimentSpec]]], dict[str, str]]:
+    """Every campaign file: the valid ones with their expanded experiments, and name -> error for the
+    others. An invalid campaign spoils only itself: nothing of it runs, every other campaign does."""
+    found, errors = {}, {}
+    files = set(_file_ids(data_dir))
     for path in sorted((data_dir / "campaigns").glob("*.yaml")):
-        campaign = load_campaign(path)
-        found[campaign.campaign] = (campaign, expand(campaign, path, data_dir / "tasks"))
-    return found
+        try:
+            name = check_slug(path.stem)
+        except ValueError as exc:
+            log.warning("ignoring %s: %s", path, exc)
+            continue
+        try:
+            campaign = load_campaign(path)
+            specs = expand(campaign, path, data_dir / "tasks")
+            if clash := sorted(files & (set(specs) | {name})):
+                raise CampaignError(f"{path}: reuses the experiment id(s) {clash} of data/experiments/")
+        except CampaignError as exc:
+            errors[name] = str(exc)
+            continue
+        found[name] = (campaign, specs)
+    return found, errors
+
+
+def campaigns(data_dir: Path) -> dict[str, tuple[CampaignSpec, dict[str, ExperimentSpec]]]:
+    """The valid campaigns with their expanded experiments."""
+    return scan_campaigns(data_dir)[0]
 
 
 def _file_ids(data_dir: Path) -> list[str]:
@@ -40,15 +62,32 @@ def _file_ids(data_dir: Path) -> list[str]:
 
 
 def experiment_ids(data_dir: Path) -> list[str]:
-    """Ids of the experiment files (a file whose name is not a safe id is reported and left out) and of
-    every campaign's experiments."""
+    """Ids of the experiment files (a file whose name is not a safe id is reported and left out; an
+    invalid file is still an experiment, whose runs fail with its error) and of every valid campaign's
+    experiments."""
     ids = _file_ids(data_dir)
-    for name, (_, specs) in campaigns(data_dir).items():
-        clash = sorted(set(ids) & (set(specs) | {name}))
-        if clash:
-            raise CampaignError(f"campaign {name!r} reuses the experiment id(s) {clash} of data/experiments/")
+    for _, specs in campaigns(data_dir).values():
         ids += specs
     return sorted(ids)
+
+
+def problems(data_dir: Path) -> dict[str, str]:
+    """Everything wrong with the experiment and campaign files, by file: what `lsl validate` reports."""
+    found: dict[str, str] = {}
+    for path in sorted((data_dir / "experiments").glob("*.yaml")):
+        try:
+            spec = load_experiment(data_dir, check_slug(path.stem))
+            load_task(spec.task, data_dir / "tasks")
+        except (ValueError, TaskDataError) as exc:  # ExperimentError and an unsafe file name
+            found[str(path)] = str(exc)
+    for name, error in scan_campaigns(data_dir)[1].items():
+        found[str(data_dir / "campaigns" / f"{name}.yaml")] = error
+    for path in sorted((data_dir / "campaigns").glob("*.yaml")):
+        try:
+            check_slug(path.stem)
+        except ValueError as exc:
+            found[str(path)] = str(exc)
+    return found
 
 
 def spec_versions(data_dir: Path, experiment_ids: Sequence[str]) -> dict[str, str]:

@@ -13,7 +13,8 @@ from lsl_dagster.models import check_slug
 
 
 class PydanticJsonIOManager(ConfigurableIOManager):
-    """Stores each partition at <runs_dir>/<experiment_id>/<asset>.json, written atomically."""
+    """Stores each partition at <runs_dir>/<experiment_id>/<asset>.json, written atomically; its `path`
+    metadata is relative to the runs directory."""
 
     runs_dir: str
 
@@ -27,7 +28,9 @@ class PydanticJsonIOManager(ConfigurableIOManager):
             )
         path = self._path(context, context.asset_partition_key)
         atomic_write_text(path, obj.model_dump_json(indent=2))
-        context.add_output_metadata({"path": MetadataValue.path(str(path))})
+        # Relative to the runs directory: the runs directory may move (LSL_RUNS_DIR), the path stays valid.
+        relative = path.relative_to(self.runs_dir).as_posix()
+        context.add_output_metadata({"path": MetadataValue.path(relative)})
 
     def load_input(self, context: InputContext) -> BaseModel | dict[str, BaseModel]:
         """One partition as its model; several (a campaign's experiments) as dict[partition, model]."""

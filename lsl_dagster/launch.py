@@ -1,49 +1,135 @@
-"""`lsl campaign run`: what a campaign still needs, as one Dagster asset backfill, executed by Dagster's
-daemon and run queue (max_concurrent_runs, concurrency pools): the same thing the UI launches."""
+"""`lsl campaign run`: what a campaign still needs, as ordinary Dagster runs started right away.
+
+Each experiment is one run of the `lsl_experiment` job (Dagster's public `execute_job`), executed by a few
+worker processes that import Dagster, DSPy and the code location once and then take one experiment after
+another: no daemon tick, no run queue, no per-run interpreter start. Every run carries the tags
+`lsl/campaign` and `lsl/launch`, so the UI's run list shows a campaign (or one launch of it) as one unit
+(filter by the tag); its runs can be re-executed there, and `lsl campaign run` again does what is left.
+"""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
+import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.selector import (
-    PartitionRangeSelector,
-    PartitionsByAssetSelector,
-    PartitionsSelector,
-)
-from dagster._core.execution.backfill import (
-    BULK_ACTION_TERMINAL_STATUSES,
-    BulkActionStatus,
-    PartitionBackfill,
-)
-from dagster._core.storage.runs.sqlite import SqliteRunStorage
-from dagster._core.utils import make_new_backfill_id
+
+CAMPAIGN_TAG = "lsl/campaign"
+LAUNCH_TAG = "lsl/launch"
+# Which process executes a run: lets a later launch recognize a run whose process was killed.
+HOST_TAG, PID_TAG = "lsl/host", "lsl/pid"
+UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
-def daemon_alive(instance: dg.DagsterInstance) -> bool:
-    """Whether a Dagster daemon serves this instance. A daemon heartbeats every 30 s, and one killed a
-    moment ago looks alive until its last heartbeat is stale: so wait (< 35 s) for the next one."""
+def experiment_job() -> dg.JobDefinition:
+    """The job a worker runs (module-level, so that `dg.reconstructable` can rebuild it in a process)."""
+    from lsl_dagster.definitions import build_definitions
 
-    def newest() -> float:
-        return max((beat.timestamp for beat in instance.get_daemon_heartbeats().values()), default=0.0)
-
-    seen = newest()
-    while time.time() - seen < 35:
-        time.sleep(1)
-        if newest() > seen:
-            return True
-    return False
+    return build_definitions().resolve_job_def("lsl_experiment")
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
+def campaign_job() -> dg.JobDefinition:
+    from lsl_dagster.definitions import build_definitions
+
+    return build_definitions().resolve_job_def("lsl_campaign")
+
+
+_instance: dg.DagsterInstance | None = None
+
+
+def _start_worker(log_path: str) -> None:
+    """Open the instance once per worker; Dagster's per-step log lines go to the launch's log file."""
+    global _instance
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    _instance = dg.DagsterInstance.get()
+
+
+def _execute(job: str, partition: str, assets: Sequence[str], tags: Mapping[str, str]) -> tuple[str, bool]:
+    """One run, in a worker: (run id, success)."""
+    assert _instance is not None, "the worker was not started"
+    target = dg.reconstructable(experiment_job if job == "lsl_experiment" else campaign_job)
+    result = dg.execute_job(
+        target,
+        instance=_instance,
+        tags={**tags, "dagster/partition": partition, PID_TAG: str(os.getpid())},
+        asset_selection=[dg.AssetKey(asset) for asset in assets],
+    )
+    return result.run_id, result.success
+
+
+@dataclass(frozen=True)
+class Outcome:
+    experiment_id: str
+    run_id: str | None
+    success: bool
+    error: str = ""
+
+
+def run_experiments(
+    todo: Mapping[str, Sequence[str]],
+    tags: Mapping[str, str],
+    workers: int,
+    log_path: Path,
+    say: Callable[[str], None],
+) -> list[Outcome]:
+    """Each experiment's assets (experiment -> asset names) as one run, `workers` at a time."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["lsl_dagster.definitions"])  # imported once, shared by every worker
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tags = {**tags, HOST_TAG: socket.gethostname()}
+    outcomes: list[Outcome] = []
+    with ProcessPoolExecutor(
+        max_workers=max(1, min(workers, len(todo))),
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(str(log_path),),
+    ) as pool:
+        pending: dict[Future, str] = {
+            pool.submit(_execute, "lsl_experiment", e, ["experiment_file", *assets], tags): e
+            for e, assets in todo.items()
+        }
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                experiment_id = pending.pop(future)
+                try:
+                    run_id, success = future.result()
+                    outcomes.append(Outcome(experiment_id, run_id, success))
+                except Exception as exc:  # the run could not even be created (a worker died)
+                    outcomes.append(Outcome(experiment_id, None, False, f"{type(exc).__name__}: {exc}"))
+                last = outcomes[-1]
+                verdict = "succeeded" if last.success else f"FAILED {last.error}".rstrip()
+                say(f"{len(outcomes)}/{len(todo)} {experiment_id}: run {last.run_id} {verdict}")
+    return outcomes
+
+
+def run_summary(campaign: str, tags: Mapping[str, str], log_path: Path) -> tuple[str, bool]:
+    """The campaign_summary run, in a worker like the experiments (this process keeps its own instance)."""
+    context = multiprocessing.get_context("forkserver")
+    tags = {**tags, HOST_TAG: socket.gethostname()}
+    with ProcessPoolExecutor(
+        1, mp_context=context, initializer=_start_worker, initargs=(str(log_path),)
+    ) as pool:
+        return pool.submit(_execute, "lsl_campaign", campaign, ["campaign_summary"], tags).result()
+
+
+def new_launch_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -53,98 +139,48 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def unfinished_backfills(instance: dg.DagsterInstance, title: str) -> list[PartitionBackfill]:
-    return [b for b in instance.get_backfills(status=BulkActionStatus.REQUESTED) if b.title == title]
-
-
-def cancel_orphaned_backfills(instance: dg.DagsterInstance, title: str) -> list[str]:
-    """Backfills a killed launch left requested, to call when no daemon is alive to carry them on: so
-    the relaunch's backfill is the only one launching runs."""
-    orphans = unfinished_backfills(instance, title)
-    for orphan in orphans:
-        instance.update_backfill(
-            orphan.with_status(BulkActionStatus.CANCELED).with_end_timestamp(time.time())
-        )
-    return [orphan.backfill_id for orphan in orphans]
-
-
-def reap_dead_runs(instance: dg.DagsterInstance, daemon_is_alive: bool) -> list[str]:
-    """Runs left started by a process that is gone (kill -9) are marked failed and their concurrency
-    slots freed: otherwise they show as running forever and hold their pool slots, and later runs wait.
-    Also runs left starting (no process yet) when no daemon is alive to start them. Only on an instance
-    kept in local SQLite: a run's recorded pid means something only on the machine it ran on."""
-    if not isinstance(instance.run_storage, SqliteRunStorage):
-        return []
-    reaped = []
-    running = dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
-    for run in instance.get_runs(running):
-        starts = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
-        pid = starts[0].dagster_event.pid if starts else None
-        if _pid_alive(pid) or (pid is None and daemon_is_alive):
-            continue
-        instance.report_run_failed(run, "its process is gone (killed?); marked failed by lsl")
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        reaped.append(run.run_id)
-    return reaped
-
-
-@contextmanager
-def daemon(alive: bool) -> Iterator[None]:
-    """Dagster's daemon (run queue, backfills): the one `dagster dev` runs if `alive`, else our own for
-    the duration."""
-    if alive:
-        yield
-        return
-    binary = Path(sys.executable).with_name("dagster-daemon")
-    command = [str(binary), "run", "-m", "lsl_dagster.definitions"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        process.terminate()
-        process.wait(60)
-
-
-def backfill(instance: dg.DagsterInstance, graph, todo: Mapping[str, Sequence[str]], title: str) -> str:
-    """Submit one asset backfill of `todo` (asset -> partitions); Dagster orders it by the asset graph."""
-    selectors = [
-        PartitionsByAssetSelector(
-            asset_key=dg.AssetKey(asset),
-            partitions=PartitionsSelector(
-                ranges=[PartitionRangeSelector(start=p, end=p) for p in partitions]
-            ),
-        )
-        for asset, partitions in todo.items()
-        if partitions
+def dead_runs(instance: dg.DagsterInstance, campaign: str) -> list[str]:
+    """Runs of this campaign left unfinished by a launch that was killed: started on this machine by a
+    worker process that is gone."""
+    records = instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED, tags={CAMPAIGN_TAG: campaign}))
+    host = socket.gethostname()
+    return [
+        r.dagster_run.run_id
+        for r in records
+        if r.dagster_run.tags.get(HOST_TAG) == host
+        and r.dagster_run.tags.get(PID_TAG, "").isdigit()
+        and not _pid_alive(int(r.dagster_run.tags[PID_TAG]))
     ]
-    request = PartitionBackfill.from_partitions_by_assets(
-        backfill_id=make_new_backfill_id(),
-        asset_graph=graph,
-        backfill_timestamp=time.time(),
-        tags={},
-        dynamic_partitions_store=instance,
-        partitions_by_assets=selectors,
-        title=title,
-        description=None,
-        run_config=None,
-    )
-    instance.add_backfill(request)
-    return request.backfill_id
 
 
-def wait(instance: dg.DagsterInstance, backfill_id: str, say: Callable[[str], None]) -> BulkActionStatus:
-    """Until the backfill is done, saying how its runs stand whenever that changes."""
-    last = None
-    while True:
-        status = instance.get_backfill(backfill_id).status
-        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
-        counts = {s.value.lower(): sum(r.status == s for r in runs) for s in {r.status for r in runs}}
-        line = f"backfill {backfill_id}: {status.value.lower()}; runs " + (
-            ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet"
-        )
-        if line != last:
-            say(line)
-            last = line
-        if status in BULK_ACTION_TERMINAL_STATUSES:
-            return status
-        time.sleep(2)
+CANCEL = """
+mutation Cancel($runId: String!) {
+  terminateRun(runId: $runId, terminatePolicy: MARK_AS_CANCELED_IMMEDIATELY) { __typename }
+  freeConcurrencySlotsForRun(runId: $runId)
+}
+"""
+
+
+def cancel_runs(run_ids: Sequence[str]) -> None:
+    """What the UI's "force termination" does (mark canceled, free the run's pool slots), through the
+    same GraphQL API, with Dagster's own `dagster-graphql` command against this code location."""
+    binary = str(Path(sys.executable).with_name("dagster-graphql"))
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in run_ids:
+            answer_file = Path(tmp) / f"{run_id}.json"
+            variables = json.dumps({"runId": run_id})
+            command = [
+                binary,
+                "-m",
+                "lsl_dagster.definitions",
+                "-t",
+                CANCEL,
+                "-v",
+                variables,
+                "-o",
+                str(answer_file),
+            ]
+            subprocess.run(command, capture_output=True, check=True)
+            answer = json.loads(answer_file.read_text())
+            if answer.get("errors") or answer["data"]["terminateRun"]["__typename"] != "TerminateRunSuccess":
+                raise RuntimeError(f"could not cancel run {run_id}: {answer}")

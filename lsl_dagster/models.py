@@ -244,7 +244,7 @@ class EvaluationResult(Strict):
     n: int
     score: float
     n_errors: int
-    predictions_path: str
+    predictions_path: str  # relative to the runs directory (absolute in outputs made before that)
     ledger: Ledger
     simulated: bool
 
@@ -335,5 +335,5 @@ class CellSummary(Strict):
 class CampaignSummary(Strict):
     campaign: Slug
     cells: list[CellSummary]
-    plot_path: str
+    plot_path: str  # relative to the runs directory (absolute in outputs made before that)
     simulated: bool

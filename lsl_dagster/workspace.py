@@ -66,6 +66,16 @@ class Workspace(ConfigurableResource):
     def run_dir(self, experiment_id: str) -> Path:
         return Path(self.runs_dir) / experiment_id
 
+    def relative(self, path: Path) -> str:
+        """A path under the runs directory as stored in outputs: relative to it, so that moving the runs
+        directory (LSL_RUNS_DIR) keeps every stored path valid."""
+        return path.relative_to(self.runs_dir).as_posix()
+
+    def resolve(self, stored: str) -> Path:
+        """A stored path back to a file: relative ones under the runs directory (absolute ones, as older
+        outputs have, stay as they are)."""
+        return Path(self.runs_dir) / stored
+
     @contextmanager
     def stage(
         self, spec: ExperimentSpec, name: str, models: LanguageModels, max_calls: int | None

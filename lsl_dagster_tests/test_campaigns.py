@@ -1,4 +1,5 @@
-"""Campaigns: grid expansion with clear errors; a campaign run as a backfill that survives a kill."""
+"""Campaigns: grid expansion with clear errors that spoil only their campaign; a campaign run that
+survives a kill."""
 
 import json
 import os
@@ -12,8 +13,8 @@ import pytest
 import yaml
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-from lsl_dagster.campaigns import CampaignError
-from lsl_dagster.experiments import campaigns, experiment_ids, load_experiment
+from lsl_dagster.cli import main
+from lsl_dagster.experiments import campaigns, experiment_ids, load_experiment, scan_campaigns
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.conftest import FAST, PROJECT, Lab
 
@@ -67,18 +68,46 @@ def test_campaign_cells_are_experiments_like_any_other(lab: Lab):
         ({"campaign": "other"}, "does not match the file name"),
     ],
 )
-def test_invalid_campaigns_fail_before_anything_runs(lab: Lab, overrides: dict, message: str):
+def test_invalid_campaigns_spoil_only_themselves(lab: Lab, overrides: dict, message: str):
+    _write(lab, "good")
     path = _write(lab, "bad", **overrides)
-    with pytest.raises(CampaignError, match=message) as error:
-        experiment_ids(lab.data_dir)
-    assert str(path) in str(error.value)
+    valid, errors = scan_campaigns(lab.data_dir)
+    assert list(valid) == ["good"] and list(errors) == ["bad"]
+    assert str(path) in errors["bad"] and message in errors["bad"]
+    # The good campaign's experiments are there, none of the bad one's.
+    assert experiment_ids(lab.data_dir) == sorted(valid["good"][1])
+
+
+def test_an_invalid_campaign_fails_its_own_partition_and_nothing_else(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    _write(lab, "good", experiment=FAST | {"seed": 0}, seeds=[0], model_pairs=PAIRS[:1])
+    path = _write(lab, "bad", tasks=["nope"])
+    defs = lab.defs()  # the code location loads
+    result = defs.resolve_job_def("lsl_campaign").execute_in_process(
+        partition_key="bad", instance=lab.instance, raise_on_error=False
+    )
+    failure = result.failure_data_for_node("campaign_summary")
+    assert f"{path}: unknown task 'nope'" in failure.error.message
+    # `lsl validate` names the file and the problem, and fails; `lsl campaign run bad` refuses clearly.
+    monkeypatch.setenv("DAGSTER_HOME", lab.instance.root_directory)
+    monkeypatch.setenv("LSL_DATA_DIR", str(lab.data_dir))
+    monkeypatch.setenv("LSL_RUNS_DIR", str(lab.runs_dir))
+    capsys.readouterr()
+    assert main(["validate"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: unknown task 'nope'" in out
+    assert "0 of 0 experiment files and 1 of 2 campaign files are valid" in out
+    assert main(["campaign", "run", "bad"]) == 2
+    assert "campaign bad is invalid: " in capsys.readouterr().err
 
 
 def test_a_campaign_may_not_reuse_an_experiment_id(lab: Lab):
     lab.write("grid--arithmetic--l-s--miprov2--s0")
     _write(lab, "grid")
-    with pytest.raises(CampaignError, match="reuses the experiment id"):
-        experiment_ids(lab.data_dir)
+    _, errors = scan_campaigns(lab.data_dir)
+    assert "reuses the experiment id" in errors["grid"]
+    assert experiment_ids(lab.data_dir) == ["grid--arithmetic--l-s--miprov2--s0"]
 
 
 def _comparisons(instance: DagsterInstance, ids: list[str]) -> dict[str, int]:
@@ -91,7 +120,7 @@ def _comparisons(instance: DagsterInstance, ids: list[str]) -> dict[str, int]:
     }
 
 
-def test_campaign_runs_as_a_backfill_survives_a_kill_and_matches_its_experiments(tmp_path: Path, lab: Lab):
+def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path, lab: Lab):
     home = tmp_path / "home"
     home.mkdir()
     # Four experiments at once on SQLite; at most 2 LLM steps at a time (the pool), 3 calls each.
@@ -131,7 +160,7 @@ def test_campaign_runs_as_a_backfill_survives_a_kill_and_matches_its_experiments
         while len(_comparisons(instance, ids)) < 2:
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.5)
-        os.killpg(first.pid, signal.SIGKILL)  # the launcher, its daemon and the runs it started
+        os.killpg(first.pid, signal.SIGKILL)  # the launcher and its workers, in the middle of runs
         first.wait()
         done_before = _comparisons(instance, ids)
         assert 2 <= len(done_before) < len(ids)

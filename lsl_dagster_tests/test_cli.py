@@ -1,12 +1,17 @@
 """`lsl` over a real Dagster instance: status, results, export and plot read what the runs recorded."""
 
 import csv
+import dataclasses
 import json
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from dagster import AssetKey
 
 from lsl_dagster.cli import COLUMNS, arm_cis, main
 from lsl_dagster.models import Comparison
@@ -135,19 +140,48 @@ def test_status_results_export_and_plot(cli_env: Lab, capsys: pytest.CaptureFixt
         low, high = cis[arm["arm"]]
         assert low < arm["score"] < high, (arm, low, high)
 
-    # Editing exp-part's file: `lsl status` observes it, and Dagster then reports its stage 1 as stale.
+    # Editing exp-part's file makes its stage 1 stale; `lsl status` only reads: nothing is recorded.
     path = lab.data_dir / "experiments" / "exp-part.yaml"
     path.write_text(path.read_text().replace("seed: 0", "seed: 1"))
+    events = lab.instance.fetch_observations(AssetKey("experiment_file"), limit=100).records
     code, out, _ = run_cli(capsys, "status")
     assert code == 0
     table = status_table(out)
     assert table["exp-part"] == ["stale"] + ["missing"] * 6
     assert table["exp-full"] == ["materialized"] * 7
-    assert "exp-part: next: stage1_prompt (stale) - its file changed since it was last observed" in out
-    # The observation was recorded: still stale, no longer "changed since it was last observed".
-    code, out, _ = run_cli(capsys, "status", "exp-part")
-    assert status_table(out) == {"exp-part": ["stale"] + ["missing"] * 6}
-    assert "last observed" not in out
+    assert "exp-part: next: stage1_prompt (stale)" in out
+    assert lab.instance.fetch_observations(AssetKey("experiment_file"), limit=100).records == events
+    # Re-materializing stage 1 alone leaves everything after it stale: it consumed the old stage 1.
+    path.write_text(path.read_text().replace("seed: 1", "seed: 0"))
+    lab.write("exp-full", seed=3)
+    assert lab.run("exp-full", ["experiment_file", "stage1_prompt"]).success
+    code, out, _ = run_cli(capsys, "status", "exp-full")
+    assert status_table(out) == {"exp-full": ["materialized"] + ["stale"] * 6}
+
+
+def test_status_is_current_right_after_a_run_from_the_shell(cli_env: Lab, tmp_path: Path):
+    """Issue 16: `lsl status` said `stage1 stale` right after a successful run, and every `lsl` command
+    printed Dagster's warning about a missing dagster.yaml."""
+    lab = cli_env
+    lab.write("exp-shell")
+    home = tmp_path / "bare_home"  # an instance without dagster.yaml: Dagster's defaults
+    home.mkdir()
+    env = lab.env(DAGSTER_HOME=str(home))
+    lsl = str(Path(sys.executable).with_name("lsl"))
+    # A single stage first, as a user might, then the rest: nothing observed the file in between.
+    select = ["--select", "stage1_prompt", "--partition", "exp-shell"]
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    subprocess.run(
+        [dagster, "asset", "materialize", "-m", "lsl_dagster.definitions", *select],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(lab.materialize_command("exp-shell"), env=env, check=True, capture_output=True)
+    status = subprocess.run([lsl, "status"], env=env, capture_output=True, text=True)
+    assert (status.returncode, status.stderr) == (0, "")
+    assert status_table(status.stdout) == {"exp-shell": ["materialized"] * 7}
+    assert "exp-shell: done" in status.stdout
 
 
 def _free_port() -> int:
@@ -210,3 +244,57 @@ def test_clear_errors(
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no-such-dir"))
     code, _, err = run_cli(capsys, "status")
     assert code == 2 and "is not a directory or does not exist" in err
+
+
+def test_moving_the_runs_directory_keeps_results_plots_and_runs_working(
+    cli_env: Lab, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    lab = cli_env
+    lab.write("exp-move")
+    assert lab.run("exp-move").success
+    assert lab.metadata("exp-move", "comparison")["path"] == "exp-move/comparison.json"
+    assert lab.output("exp-move", "stage3_evaluation")["predictions_path"] == "exp-move/predictions/lsl.jsonl"
+    arms = lab.output("exp-move", "comparison")["arms"]
+
+    moved = tmp_path / "shared-storage" / "runs"
+    moved.parent.mkdir()
+    shutil.move(lab.runs_dir, moved)
+    monkeypatch.setenv("LSL_RUNS_DIR", str(moved))
+    code, out, err = run_cli(capsys, "results", "exp-move")
+    assert (code, err) == (0, "")
+    assert f"assets, predictions and call log in {moved / 'exp-move'}" in out
+    png = tmp_path / "moved.png"
+    code, _, err = run_cli(capsys, "plot", "exp-move", "-o", str(png))
+    assert (code, err) == (0, "") and png.read_bytes().startswith(b"\x89PNG")
+    # Dagster reads the moved outputs too: the comparison is made again from them, its checks pass.
+    relocated = dataclasses.replace(lab, runs_dir=moved)
+    result = relocated.run("exp-move", ["comparison"])
+    assert result.success
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+    assert lab.materializations("exp-move", "comparison") == 2
+    assert relocated.output("exp-move", "comparison")["arms"] == arms  # paired from the moved predictions
+
+
+def test_an_invalid_experiment_file_spoils_only_itself(cli_env: Lab, capsys: pytest.CaptureFixture):
+    lab = cli_env
+    lab.write("exp-good")
+    bad = lab.write("exp-bad", stage1={"max_calls": "lots"})
+    assert lab.run("exp-good").success  # the code location loads and the valid experiment runs
+    result = lab.run("exp-bad", raise_on_error=False)
+    assert f"{bad}: stage1.max_calls: " in result.failure_data_for_node("stage1_prompt").error.message
+
+    code, out, err = run_cli(capsys, "status")
+    assert (code, err) == (0, "")
+    assert status_table(out) == {"exp-bad": ["invalid"] * 7, "exp-good": ["materialized"] * 7}
+    assert f"exp-bad: invalid: {bad}: stage1.max_calls: " in out
+    assert "exp-good: done" in out
+
+    code, out, err = run_cli(capsys, "validate")
+    assert code == 1
+    assert f"{bad}: stage1.max_calls: " in out
+    assert "1 of 2 experiment files and 0 of 0 campaign files are valid" in out
+    bad.unlink()
+    assert run_cli(capsys, "validate")[:2] == (
+        0,
+        "1 of 1 experiment files and 0 of 0 campaign files are valid\n",
+    )

@@ -4,13 +4,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._time import get_current_datetime
 
+from lsl_dagster.cli import spec_hashes
 from lsl_dagster.experiments import ExperimentError, experiment_ids, load_experiment
 from lsl_dagster.models import check_slug
+from lsl_dagster.registry import stage_status, stages_of
 from lsl_dagster.tasks import TaskDataError, load_task
 from lsl_dagster_tests.conftest import Lab
 
@@ -105,14 +103,11 @@ def test_a_cost_budget_needs_a_known_price(lab: Lab, sim_server):
     assert sim_server.stats()["requests"] == 0
 
 
-def _status(lab: Lab, asset: str, experiment_id: str) -> StaleStatus:
-    graph = lab.defs().resolve_asset_graph()
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=lab.instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(lab.instance, graph, view).get_status(AssetKey(asset), experiment_id)
+def _status(lab: Lab, asset: str, experiment_id: str) -> str:
+    """What `lsl status` shows for one stage (read from the instance's public records)."""
+    stages = stages_of(lab.defs().resolve_all_asset_specs())
+    table = stage_status(lab.instance, stages, spec_hashes(lab.data_dir, [experiment_id]))
+    return table[experiment_id][asset]
 
 
 def test_editing_an_experiment_file_marks_exactly_its_assets_stale(lab: Lab):
@@ -123,14 +118,14 @@ def test_editing_an_experiment_file_marks_exactly_its_assets_stale(lab: Lab):
     # A comment is not a change of the experiment.
     path.write_text("# a note\n" + path.read_text())
     lab.run("edit-a", ["experiment_file"])
-    assert _status(lab, "stage1_prompt", "edit-a") == StaleStatus.FRESH
+    assert _status(lab, "stage1_prompt", "edit-a") == "materialized"
 
     path.write_text(path.read_text().replace("seed: 0", "seed: 1"))
     lab.run("edit-a", ["experiment_file"])
-    assert _status(lab, "stage1_prompt", "edit-a") == StaleStatus.STALE
-    assert _status(lab, "baseline_evaluation", "edit-a") == StaleStatus.STALE
-    assert _status(lab, "stage1_prompt", "edit-b") == StaleStatus.FRESH
-    assert _status(lab, "baseline_evaluation", "edit-b") == StaleStatus.FRESH
+    assert _status(lab, "stage1_prompt", "edit-a") == "stale"
+    assert _status(lab, "baseline_evaluation", "edit-a") == "stale"
+    assert _status(lab, "stage1_prompt", "edit-b") == "materialized"
+    assert _status(lab, "baseline_evaluation", "edit-b") == "materialized"
 
 
 def test_the_sensor_observes_exactly_the_files_that_changed(lab: Lab):

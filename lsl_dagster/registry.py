@@ -1,0 +1,143 @@
+"""Reading the results registry (the Dagster instance) through Dagster's public API only; nothing here
+writes to the instance.
+
+Where each stage of an experiment stands is derived from what the materializations recorded: the spec
+hash and code version in their metadata, and which upstream materialization each one consumed (the
+`dagster/input_event_pointer/<asset>` tag Dagster writes on every materialization). A stage is stale
+when its experiment file or code changed since, or when an upstream stage was materialized again or is
+stale itself. This needs no observation of the experiment files, so `lsl status` only reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+# The tag under which Dagster records the storage id of the upstream event a materialization consumed.
+INPUT_POINTER = "dagster/input_event_pointer/"
+CODE_VERSION_TAG = "dagster/code_version"
+FILE = dg.AssetKey("experiment_file")
+
+# The stage assets in pipeline order (every stage after its upstream stages).
+STAGES = (
+    "stage1_prompt",
+    "stage2_hardened_prompt",
+    "budget_matched_prompt",
+    "baseline_evaluation",
+    "stage3_evaluation",
+    "budget_matched_evaluation",
+    "comparison",
+)
+NEEDS_WORK = ("missing", "stale", "failed")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What the code location says about a stage: its code version and its upstream stages."""
+
+    code_version: str | None
+    upstream: tuple[str, ...]
+
+
+def stages_of(specs: Iterable[dg.AssetSpec]) -> dict[str, Stage]:
+    by_key = {spec.key: spec for spec in specs}
+    return {
+        name: Stage(
+            code_version=by_key[dg.AssetKey(name)].code_version,
+            upstream=tuple(
+                d.asset_key.to_user_string() for d in by_key[dg.AssetKey(name)].deps if d.asset_key != FILE
+            ),
+        )
+        for name in STAGES
+    }
+
+
+def latest_materializations(
+    instance: dg.DagsterInstance, asset: str, partitions: Sequence[str]
+) -> dict[str, dg.EventLogRecord]:
+    """partition -> its newest materialization of `asset` (partitions never materialized are absent)."""
+    wanted, found = set(partitions), {}
+    filter_ = dg.AssetRecordsFilter(dg.AssetKey(asset), asset_partitions=list(partitions))
+    cursor = None
+    while True:  # newest first, a page at a time, until every partition asked for has its newest record
+        result = instance.fetch_materializations(filter_, limit=1000, cursor=cursor)
+        for record in result.records:
+            found.setdefault(record.partition_key, record)
+        if not result.has_more or wanted <= found.keys():
+            return {key: found[key] for key in partitions if key in found}
+        cursor = result.cursor
+
+
+def _metadata_text(record: dg.EventLogRecord, key: str) -> str | None:
+    entry = record.asset_materialization.metadata.get(key)
+    return None if entry is None else str(entry.value)
+
+
+FAILED_RUN = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.CANCELING)
+FINISHED_RUN = (*FAILED_RUN, dg.DagsterRunStatus.SUCCESS)
+
+
+def _last_runs(instance: dg.DagsterInstance, partition: str) -> list[dg.DagsterRun]:
+    records = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": partition}), limit=50)
+    return [r.dagster_run for r in records]  # newest first
+
+
+def _last_run_of(runs: Sequence[dg.DagsterRun], asset: str) -> dg.DagsterRun | None:
+    """The newest run that set out to materialize `asset` (a run with no selection runs its whole job)."""
+    key = dg.AssetKey(asset)
+    return next((r for r in runs if not r.asset_selection or key in r.asset_selection), None)
+
+
+def stage_status(
+    instance: dg.DagsterInstance,
+    stages: Mapping[str, Stage],
+    spec_hashes: Mapping[str, str | None],
+) -> dict[str, dict[str, str]]:
+    """experiment -> stage asset -> materialized | stale | failed | in progress | missing | invalid.
+
+    `spec_hashes` holds each experiment's current spec hash, None when its file is invalid. The newest run
+    that set out to materialize a stage decides whether it is in progress or failed, unless that very run
+    materialized it (a run killed after the stage finished). A stage whose upstream stages are not all
+    materialized did not fail itself: it is missing."""
+    ids = list(spec_hashes)
+    runs = {e: _last_runs(instance, e) for e in ids}
+    table: dict[str, dict[str, str]] = {e: {} for e in ids}
+    for asset, stage in stages.items():
+        records = latest_materializations(instance, asset, ids)
+        upstream = {name: latest_materializations(instance, name, ids) for name in stage.upstream}
+        for e in ids:
+            before = [table[e][name] for name in stage.upstream]
+            record = records.get(e)
+            last = _last_run_of(runs[e], asset)
+            own = last is not None and record is not None and record.run_id == last.run_id
+            if spec_hashes[e] is None:
+                status = "invalid"
+            elif last is not None and not own and last.status not in FINISHED_RUN:
+                status = "in progress"
+            elif (
+                last is not None
+                and not own
+                and last.status in FAILED_RUN
+                and all(s == "materialized" for s in before)
+            ):
+                status = "failed"
+            elif record is None:
+                status = "missing"
+            elif (
+                _metadata_text(record, "spec_hash") != spec_hashes[e]
+                or record.asset_materialization.tags.get(CODE_VERSION_TAG) != stage.code_version
+                or any(s != "materialized" for s in before)
+                or any(
+                    e not in upstream[name]
+                    or record.asset_materialization.tags.get(INPUT_POINTER + name)
+                    != str(upstream[name][e].storage_id)
+                    for name in stage.upstream
+                )
+            ):
+                status = "stale"
+            else:
+                status = "materialized"
+            table[e][asset] = status
+    return table
