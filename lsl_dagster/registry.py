@@ -2,10 +2,11 @@
 writes to the instance.
 
 Where each stage of an experiment stands is derived from what the materializations recorded: the spec
-hash and code version in their metadata, and which upstream materialization each one consumed (the
-`dagster/input_event_pointer/<asset>` tag Dagster writes on every materialization). A stage is stale
-when its experiment file or code changed since, or when an upstream stage was materialized again or is
-stale itself. This needs no observation of the experiment files, so `lsl status` only reads.
+hash in their metadata, the code version in their tags, and when they happened. A stage is stale when
+its experiment file or code changed since, or when an upstream stage was materialized after it or is
+stale itself. (Not Dagster's recorded input versions: on SQLite, concurrent runs record event pointers
+into their own run shards, which do not match the asset index.) This needs no observation of the
+experiment files, so `lsl status` only reads.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-# The tag under which Dagster records the storage id of the upstream event a materialization consumed.
-INPUT_POINTER = "dagster/input_event_pointer/"
 CODE_VERSION_TAG = "dagster/code_version"
 FILE = dg.AssetKey("experiment_file")
 
@@ -130,9 +129,7 @@ def stage_status(
                 or record.asset_materialization.tags.get(CODE_VERSION_TAG) != stage.code_version
                 or any(s != "materialized" for s in before)
                 or any(
-                    e not in upstream[name]
-                    or record.asset_materialization.tags.get(INPUT_POINTER + name)
-                    != str(upstream[name][e].storage_id)
+                    e not in upstream[name] or upstream[name][e].timestamp > record.timestamp
                     for name in stage.upstream
                 )
             ):
