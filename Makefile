@@ -6,7 +6,10 @@ EXPERIMENT ?= arith-sim-01
 
 CAMPAIGN ?= grid-sim-01
 
-.PHONY: demo test ui setup campaign
+.PHONY: demo test ui setup campaign chromium
+
+# The browser tests drive Debian's Chromium; installed with apt when missing (CI runs as root).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -25,11 +28,15 @@ demo: setup
 	$(BIN)/dagster asset materialize -m lsl_dagster.definitions --select 'group:lsl' --partition $(EXPERIMENT)
 	$(BIN)/lsl results $(EXPERIMENT)
 
-test: setup
+test: setup chromium
 	$(BIN)/ruff check lsl_dagster lsl_dagster_tests bench
 	$(BIN)/pytest
 
-# A campaign (data/campaigns/$(CAMPAIGN).yaml) as a Dagster backfill, then its table.
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
+# A campaign (data/campaigns/$(CAMPAIGN).yaml): its experiments as tagged runs, then its table.
 campaign: setup
 	$(BIN)/lsl campaign run $(CAMPAIGN)
 

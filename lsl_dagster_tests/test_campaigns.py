@@ -186,7 +186,8 @@ def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path
         )
     )
     summary = json.loads(summary_path.read_text())
-    assert Path(summary["plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["plot_path"] == "grid/campaign_summary.png"  # relative to the runs directory
+    assert (lab.runs_dir / summary["plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for cell in summary["cells"]:
         experiments = [
             json.loads((lab.runs_dir / e / "comparison.json").read_text()) for e in cell["experiments"]
