@@ -4,8 +4,8 @@
 
 Per repetition, in a fresh instance: an uninterrupted reference run of the experiment (both models over
 HTTP from the sim server); then the same experiment again, killed with SIGKILL once its call log holds half
-of the reference's Stage 2 calls, and resumed as a user would: `lsl status` (marks the killed run failed,
-frees its pool slot), then `dagster asset materialize` of the assets not yet materialized. Every request
+of the reference's Stage 2 calls, and resumed as a user would: `lsl status` (what is left; it only
+reads), then `dagster asset materialize` of the assets not yet materialized. Every request
 the server answers is recorded, so repaid calls are counted exactly.
 """
 
@@ -127,7 +127,7 @@ def once(root: Path, quick: bool) -> Result:
     status_s, status = run_command(
         [str(Path(sys.executable).with_name("lsl")), "status", "killed"], lab.env()
     )
-    assert "marked failed, pool slots freed" in status, status
+    assert "killed: next:" in status, status  # it says what is left (and, reading only, changes nothing)
     done = materialized(lab, "killed")
     missing = [asset for asset in ASSETS if asset not in done]
     with SimServer(latency_s=LATENCY_S, port=first.port).start() as second:

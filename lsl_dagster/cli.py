@@ -30,7 +30,6 @@ from lsl_dagster.launch import (
     run_summary,
 )
 from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, Interval, PairedDifference
-from lsl_dagster.plots import experiments_figure
 from lsl_dagster.registry import NEEDS_WORK, Stage, latest_materializations, stage_status, stages_of
 from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
@@ -301,6 +300,8 @@ def arm_cis(instance: dg.DagsterInstance, comparison: Comparison) -> dict[str, t
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from lsl_dagster.plots import experiments_figure  # matplotlib only for the command that draws
+
     with _instance() as instance:
         stored = {e: c for e, (c, _) in latest_comparisons(instance, args.experiments).items()}
         cis = {e: arm_cis(instance, comparison) for e, comparison in stored.items()}
