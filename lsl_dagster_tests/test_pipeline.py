@@ -3,7 +3,6 @@
 import json
 import shutil
 import socket
-from pathlib import Path
 
 import dspy
 import pytest
@@ -53,7 +52,10 @@ def test_experiment_materializes_every_asset_as_json(lab: Lab):
     }
     for arm in ("baseline_evaluation", "stage3_evaluation", "budget_matched_evaluation"):
         result = EvaluationResult.model_validate(lab.output("exp-a", arm))
-        rows = [json.loads(line) for line in Path(result.predictions_path).read_text().splitlines()]
+        assert result.predictions_path == f"exp-a/predictions/{result.arm}.jsonl"  # relative to the runs dir
+        rows = [
+            json.loads(line) for line in (lab.runs_dir / result.predictions_path).read_text().splitlines()
+        ]
         assert result.n == len(rows) == 40
         assert [row["example_id"] for row in rows] == [f"test-{i}" for i in range(40)]
         assert result.score == pytest.approx(sum(row["score"] for row in rows) / 40)
@@ -190,9 +192,9 @@ def test_asset_checks_pass_on_a_sound_experiment_and_catch_tampering(lab: Lab):
     assert all(_checks(lab, "checked").values())
 
     # A dropped prediction row, an out-of-range score, a test example smuggled into the demos.
-    predictions = Path(lab.output("checked", "baseline_evaluation")["predictions_path"])
+    predictions = lab.runs_dir / lab.output("checked", "baseline_evaluation")["predictions_path"]
     predictions.write_text("".join(predictions.read_text().splitlines(keepends=True)[:-1]))
-    stage3 = Path(lab.output("checked", "stage3_evaluation")["predictions_path"])
+    stage3 = lab.runs_dir / lab.output("checked", "stage3_evaluation")["predictions_path"]
     rows = [json.loads(line) for line in stage3.read_text().splitlines()]
     rows[0]["score"] = 1.5
     stage3.write_text("".join(json.dumps(row) + "\n" for row in rows))
