@@ -387,6 +387,21 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Runs whose process is gone (killed) stay "started" and keep their pool slots: end them as the UI's
+    force termination does."""
+    with _instance() as instance:
+        for run_id in args.run_ids:
+            record = instance.get_run_record_by_id(run_id)
+            if record is None:
+                raise CliError(f"no run {run_id} in the instance at {instance.root_directory}")
+            if record.dagster_run.is_finished:
+                raise CliError(f"run {run_id} already ended ({record.dagster_run.status.value.lower()})")
+    cancel_runs(args.run_ids)
+    print(f"canceled {', '.join(args.run_ids)} and freed their pool slots")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -396,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export": (cmd_export, "one row per experiment and arm, as CSV, JSON or Parquet"),
         "plot": (cmd_plot, "each arm's score with its CI, one panel per experiment (PNG)"),
     }
+    cancel = sub.add_parser("cancel", help="end runs whose process was killed and free their pool slots")
+    cancel.add_argument("run_ids", nargs="+", help="run ids (the UI's run list, or `lsl status`)")
+    cancel.set_defaults(func=cmd_cancel)
     validate = sub.add_parser("validate", help="check every experiment and campaign file; run nothing")
     validate.set_defaults(func=cmd_validate)
     campaign = sub.add_parser("campaign", help="run a campaign (data/campaigns/NAME.yaml) as a backfill")

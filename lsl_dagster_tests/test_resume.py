@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetRecordsFilter
+from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus, RunsFilter
 
-from lsl_dagster.cli import STAGES
+from lsl_dagster.cli import STAGES, main
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.conftest import Lab, make_lab
 
@@ -95,6 +95,7 @@ def test_kill_9_mid_stage_then_resume(
     reference,
     stage: str,
     after: int,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     expected, paid_once = reference
     name = f"kill-{stage.replace('_', '-')}"
@@ -120,6 +121,12 @@ def test_kill_9_mid_stage_then_resume(
         if process.poll() is None:
             process.kill()
         first.stop()
+    # The killed run holds its pool slot (the lab's pool has one): end it as the UI's force termination
+    # does, which frees the slot; otherwise the resumed run waits for it forever.
+    (killed,) = lab.instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    monkeypatch.setenv("DAGSTER_HOME", lab.instance.root_directory)
+    assert main(["cancel", killed.dagster_run.run_id]) == 0
+    assert lab.instance.get_run_by_id(killed.dagster_run.run_id).status == DagsterRunStatus.CANCELED
     done_before = _materialized(lab, name)
     _assert_nothing_corrupt(lab.runs_dir / name)
     mtimes = {a: (lab.runs_dir / name / f"{a}.json").stat().st_mtime_ns for a in done_before}
