@@ -40,7 +40,7 @@ def open_cache_files() -> int:
     count = 0
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):  # closed since listed
-            count += "cache.db" in os.readlink(f"/proc/self/fd/{fd}")
+            count += "responses.sqlite" in os.readlink(f"/proc/self/fd/{fd}")
     return count
 
 

@@ -89,6 +89,9 @@ class _Usage:
     def add(self, record: dict[str, Any]) -> None:
         if not record["ok"]:
             self.failed += 1
+            if record["cost_usd"] is not None:  # a timeout or garbled reply, at its worst-case cost
+                self.cost += record["cost_usd"]
+                self.sources |= {record["cost_source"]}
             return
         self.calls += 1
         self.input_tokens += record["input_tokens"]
@@ -123,8 +126,9 @@ class _Usage:
 
 
 def spent_usd(records: Iterable[dict[str, Any]]) -> float:
-    """What the logged requests cost; unpriced ones count as zero (a budget then refuses to start)."""
-    return sum(r["cost_usd"] or 0.0 for r in records if r["ok"])
+    """What the logged requests cost, including failed ones that may have been billed (at their
+    worst-case cost); unpriced ones count as zero (a budget then refuses to start)."""
+    return sum(r["cost_usd"] or 0.0 for r in records)
 
 
 class Meter:

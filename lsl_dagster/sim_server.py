@@ -260,6 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
             sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
+            sim._record_repeat(digest, body.get("temperature"), reply.input_tokens, reply.output_tokens, tier)
             self._json(200, payload)
         except RequestError as exc:
             sim._count("rejected")
@@ -385,6 +386,9 @@ class SimServer:
             self.faults: dict[str, int] = {}
             # How often each distinct request (model, messages, seed) was answered: repeats are re-paid calls.
             self.served_requests: dict[str, int] = {}
+            # Answers to a request already answered, by the request's temperature, and what they cost.
+            self.repeats_by_temperature: dict[str, int] = {}
+            self.repeat_cost_usd = 0.0
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -445,6 +449,15 @@ class SimServer:
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
             self.cost_usd += TIERS[tier].price.cost(prompt_tokens, completion_tokens)
+
+    def _record_repeat(
+        self, digest: str, temperature: Any, prompt_tokens: int, completion_tokens: int, tier: str
+    ) -> None:
+        with self._lock:
+            if self.served_requests[digest] > 1:
+                key = str(temperature)
+                self.repeats_by_temperature[key] = self.repeats_by_temperature.get(key, 0) + 1
+                self.repeat_cost_usd += TIERS[tier].price.cost(prompt_tokens, completion_tokens)
 
     def _completion(self, n: int, model: str, tier: str, reply: Reply) -> dict[str, Any]:
         usage: dict[str, Any] = {

@@ -13,7 +13,7 @@ from typing import Literal
 import dspy
 from dagster import ConfigurableResource
 
-from lsl_dagster.cache import stage_cache
+from lsl_dagster.cache import experiment_cache
 from lsl_dagster.experiments import load_experiment
 from lsl_dagster.files import atomic_write_text
 from lsl_dagster.ledger import CallLog, Meter, spent_usd
@@ -75,7 +75,8 @@ class Workspace(ConfigurableResource):
         Keys and prices are checked before any call. One stage of an experiment runs at a time (a file
         lock), so the experiment's max_cost_usd holds across processes: the stage may spend what the
         call log says is left. What the stage paid since it last completed (a crashed attempt) is part
-        of its usage; those responses replay from the stage's cache for free. The ledger is written
+        of its usage; those responses, and any request another stage already paid for, replay from the
+        experiment's response cache for free. The ledger is written
         when the stage ends, also when it fails.
         """
         models.check(spec)
@@ -101,7 +102,7 @@ class Workspace(ConfigurableResource):
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
             run = StageRun(spec, meter, models)
             try:
-                with stage_cache(run_dir / "cache" / name, meter):
+                with experiment_cache(run_dir, meter):
                     yield run
                 meter.wait_idle()
                 call_log.append({"stage": name, "event": MATERIALIZED})
