@@ -265,7 +265,10 @@ class LanguageModels(ConfigurableResource):
 
     def check(self, spec: ExperimentSpec) -> None:
         for model in (spec.large_model, spec.small_model):
-            PROVIDERS[model.provider].check(model, need_price=spec.max_cost_usd is not None)
+            self.check_model(model, need_price=spec.max_cost_usd is not None)
+
+    def check_model(self, spec: ModelSpec, *, need_price: bool) -> None:
+        PROVIDERS[spec.provider].check(spec, need_price=need_price)
 
     def lm(self, spec: ModelSpec, meter: Meter, seed: int) -> dspy.LM:
         provider = PROVIDERS[spec.provider]
