@@ -212,6 +212,11 @@ def run_optimizer(
     except BudgetExhausted:
         meter.wait_idle()
         if best.program is None:
+            if meter.cost_stopped:
+                # A capped experiment always ends with a comparison: a stage whose share of the cap ran
+                # out before any candidate was validated keeps the program it started from.
+                reason = f"{meter.stop_reason}; no candidate validated yet, kept the starting program"
+                return Optimized(student, None, None, reason)
             raise
         return Optimized(best.program, best.first_score, best.score, meter.stop_reason)
     meter.wait_idle()

@@ -19,6 +19,7 @@ from lsl_dagster.files import atomic_write_text
 from lsl_dagster.ledger import CallLog, Meter, spent_usd
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.models import ExperimentSpec, Ledger, ModelSpec
+from lsl_dagster.plan import check, forecast
 from lsl_dagster.tasks import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ class Workspace(ConfigurableResource):
     ) -> Iterator[StageRun]:
         """Run one stage of an experiment.
 
-        Keys and prices are checked before any call. One stage of an experiment runs at a time (a file
-        lock), so the experiment's max_cost_usd holds across processes: the stage may spend what the
-        call log says is left. What the stage paid since it last completed (a crashed attempt) is part
-        of its usage; those responses, and any request another stage already paid for, replay from the
-        experiment's response cache for free. The ledger is written
-        when the stage ends, also when it fails.
+        Keys, prices and the cost cap's allocation are checked before any call. One stage of an
+        experiment runs at a time (a file lock), so the experiment's max_cost_usd holds across
+        processes: the stage may spend its share of the cap, within what the call log says is left.
+        What the stage paid since it last completed (a crashed attempt) is part of its usage; those
+        responses, and any request another stage already paid for, replay from the experiment's
+        response cache for free. The ledger is written when the stage ends, also when it fails.
         """
         models.check(spec)
         run_dir = self.run_dir(spec.experiment_id)
@@ -97,7 +98,7 @@ class Workspace(ConfigurableResource):
                     else:
                         prior.append(record)
             calls = [r for r in records if "event" not in r]
-            allowance = None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent_usd(calls))
+            allowance = self._allowance(spec, name, calls, prior)
             call_log = CallLog(run_dir / "calls.jsonl")
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
             run = StageRun(spec, meter, models)
@@ -114,6 +115,22 @@ class Workspace(ConfigurableResource):
                 atomic_write_text(
                     run_dir / "ledgers" / f"{name}.json", meter.ledger().model_dump_json(indent=2)
                 )
+
+    def _allowance(
+        self, spec: ExperimentSpec, name: str, calls: list[dict], prior: list[dict]
+    ) -> float | None:
+        """What the stage may still spend: its share of max_cost_usd (allocated up front by the plan, so
+        the evaluations always have theirs) less what its earlier attempts spent, and never more than the
+        cap has left. Raises ConfigError, before any call, when the cap cannot cover the evaluations."""
+        if spec.max_cost_usd is None:
+            return None
+        left = max(0.0, spec.max_cost_usd - spent_usd(calls))
+        plan = forecast(spec, self.task(spec.task))
+        check(plan)
+        share = plan.share(name)
+        if share is None:
+            return left
+        return min(left, max(0.0, share - spent_usd(prior)))
 
     def saved_ledger(self, experiment_id: str, name: str) -> Ledger | None:
         path = self.run_dir(experiment_id) / "ledgers" / f"{name}.json"

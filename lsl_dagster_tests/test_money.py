@@ -4,15 +4,20 @@ the server."""
 import contextlib
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from lsl_dagster import stages
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.models import Comparison, Ledger, PromptCandidate, Provenance
+from lsl_dagster.plan import forecast
 from lsl_dagster.program import capture, task_program
 from lsl_dagster.sim import TIERS
 from lsl_dagster.sim_server import SimServer
+from lsl_dagster.tasks import load_task
 from lsl_dagster.workspace import Workspace
 from lsl_dagster_tests.conftest import Lab
 
@@ -102,3 +107,72 @@ def _open_files() -> list[str]:
         with contextlib.suppress(OSError):  # closed since listed
             paths.append(os.readlink(f"/proc/self/fd/{fd}"))
     return paths
+
+
+def test_lsl_plan_forecasts_every_stage_without_calling_a_model(lab: Lab, sim_server: SimServer):
+    lab.write(
+        "planned",
+        large_model=_http(sim_server, "large"),
+        small_model=_http(sim_server, "small"),
+        max_cost_usd=50.0,
+    )
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("lsl")), "plan", "planned"],
+        env=lab.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.strip()}
+    for stage in ("stage1", "stage2", "budget_matched", "baseline_evaluation", "stage3_evaluation"):
+        assert stage in rows
+    assert rows["stage1"][1] == "80" and rows["baseline_evaluation"][1] == "40"
+    assert rows["total"][1] == str(80 + 60 + 140 + 3 * 40)
+    assert sim_server.stats()["requests"] == 0  # a forecast, not a run
+
+
+def test_a_cap_too_small_for_the_evaluations_is_refused_before_any_call(lab: Lab, sim_server: SimServer):
+    lab.write(
+        "broke",
+        large_model=_http(sim_server, "large"),
+        small_model=_http(sim_server, "small"),
+        max_cost_usd=1.0,
+    )
+    plan = forecast(
+        Workspace(data_dir=str(lab.data_dir)).experiment("broke"),
+        load_task("arithmetic", lab.data_dir / "tasks"),
+    )
+    needed = plan.evaluations_worst_usd
+    assert needed is not None and needed > 1.0
+    result = lab.run("broke", raise_on_error=False)
+    assert not result.success
+    assert sim_server.stats()["requests"] == 0
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = failure.event_specific_data.error.message
+    assert "cannot cover the three evaluations" in message and f"${needed:.4f}" in message
+
+
+def test_a_tight_cap_still_ends_with_a_comparison(lab: Lab, sim_server: SimServer):
+    spec = {"large_model": _http(sim_server, "large"), "small_model": _http(sim_server, "small")}
+    lab.write("tight", **spec)
+    plan = forecast(
+        Workspace(data_dir=str(lab.data_dir)).experiment("tight"),
+        load_task("arithmetic", lab.data_dir / "tasks"),
+    )
+    # Enough for the evaluations' worst case and a sliver of optimization: the optimizers must stop early.
+    cap = plan.evaluations_worst_usd + 0.05
+    lab.write("tight", **spec, max_cost_usd=cap)
+    assert lab.run("tight").success
+
+    comparison = Comparison.model_validate(lab.output("tight", "comparison"))
+    assert {arm.arm: arm.n for arm in comparison.arms} == {"baseline": 40, "lsl": 40, "budget_matched": 40}
+    stops = [comparison.usage[s].stop_reason or "" for s in ("stage1", "stage2", "budget_matched")]
+    assert any("max_cost_usd reached" in reason for reason in stops), stops
+    spent = sum(
+        r["cost_usd"] or 0
+        for r in map(json.loads, (lab.runs_dir / "tight" / "calls.jsonl").read_text().splitlines())
+        if "event" not in r
+    )
+    assert 0 < spent <= cap
+    assert spent == pytest.approx(sim_server.stats()["cost_usd"])
