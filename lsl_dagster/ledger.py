@@ -128,7 +128,7 @@ class _Usage:
 def spent_usd(records: Iterable[dict[str, Any]]) -> float:
     """What the logged requests cost, including failed ones that may have been billed (at their
     worst-case cost); unpriced ones count as zero (a budget then refuses to start)."""
-    return sum(r["cost_usd"] or 0.0 for r in records)
+    return sum(r.get("cost_usd") or 0.0 for r in records)  # stage events carry no cost
 
 
 class Meter:

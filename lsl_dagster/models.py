@@ -364,6 +364,8 @@ class CampaignSpec(Strict):
     seeds: list[int] = Field(min_length=1)
     # Every other experiment setting, shared by all cells (validated when the grid is expanded).
     experiment: dict[str, Any] = {}
+    # A hard cap on what all the campaign's experiments together may spend (each may have its own too).
+    max_cost_usd: float | None = Field(default=None, gt=0)
 
 
 class Interval(Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,11 +14,12 @@ import dspy
 from dagster import ConfigurableResource
 
 from lsl_dagster.cache import experiment_cache
-from lsl_dagster.experiments import load_experiment
+from lsl_dagster.campaign_budget import campaign_allowance
+from lsl_dagster.experiments import campaigns, load_experiment
 from lsl_dagster.files import atomic_write_text
 from lsl_dagster.ledger import CallLog, Meter, spent_usd
 from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import ExperimentSpec, Ledger, ModelSpec
+from lsl_dagster.models import CampaignSpec, ExperimentSpec, Ledger, ModelSpec
 from lsl_dagster.plan import check, forecast
 from lsl_dagster.tasks import Task, load_task
 
@@ -75,15 +76,16 @@ class Workspace(ConfigurableResource):
 
         Keys, prices and the cost cap's allocation are checked before any call. One stage of an
         experiment runs at a time (a file lock), so the experiment's max_cost_usd holds across
-        processes: the stage may spend its share of the cap, within what the call log says is left.
-        What the stage paid since it last completed (a crashed attempt) is part of its usage; those
-        responses, and any request another stage already paid for, replay from the experiment's
-        response cache for free. The ledger is written when the stage ends, also when it fails.
+        processes: the stage may spend its share of the cap, within what the call log says is left (and
+        within what its campaign's max_cost_usd has left, see campaign_budget). What the stage paid
+        since it last completed (a crashed attempt) is part of its usage; those responses, and any
+        request another stage already paid for, replay from the experiment's response cache for free.
+        The ledger is written when the stage ends, also when it fails.
         """
         models.check(spec)
         run_dir = self.run_dir(spec.experiment_id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with (run_dir / ".lock").open("w") as lock:
+        with (run_dir / ".lock").open("w") as lock, ExitStack() as held:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -99,6 +101,20 @@ class Workspace(ConfigurableResource):
                         prior.append(record)
             calls = [r for r in records if "event" not in r]
             allowance = self._allowance(spec, name, calls, prior)
+            campaign = self._capped_campaign(spec.experiment_id)
+            if campaign is not None:
+                capped, experiments = campaign
+                assert capped.max_cost_usd is not None
+                allowance = held.enter_context(
+                    campaign_allowance(
+                        Path(self.runs_dir),
+                        capped.campaign,
+                        capped.max_cost_usd,
+                        experiments,
+                        f"{spec.experiment_id}--{name}",
+                        allowance,
+                    )
+                )
             call_log = CallLog(run_dir / "calls.jsonl")
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
             run = StageRun(spec, meter, models)
@@ -115,6 +131,13 @@ class Workspace(ConfigurableResource):
                 atomic_write_text(
                     run_dir / "ledgers" / f"{name}.json", meter.ledger().model_dump_json(indent=2)
                 )
+
+    def _capped_campaign(self, experiment_id: str) -> tuple[CampaignSpec, list[str]] | None:
+        """The campaign with its own max_cost_usd that this experiment belongs to, with its experiments."""
+        for campaign, specs in campaigns(Path(self.data_dir)).values():
+            if campaign.max_cost_usd is not None and experiment_id in specs:
+                return campaign, sorted(specs)
+        return None
 
     def _allowance(
         self, spec: ExperimentSpec, name: str, calls: list[dict], prior: list[dict]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lsl_dagster import stages
 from lsl_dagster.lm import LanguageModels
@@ -19,7 +20,7 @@ from lsl_dagster.sim import TIERS
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster.tasks import load_task
 from lsl_dagster.workspace import Workspace
-from lsl_dagster_tests.conftest import Lab
+from lsl_dagster_tests.conftest import FAST, Lab
 
 
 def _http(server: SimServer, tier: str, **extra) -> dict:
@@ -176,3 +177,39 @@ def test_a_tight_cap_still_ends_with_a_comparison(lab: Lab, sim_server: SimServe
     )
     assert 0 < spent <= cap
     assert spent == pytest.approx(sim_server.stats()["cost_usd"])
+
+
+def test_a_campaign_cap_holds_across_its_experiments(lab: Lab):
+    cap = 0.2
+    path = lab.data_dir / "campaigns" / "capped.yaml"
+    path.parent.mkdir(exist_ok=True)
+    experiment = {k: v for k, v in FAST.items() if k not in ("task", "large_model", "small_model", "seed")}
+    pair = {"name": "l-s", "large_model": {"model": "sim/large"}, "small_model": {"model": "sim/small"}}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "campaign": "capped",
+                "tasks": ["arithmetic"],
+                "model_pairs": [pair],
+                "seeds": [0, 1],
+                "experiment": experiment,
+                "max_cost_usd": cap,
+            }
+        )
+    )
+    ids = [f"capped--arithmetic--l-s--miprov2--s{seed}" for seed in (0, 1)]
+    for experiment_id in ids:
+        lab.run(experiment_id, raise_on_error=False)
+    spent = sum(
+        record["cost_usd"] or 0.0
+        for experiment_id in ids
+        for record in map(json.loads, (lab.runs_dir / experiment_id / "calls.jsonl").read_text().splitlines())
+        if "event" not in record
+    )
+    # One experiment costs about $0.14 on the sim prices: the second one ran out of what the first left.
+    assert 0.1 < spent <= cap
+    second = (lab.runs_dir / ids[1] / "ledgers").glob("*.json")
+    assert any("max_cost_usd reached" in (json.loads(p.read_text())["stop_reason"] or "") for p in second)
+    assert not (lab.runs_dir / "capped" / "budget").exists() or not list(
+        (lab.runs_dir / "capped" / "budget").glob("*.json")
+    )
