@@ -234,7 +234,20 @@ class Ledger(BaseModel):
         return None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
 
 
-class EvaluationResult(Strict):
+class FormatCounts(Strict):
+    """How an arm's rows failed (`error_kind` in the predictions JSONL). Provider failures (e.g. a prompt
+    too long for the context window) are not scored: the score is the mean over the other rows."""
+
+    n_wrong: int = 0
+    n_unparseable: int = 0  # the adapters could not parse a complete reply
+    n_truncated: int = 0  # failed, with a reply cut off at max_tokens (finish_reason "length")
+    n_adapter_fallbacks: int = 0  # ChatAdapter failed to parse and DSPy retried with JSONAdapter
+    n_provider_failures: int = 0
+    # Set when unparseable + truncated rows exceed formats.WARNING_SHARE of the arm.
+    format_warning: str | None = None
+
+
+class EvaluationResult(FormatCounts):
     """Aggregates of one arm on the evaluation split; per-example rows live in the predictions JSONL."""
 
     experiment_id: Slug
@@ -249,7 +262,7 @@ class EvaluationResult(Strict):
     simulated: bool
 
 
-class ArmSummary(Strict):
+class ArmSummary(FormatCounts):
     arm: str
     score: float
     n: int

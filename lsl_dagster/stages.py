@@ -13,6 +13,7 @@ from lsl_dagster.models import (
     Comparison,
     EvaluationResult,
     ExperimentSpec,
+    FormatCounts,
     PairedDifference,
     PromptCandidate,
     Provenance,
@@ -143,6 +144,7 @@ def evaluate_on_large(
         n=totals.n,
         score=totals.score,
         n_errors=totals.n_errors,
+        **totals.format_counts().model_dump(),
         predictions_path=str(out),
         ledger=run.meter.ledger(),
         simulated=spec.simulated,
@@ -189,6 +191,7 @@ def compare(
             calls=result.ledger.calls,
             cost_usd=result.ledger.cost_usd,
             optimization_calls=optimization_calls.get(arm),
+            **result.model_dump(include=set(FormatCounts.model_fields)),
         )
         for arm, result in evaluations.items()
     ]
@@ -197,7 +200,8 @@ def compare(
         base, other = per_example[baseline], per_example[arm]
         if base.keys() != other.keys():
             raise ValueError(f"{arm} and {baseline} were evaluated on different examples; cannot pair them")
-        ids = sorted(base)
+        # Paired over the examples both arms scored: a provider failure is no answer, right or wrong.
+        ids = sorted(i for i in base if base[i] is not None and other[i] is not None)
         a, b = [base[i] for i in ids], [other[i] for i in ids]
         diff, low, high = stats.paired_bootstrap_ci(a, b, seed=spec.seed)
         p = (
