@@ -73,6 +73,7 @@ COLUMNS = {
         ["n_wrong", "n_unparseable", "n_truncated", "n_adapter_fallbacks", "n_provider_failures"], "int64"
     ),
     "format_warning": "string",
+    "stage2_unchanged": "string",
 }
 
 
@@ -248,6 +249,11 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
                 f"{calls:>9} {_cost(arm.cost_usd):>10} {_format_share(arm):>8}"
             )
         lines += [f"    {d.verdict}" for d in comparison.differences]
+        if comparison.stage2_unchanged:
+            lines.append(
+                "    NOTE lsl: LSL equals the baseline by construction: Stage 2 left the Stage 1 prompt "
+                f"{comparison.stage2_unchanged}"
+            )
         lines += [line for arm in comparison.arms for line in _format_lines(arm)]
     if any(c.simulated for c in comparisons):
         lines.append(f"(sim) = {LABEL}")

@@ -104,6 +104,10 @@ def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec
         value = getattr(candidate.provenance, key)
         if value is not None:
             metadata[key] = MetadataValue.float(value)
+    if candidate.provenance.unchanged is not None:
+        metadata["prompt_change"] = "unchanged" if candidate.provenance.unchanged else "changed"
+    if candidate.provenance.stop_reason:  # the ledger's budget stop, or why the prompt is unchanged
+        metadata["stop_reason"] = candidate.provenance.stop_reason
     return metadata
 
 
@@ -181,6 +185,9 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
     )
     banner = f"**{LABEL}**\n\n" if comparison.simulated else ""
     warnings = [f"- **{a.arm}**: {a.format_warning}" for a in comparison.arms if a.format_warning]
+    if comparison.stage2_unchanged:
+        note = f"Stage 2 left the Stage 1 prompt {comparison.stage2_unchanged}"
+        warnings.insert(0, f"- **LSL equals the baseline by construction**: {note}")
     verdicts = banner + "\n".join([*(f"- {d.verdict}" for d in comparison.differences), *warnings])
     total = [ledger.cost_usd for ledger in comparison.usage.values()]
     metadata: dict[str, Any] = {

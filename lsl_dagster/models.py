@@ -105,6 +105,9 @@ Optimizer = Literal["miprov2", "gepa", "bootstrap_rs"]
 class Stage1Spec(Strict):
     optimizer: Optimizer = "miprov2"
     max_calls: int = Field(default=200, ge=10)
+    # The model that writes instruction proposals (MIPROv2) and reflections (GEPA); also used by the
+    # budget-matched arm. Small models often cannot write them in a format DSPy can parse.
+    prompt_model: Literal["large", "small"] = "large"
 
 
 class Stage2Spec(Strict):
@@ -172,6 +175,8 @@ class Provenance(Strict):
     start_val_score: float | None = None
     val_score: float | None = None
     stop_reason: str | None = None
+    # Stage 2 only: True when hardening returned the parent's prompt as it was (stop_reason says why).
+    unchanged: bool | None = None
 
 
 class PromptCandidate(Strict):
@@ -291,6 +296,9 @@ class Comparison(Strict):
     differences: list[PairedDifference]
     usage: dict[str, Ledger]
     simulated: bool
+    # Why Stage 2 left the Stage 1 prompt unchanged, when it did: then LSL equals the baseline by
+    # construction and their difference says nothing about hardening.
+    stage2_unchanged: str | None = None
 
 
 class ModelPair(Strict):

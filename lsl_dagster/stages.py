@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dspy
 
@@ -41,7 +42,7 @@ def _optimize(
     student: dspy.Module,
     role: str,
     reflection: str,
-    parent: str | None,
+    parent: PromptCandidate | None,
 ) -> PromptCandidate:
     trainset, valset = optimizer_sets(spec, task)
     result = run_optimizer(
@@ -55,6 +56,7 @@ def _optimize(
         meter=run.meter,
         seed=spec.seed,
         threads=run.threads(role),
+        stage=stage,
     )
     provenance = Provenance(
         stage=stage,
@@ -62,12 +64,22 @@ def _optimize(
         model=spec.model(role).model,
         seed=spec.seed,
         spec_hash=spec.spec_hash,
-        parent=parent,
+        parent=None if parent is None else parent.provenance.stage,
         start_val_score=result.start_val_score,
         val_score=result.val_score,
         stop_reason=result.stop_reason,
     )
-    return capture(result.program, task, spec.experiment_id, provenance, run.meter.ledger(), spec.simulated)
+    ledger = run.meter.ledger()
+    candidate = capture(result.program, task, spec.experiment_id, provenance, ledger, spec.simulated)
+    if parent is None:
+        return candidate
+    unchanged = candidate.predictors == parent.predictors
+    update: dict[str, Any] = {"unchanged": unchanged}
+    if unchanged:
+        # Never silent: a hardened prompt equal to its parent makes LSL the baseline by construction.
+        why = result.stop_reason or "no proposal beat the starting prompt on the dev set"
+        update["stop_reason"] = f"unchanged: {why}" + (f"; {result.activity}" if result.activity else "")
+    return candidate.model_copy(update={"provenance": provenance.model_copy(update=update)})
 
 
 def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCandidate:
@@ -80,7 +92,7 @@ def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCa
         optimizer=spec.stage1.optimizer,
         student=task_program(task),
         role="large",
-        reflection="large",
+        reflection=spec.stage1.prompt_model,
         parent=None,
     )
 
@@ -99,7 +111,7 @@ def stage2_harden(
         student=rebuild(stage1, task),
         role="small",
         reflection=spec.stage2.reflection,
-        parent="stage1",
+        parent=stage1,
     )
 
 
@@ -114,7 +126,7 @@ def budget_matched_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> 
         optimizer=spec.stage1.optimizer,
         student=task_program(task),
         role="large",
-        reflection="large",
+        reflection=spec.stage1.prompt_model,
         parent=None,
     )
 
@@ -230,4 +242,5 @@ def compare(
         differences=differences,
         usage=usage,
         simulated=spec.simulated,
+        stage2_unchanged=stage2.provenance.stop_reason if stage2.provenance.unchanged else None,
     )
