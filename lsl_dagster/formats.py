@@ -123,6 +123,8 @@ class FormatWatch(BaseCallback):
         if trace is not None and falls_back:
             trace.adapter_fallback = True
 
-    def summary(self) -> str:
-        counts = self.by_model.items()
-        return "; ".join(f"{m}: {c.unparseable} of {c.replies} replies unparseable" for m, c in counts)
+    def summary(self) -> str | None:
+        """'<model>: k of n replies unparseable' for each model with any, else None."""
+        failed = [(m, c) for m, c in self.by_model.items() if c.unparseable]
+        text = "; ".join(f"{m}: {c.unparseable} of {c.replies} replies unparseable" for m, c in failed)
+        return text or None

@@ -108,6 +108,8 @@ def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec
         metadata["prompt_change"] = "unchanged" if candidate.provenance.unchanged else "changed"
     if candidate.provenance.stop_reason:  # the ledger's budget stop, or why the prompt is unchanged
         metadata["stop_reason"] = candidate.provenance.stop_reason
+    if candidate.provenance.unparseable_replies:
+        metadata["unparseable_replies"] = candidate.provenance.unparseable_replies
     return metadata
 
 

@@ -177,6 +177,8 @@ class Provenance(Strict):
     stop_reason: str | None = None
     # Stage 2 only: True when hardening returned the parent's prompt as it was (stop_reason says why).
     unchanged: bool | None = None
+    # Per model, how many of its replies in this stage DSPy's adapters could not parse (None: all parsed).
+    unparseable_replies: str | None = None
 
 
 class PromptCandidate(Strict):

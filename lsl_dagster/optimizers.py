@@ -171,6 +171,8 @@ class Optimized:
     stop_reason: str | None
     # What the optimizer did (GEPA's iterations and proposals), to explain an unchanged prompt.
     activity: str | None = None
+    # Per model, how many of its replies DSPy's adapters could not parse (None: all parsed).
+    unparseable_replies: str | None = None
 
 
 def _miprov2(
@@ -315,18 +317,16 @@ def run_optimizer(
         meter.wait_idle()
         if best.program is None:
             raise
-        return Optimized(
-            best.program, best.first_score, best.score, meter.stop_reason, _activity(name, gepa_log)
-        )
+        program, stop_reason = best.program, meter.stop_reason
     except AdapterParseError as exc:
         meter.wait_idle()
         error = _unparseable(stage, name, watch, exc)
         if best.program is None:
             raise error from exc
-        return Optimized(best.program, best.first_score, best.score, f"stopped early: {error}")
-    meter.wait_idle()
-    return Optimized(program, best.first_score, best.score, meter.stop_reason, _activity(name, gepa_log))
+        program, stop_reason = best.program, f"stopped early: {error}"
+    else:
+        meter.wait_idle()
+        stop_reason = meter.stop_reason
+    activity = gepa_log.summary() if name == "gepa" else None
+    return Optimized(program, best.first_score, best.score, stop_reason, activity, watch.summary())
 
-
-def _activity(name: str, gepa_log: GepaLog) -> str | None:
-    return gepa_log.summary() if name == "gepa" else None

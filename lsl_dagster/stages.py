@@ -68,6 +68,7 @@ def _optimize(
         start_val_score=result.start_val_score,
         val_score=result.val_score,
         stop_reason=result.stop_reason,
+        unparseable_replies=result.unparseable_replies,
     )
     ledger = run.meter.ledger()
     candidate = capture(result.program, task, spec.experiment_id, provenance, ledger, spec.simulated)

@@ -166,6 +166,7 @@ def test_weak_models_everywhere_unchanged_stage2_and_format_failures_are_flagged
     assert "GEPA" in stage2.provenance.stop_reason
     metadata = lab.metadata("weak", "stage2_hardened_prompt")
     assert metadata["prompt_change"] == "unchanged"
+    assert "openai/sim-small: " in metadata["unparseable_replies"]  # its cut-off replies
     assert metadata["stop_reason"] == stage2.provenance.stop_reason
 
     comparison = Comparison.model_validate(lab.output("weak", "comparison"))
