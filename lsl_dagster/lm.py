@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 import dspy
 from dagster import ConfigurableResource
 from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
+from dspy.clients.execution import execute, finalize, prepare
 from dspy.clients.lm import _is_openai_reasoning_model
 from dspy.lm15 import ProviderError, Request, Response, RouterConfig, TransportError
+from dspy.utils.callback import with_callbacks
 from dspy.utils.exceptions import (
     LMAuthError,
     LMBillingError,
@@ -32,6 +34,7 @@ from dspy.utils.exceptions import (
 
 from lsl_dagster import sim
 from lsl_dagster.cache import endpoint_scope
+from lsl_dagster.formats import note_finish_reasons
 from lsl_dagster.ledger import Meter
 from lsl_dagster.models import FAMILIES, ExperimentSpec, ModelSpec, Price
 
@@ -61,14 +64,15 @@ _DENIED = (LMAuthError, LMBillingError)
 
 class MeteredLM(dspy.LM):
     """dspy.LM whose exhausted retries end the stage (ProviderUnavailable) instead of one example, and
-    whose calls are cached under its endpoint as well as the request (see cache.endpoint_scope)."""
+    whose calls are cached under its endpoint as well as the request (see cache.endpoint_scope), and
+    which notes each reply's finish_reason (fresh or cached) for the evaluation's format accounting."""
 
     endpoint: str = ""
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         try:
             with endpoint_scope(self.endpoint):
-                return super().__call__(prompt, messages=messages, **kwargs)
+                return self._call(prompt, messages=messages, **kwargs)
         except _DENIED as exc:
             denied = AccessDenied(f"access denied by {self.model}: {type(exc).__name__}: {exc}")
             self.engine.meter.halt(denied)
@@ -79,6 +83,14 @@ class MeteredLM(dspy.LM):
             )
             self.engine.meter.halt(unavailable)
             raise unavailable from exc
+
+    @with_callbacks
+    def _call(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        # dspy.BaseLM.__call__'s three steps; the finish_reasons are only on the intermediate result.
+        call = prepare(self, prompt, messages, kwargs)
+        result = execute(self, call)
+        note_finish_reasons(response.finish_reason for response in result.responses)
+        return finalize(self, call, result)
 
 
 class MeteredEngine:

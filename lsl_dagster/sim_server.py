@@ -13,6 +13,8 @@ or from a shell: `python -m lsl_dagster.sim_server --port 8765`.
 `SimServer(dialect="llama-cpp")` answers like llama-cpp-python's server with a small model that never
 emits its end-of-sequence token: it ignores `max_completion_tokens`, reads only `max_tokens`, and without
 one keeps generating until its context window (`context_tokens`) is full (finish_reason "length").
+`unformatted_rate` is the share of replies (drawn per request) written as plain prose, ignoring the output
+format DSPy's adapters asked for, as a small model often does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import socket
 import struct
 import sys
@@ -314,7 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             seed = sim.seed if seed is None else seed
-            reply, finish = sim._generate(respond(model, system, messages, seed), body)
+            reply, finish = sim._generate(sim._styled(n, respond(model, system, messages, seed)), body)
             payload = sim._completion(n, model, tier, reply, finish)
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
@@ -384,12 +387,16 @@ class SimServer:
         allow_remote: bool = False,
         dialect: str = "openai",
         context_tokens: int = 4096,
+        unformatted_rate: float = 0.0,
     ):
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"refusing to bind the sim server to non-loopback host {host!r}")
         if dialect not in DIALECTS:
             raise ValueError(f"unknown dialect {dialect!r}: known are {', '.join(DIALECTS)}")
         self.dialect, self.context_tokens = dialect, context_tokens
+        if not 0.0 <= unformatted_rate <= 1.0:
+            raise ValueError(f"unformatted_rate must be in [0, 1], got {unformatted_rate}")
+        self.unformatted_rate = unformatted_rate
         self.host, self.port, self.seed = host, port, seed
         self.latency_s, self.report_cost, self.api_key = latency_s, report_cost, api_key
         self.plan = FaultPlan(dict(faults or {}), fault_rate, tuple(fault_kinds), fault_seed)
@@ -523,6 +530,13 @@ class SimServer:
                 return value
         return None
 
+    def _styled(self, n: int, reply: Reply) -> Reply:
+        """The reply as plain prose (no field markers, no JSON object) for `unformatted_rate` of requests."""
+        if self.unformatted_rate == 0 or _draw(self.seed, n, "unformatted") >= self.unformatted_rate:
+            return reply
+        prose = "Sure! " + " ".join(re.sub(r"\[\[ ## \w+ ## \]\]|[{}\[\]\"]", " ", reply.text).split())
+        return Reply(prose, reply.input_tokens, max(1, -(-len(prose) // 4)))
+
     def _generate(self, reply: Reply, body: dict[str, Any]) -> tuple[Reply, str]:
         """The reply and its finish_reason under the request's output-token limit.
 
@@ -623,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--context", type=int, default=4096, help="context window in tokens (llama-cpp)")
     parser.add_argument(
+        "--unformatted-rate", type=float, default=0.0, help="share of replies that ignore the output format"
+    )
+    parser.add_argument(
         "--api-key-env",
         metavar="NAME",
         help="require the key held in this environment variable (never the key itself)",
@@ -648,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             hang_s=args.hang,
             dialect=args.dialect,
             context_tokens=args.context,
+            unformatted_rate=args.unformatted_rate,
         )
         server.start()
     except (ValueError, OSError) as exc:
