@@ -12,7 +12,7 @@ import httpx
 import pytest
 from dspy.clients.cache import Cache
 
-from lsl_dagster.evaluation import Totals, evaluate
+from lsl_dagster.evaluation import Totals, evaluate, scores
 from lsl_dagster.ledger import Meter
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.models import Comparison, ModelSpec, PromptCandidate
@@ -99,6 +99,22 @@ def test_complete_replies_have_no_format_failures(tmp_path: Path):
     assert counts.n_truncated == counts.n_unparseable == counts.n_provider_failures == 0
     assert counts.n_wrong == sum(row["score"] < 1 for row in rows)
     assert counts.format_warning is None
+
+
+def test_provider_failures_are_recorded_and_not_scored_as_wrong_answers(tmp_path: Path):
+    # A context window the longer prompts do not fit in: the server refuses them (400), DSPy does not retry.
+    with SimServer(context_tokens=215).start() as server:
+        totals, rows = _evaluate(server, tmp_path)
+        refused = server.stats()["rejected"]
+    failed = [row for row in rows if row["error_kind"] == "provider_failure"]
+    scored = [row["score"] for row in rows if row["error_kind"] != "provider_failure"]
+    assert 0 < len(failed) == refused < len(rows)
+    assert all(row["score"] is None and "ContextWindowExceeded" in row["error"] for row in failed)
+    counts = totals.format_counts()
+    assert counts.n_provider_failures == len(failed)
+    assert counts.n_wrong == sum(score < 1 for score in scored)
+    assert totals.score == pytest.approx(sum(scored) / len(scored))  # the mean over the answered rows
+    assert scores(tmp_path / "predictions.jsonl") == {row["example_id"]: row["score"] for row in rows}
 
 
 def _stage_calls(lab: Lab, experiment_id: str, stage: str) -> int:
