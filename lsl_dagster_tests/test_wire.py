@@ -1,5 +1,6 @@
 """Each provider family's wire format against a local server that speaks it, and where keys go."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from lsl_dagster.ledger import Meter
 from lsl_dagster.lm import PROVIDERS, ConfigError, LanguageModels, packaged_price
 from lsl_dagster.models import ModelSpec, Price
 from lsl_dagster.sim_server import SimServer
+from lsl_dagster_tests.conftest import Lab
 
 SECRET = "sk-default-provider-key-never-elsewhere"
 OWN = "sk-named-for-this-server"
@@ -113,3 +115,37 @@ def test_reasoning_models_fail_before_any_call_saying_what_to_set(monkeypatch: p
     LanguageModels().check_model(
         ModelSpec(model="openai/gpt-5-mini", temperature=1, max_tokens=16000), need_price=True
     )
+
+
+def test_a_garbled_reply_counts_at_its_worst_case_cost(tmp_path: Path):
+    # The first reply is garbled (HTTP 200, not JSON): it may have been billed, so it counts at the
+    # request's worst-case cost; DSPy's retry then succeeds.
+    with SimServer(faults={1: "malformed"}).start() as server:
+        spec = ModelSpec(model="openai/sim-large", api_base=server.url, price=PRICE)
+        meter = Meter("wire", max_calls=None, cost_allowance_usd=None)
+        lm = LanguageModels(num_retries=1).lm(spec, meter, seed=0)
+        try:
+            with experiment_cache(tmp_path, meter):
+                lm(messages=[{"role": "user", "content": "2+2?"}])
+        finally:
+            lm.engine.close()
+        stats = server.stats()
+    usage = meter.ledger().by_model[spec.model]
+    assert (usage.calls, usage.failed_attempts) == (1, 1) and stats["requests"] == 2
+    worst = PRICE.cost(math.ceil(len("2+2?") / 2) + 16, spec.max_tokens)
+    assert usage.cost_usd == pytest.approx(stats["cost_usd"] + worst, rel=0.05)
+    assert usage.cost_usd > stats["cost_usd"] and usage.cost_source == "mixed"
+
+
+def test_auth_errors_stop_the_step_at_once_without_retries(lab: Lab, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("WRONG_KEY", "sk-not-the-right-one")
+    with SimServer(api_key=OWN).start() as server:
+        model = {"model": "openai/sim-large", "api_base": server.url, "api_key_env": "WRONG_KEY"}
+        lab.write("denied", large_model=model)
+        result = lab.run("denied", raise_on_error=False, step_retries=2, step_retry_delay_s=0.0)
+        stats = server.stats()
+    assert not result.success
+    # One request, refused with 401: neither DSPy nor Dagster retried it.
+    assert stats["requests"] == stats["rejected"] == 1
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "access denied" in failure.event_specific_data.error.message
