@@ -150,7 +150,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         location = _code_location()
         _check_known(args.experiments, location.experiments)
         if not any(instance.has_asset_key(dg.AssetKey(asset)) for asset in STAGES):
-            raise CliError(f"no stage has been materialized yet in the instance at {instance.root_directory}")
+            raise CliError(
+                f"no stage has been materialized yet in the instance at {os.environ['DAGSTER_HOME']}"
+            )
         if not (experiments := list(args.experiments) or location.experiments):
             raise CliError(f"no experiment files in {location.data_dir / 'experiments'}")
         table = stage_status(instance, location.stages, spec_hashes(location.data_dir, experiments))
@@ -436,7 +438,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         for run_id in args.run_ids:
             record = instance.get_run_record_by_id(run_id)
             if record is None:
-                raise CliError(f"no run {run_id} in the instance at {instance.root_directory}")
+                raise CliError(f"no run {run_id} in the instance at {os.environ['DAGSTER_HOME']}")
             if record.dagster_run.is_finished:
                 raise CliError(f"run {run_id} already ended ({record.dagster_run.status.value.lower()})")
     cancel_runs(args.run_ids)
