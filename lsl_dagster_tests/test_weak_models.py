@@ -198,7 +198,7 @@ def test_weak_models_everywhere_unchanged_stage2_and_format_failures_are_flagged
     for arm in comparison.arms:
         rows = [
             json.loads(line)
-            for line in Path(lab.output("weak", _EVALUATION[arm.arm])["predictions_path"])
+            for line in (lab.runs_dir / lab.output("weak", _EVALUATION[arm.arm])["predictions_path"])
             .read_text()
             .splitlines()
         ]
