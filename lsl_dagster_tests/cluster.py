@@ -107,4 +107,3 @@ class CeleryWorkers:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
