@@ -28,7 +28,7 @@ from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
 from lsl_dagster.experiments import ExperimentError, spec_versions
 from lsl_dagster.ledger import BudgetExhausted
-from lsl_dagster.lm import ConfigError, LanguageModels, ProviderUnavailable
+from lsl_dagster.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
 from lsl_dagster.metadata import (
     campaign_metadata,
     comparison_metadata,
@@ -37,6 +37,7 @@ from lsl_dagster.metadata import (
     prompt_metadata,
 )
 from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
+from lsl_dagster.optimizers import OptimizerOutputError
 from lsl_dagster.plots import campaign_figure
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
@@ -70,9 +71,20 @@ def _stage(
             yield run
     except ConfigError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
+    except OptimizerOutputError as exc:
+        # Retrying replays the same replies from the cache: only a change to the experiment file helps.
+        raise Failure(
+            description=str(exc), metadata=_saved_ledger(workspace, spec, name), allow_retries=False
+        ) from None
     except BudgetExhausted as exc:
         raise Failure(
             description=f"{exc} before {name} had a result to keep; nothing was saved as its output",
+            metadata=_saved_ledger(workspace, spec, name),
+            allow_retries=False,
+        ) from None
+    except AccessDenied as exc:
+        raise Failure(
+            description=f"{name}: {exc}. Check the key and the account's credit; nothing was retried.",
             metadata=_saved_ledger(workspace, spec, name),
             allow_retries=False,
         ) from None

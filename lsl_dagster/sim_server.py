@@ -12,7 +12,11 @@ or from a shell: `python -m lsl_dagster.sim_server --port 8765`.
 
 `SimServer(dialect="llama-cpp")` answers like llama-cpp-python's server with a small model that never
 emits its end-of-sequence token: it ignores `max_completion_tokens`, reads only `max_tokens`, and without
-one keeps generating until its context window (`context_tokens`) is full (finish_reason "length").
+one keeps generating until its context window (`context_tokens`, default 4096) is full (finish_reason
+"length"). In any dialect, a prompt longer than a set `context_tokens` is refused with a 400
+`context_length_exceeded`, as real servers do.
+`unformatted_rate` is the share of replies (drawn per request) written as plain prose, ignoring the output
+format DSPy's adapters asked for, as a small model often does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import socket
 import struct
 import sys
@@ -34,6 +39,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lsl_dagster.sim import LABEL, TIERS, Reply, respond, tier_name
+from lsl_dagster.sim_dialects import (
+    GEMINI_PATH,
+    KEY_HEADERS,
+    MESSAGES_PATHS,
+    DialectError,
+    parse_gemini,
+    parse_messages,
+    render_gemini,
+    render_messages,
+)
 
 DIALECTS = ("openai", "llama-cpp")
 FAULT_KINDS = ("429", "500", "502", "503", "hang", "malformed", "reset")
@@ -184,6 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in CHAT_PATHS:
             self._chat(raw)
+        elif path in MESSAGES_PATHS or GEMINI_PATH.fullmatch(path):
+            self._dialect(raw, path)
         elif not self._authorized():
             return
         elif path == "/reset":
@@ -226,10 +243,51 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, value: object, headers: Mapping[str, str] | None = None) -> None:
         self._send(status, json.dumps(value).encode(), headers)
 
+    def _dialect(self, raw: bytes, path: str) -> None:
+        """Anthropic messages or Gemini generateContent: the same sim models in another wire format
+        (no fault injection; the OpenAI route has that)."""
+        sim = self.server.sim
+        n = sim._begin()
+        gemini = GEMINI_PATH.fullmatch(path)
+        dialect = "gemini" if gemini else "anthropic"
+        try:
+            sim._record_headers(self.headers)
+            given = self.headers.get(KEY_HEADERS[dialect], "")
+            if sim.api_key is not None and not hmac.compare_digest(given.encode(), sim.api_key.encode()):
+                sim._count("rejected")
+                self._json(401, {"error": {"type": "authentication_error", "message": "invalid api key"}})
+                return
+            try:
+                body = json.loads(raw)
+                if gemini:
+                    model = gemini["model"]
+                    system, turns, temperature = parse_gemini(body)
+                else:
+                    model, system, turns, temperature = parse_messages(body)
+                tier = tier_name(model)
+            except DialectError as exc:
+                raise RequestError(exc.status, str(exc)) from None
+            except ValueError as exc:
+                raise RequestError(400 if isinstance(exc, json.JSONDecodeError) else 404, str(exc)) from None
+            if sim.latency_s > 0 and sim._stop.wait(sim.latency_s):
+                self._drop()
+                return
+            reply = respond(model, system, turns, sim.seed)
+            digest = hashlib.sha256(json.dumps([model, system, turns, sim.seed]).encode()).hexdigest()
+            sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
+            sim._record_repeat(digest, temperature, reply.input_tokens, reply.output_tokens, tier)
+            self._json(200, render_gemini(model, reply) if gemini else render_messages(n, model, reply))
+        except RequestError as exc:
+            sim._count("rejected")
+            self._json(exc.status, {"error": {"type": "invalid_request_error", "message": exc.message}})
+        finally:
+            sim._end()
+
     def _chat(self, raw: bytes) -> None:
         sim = self.server.sim
         n = sim._begin()
         try:
+            sim._record_headers(self.headers)
             if not self._authorized(count_as="rejected"):
                 return
             fault = sim.plan.fault_for(n)
@@ -261,11 +319,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             seed = sim.seed if seed is None else seed
-            reply, finish = sim._generate(respond(model, system, messages, seed), body)
+            reply, finish = sim._generate(sim._styled(n, respond(model, system, messages, seed)), body)
             payload = sim._completion(n, model, tier, reply, finish)
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
             sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest, finish)
+            sim._record_repeat(digest, body.get("temperature"), reply.input_tokens, reply.output_tokens, tier)
             self._json(200, payload)
         except RequestError as exc:
             sim._count("rejected")
@@ -329,13 +388,19 @@ class SimServer:
         hang_s: float = 30.0,
         allow_remote: bool = False,
         dialect: str = "openai",
-        context_tokens: int = 4096,
+        context_tokens: int | None = None,
+        unformatted_rate: float = 0.0,
     ):
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"refusing to bind the sim server to non-loopback host {host!r}")
         if dialect not in DIALECTS:
             raise ValueError(f"unknown dialect {dialect!r}: known are {', '.join(DIALECTS)}")
+        if context_tokens is None and dialect == "llama-cpp":
+            context_tokens = 4096
         self.dialect, self.context_tokens = dialect, context_tokens
+        if not 0.0 <= unformatted_rate <= 1.0:
+            raise ValueError(f"unformatted_rate must be in [0, 1], got {unformatted_rate}")
+        self.unformatted_rate = unformatted_rate
         self.host, self.port, self.seed = host, port, seed
         self.latency_s, self.report_cost, self.api_key = latency_s, report_cost, api_key
         self.plan = FaultPlan(dict(faults or {}), fault_rate, tuple(fault_kinds), fault_seed)
@@ -400,6 +465,11 @@ class SimServer:
             self.token_limits: dict[int | None, int] = {}
             # How often each distinct request (model, messages, seed) was answered: repeats are re-paid calls.
             self.served_requests: dict[str, int] = {}
+            # Answers to a request already answered, by the request's temperature, and what they cost.
+            self.repeats_by_temperature: dict[str, int] = {}
+            self.repeat_cost_usd = 0.0
+            # The credential headers each model request carried (tests check where keys went).
+            self.headers_seen: list[dict[str, str]] = []
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -464,6 +534,13 @@ class SimServer:
                 return value
         return None
 
+    def _styled(self, n: int, reply: Reply) -> Reply:
+        """The reply as plain prose (no field markers, no JSON object) for `unformatted_rate` of requests."""
+        if self.unformatted_rate == 0 or _draw(self.seed, n, "unformatted") >= self.unformatted_rate:
+            return reply
+        prose = "Sure! " + " ".join(re.sub(r"\[\[ ## \w+ ## \]\]|[{}\[\]\"]", " ", reply.text).split())
+        return Reply(prose, reply.input_tokens, max(1, -(-len(prose) // 4)))
+
     def _generate(self, reply: Reply, body: dict[str, Any]) -> tuple[Reply, str]:
         """The reply and its finish_reason under the request's output-token limit.
 
@@ -471,9 +548,16 @@ class SimServer:
         llama-cpp-python often do not): it repeats itself until the limit, or until the context is full.
         """
         limit = self._limit(body)
+        if self.context_tokens is not None and reply.input_tokens > self.context_tokens:
+            raise RequestError(
+                400,
+                f"This model's maximum context length is {self.context_tokens} tokens, but the request has "
+                f"{reply.input_tokens} input tokens",
+                code="context_length_exceeded",
+            )
         with self._lock:
             self.token_limits[limit] = self.token_limits.get(limit, 0) + 1
-        if self.dialect == "llama-cpp":
+        if self.context_tokens is not None and self.dialect == "llama-cpp":
             room = max(1, self.context_tokens - reply.input_tokens)
             length = room if limit is None else min(limit, room)
             # sim.respond counts a token per 4 characters: `length` tokens are 4 * length characters.
@@ -493,6 +577,20 @@ class SimServer:
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
             self.cost_usd += TIERS[tier].price.cost(prompt_tokens, completion_tokens)
+
+    def _record_headers(self, headers: Mapping[str, str]) -> None:
+        seen = {name: headers[name] for name in KEY_HEADERS.values() if headers.get(name) is not None}
+        with self._lock:
+            self.headers_seen.append(seen)
+
+    def _record_repeat(
+        self, digest: str, temperature: Any, prompt_tokens: int, completion_tokens: int, tier: str
+    ) -> None:
+        with self._lock:
+            if self.served_requests[digest] > 1:
+                key = str(temperature)
+                self.repeats_by_temperature[key] = self.repeats_by_temperature.get(key, 0) + 1
+                self.repeat_cost_usd += TIERS[tier].price.cost(prompt_tokens, completion_tokens)
 
     def _completion(
         self, n: int, model: str, tier: str, reply: Reply, finish: str = "stop"
@@ -548,7 +646,12 @@ def main(argv: list[str] | None = None) -> int:
         default="openai",
         help="llama-cpp: read only max_tokens and, without it, generate until the context is full",
     )
-    parser.add_argument("--context", type=int, default=4096, help="context window in tokens (llama-cpp)")
+    parser.add_argument(
+        "--context", type=int, default=None, help="context window in tokens (llama-cpp default: 4096)"
+    )
+    parser.add_argument(
+        "--unformatted-rate", type=float, default=0.0, help="share of replies that ignore the output format"
+    )
     parser.add_argument(
         "--api-key-env",
         metavar="NAME",
@@ -575,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             hang_s=args.hang,
             dialect=args.dialect,
             context_tokens=args.context,
+            unformatted_rate=args.unformatted_rate,
         )
         server.start()
     except (ValueError, OSError) as exc:
