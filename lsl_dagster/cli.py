@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
+from lsl_dagster import storage
 from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
 from lsl_dagster.experiments import problems, scan_campaigns, spec_versions
@@ -43,7 +44,7 @@ from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
 
 T = TypeVar("T", Comparison, EvaluationResult)
-Stored = dict[str, tuple[Comparison, Path]]  # experiment id -> its latest comparison and the file it is in
+Stored = dict[str, tuple[Comparison, str]]  # experiment id -> its latest comparison and where it is stored
 
 # The stage assets in pipeline order, with their column headers in `lsl status`.
 STAGES = {
@@ -129,12 +130,15 @@ def _runs_dir() -> Path:
     return directories()[1]
 
 
-def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, Path]:
-    """An asset value from the file its materialization names (the IO manager's `path` metadata, relative
-    to the runs directory: the one LSL_RUNS_DIR names now, wherever the runs directory was then)."""
-    path = _runs_dir() / str(record.asset_materialization.metadata["path"].value)
+def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, str]:
+    """An asset value from where its materialization says it is (the IO manager's `path` metadata: an
+    s3:// object, or a file relative to the runs directory: the one LSL_RUNS_DIR names now, wherever the
+    runs directory was then)."""
+    location = str(record.asset_materialization.metadata["path"].value)
+    if not storage.is_remote(location):
+        location = str(_runs_dir() / location)
     try:
-        return model.model_validate_json(path.read_text(encoding="utf-8")), path
+        return model.model_validate_json(storage.read_text(location)), location
     except (OSError, ValueError) as exc:  # a missing, unreadable or invalid file
         raise CliError(f"cannot read {what} of {record.partition_key} named in the instance: {exc}") from None
 
@@ -268,8 +272,11 @@ def cmd_results(args: argparse.Namespace) -> int:
     with _instance() as instance:
         stored = latest_comparisons(instance, args.experiments)
     print(results_table([comparison for comparison, _ in stored.values()]))
-    for experiment_id, (_, path) in stored.items():
-        print(f"{experiment_id}: assets, predictions and call log in {path.parent}")
+    for experiment_id, (_, location) in stored.items():
+        if storage.is_remote(location):
+            print(f"{experiment_id}: assets in {storage.parent(location)}")
+        else:
+            print(f"{experiment_id}: assets, predictions and call log in {storage.parent(location)}")
     return 0
 
 
