@@ -31,10 +31,16 @@ from lsl_dagster.launch import (
     unfinished_backfills,
     wait,
 )
-from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, Interval, PairedDifference
+from lsl_dagster.models import (
+    SIMULATED,
+    CampaignSummary,
+    Comparison,
+    EvaluationResult,
+    Interval,
+    PairedDifference,
+)
 from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
-from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
 
 T = TypeVar("T", Comparison, EvaluationResult)
@@ -217,7 +223,7 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
             )
         lines += [f"    {d.verdict}" for d in comparison.differences]
     if any(c.simulated for c in comparisons):
-        lines.append(f"(sim) = {LABEL}")
+        lines.append(f"(sim) = {SIMULATED}")
     return "\n".join(lines)
 
 
@@ -330,7 +336,7 @@ def campaign_table(summary: CampaignSummary) -> str:
         "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]
     ]
     if summary.simulated:
-        lines.append(LABEL)
+        lines.append(SIMULATED)
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import dspy
@@ -30,6 +31,10 @@ from dspy.utils.exceptions import (
 from lsl_dagster import sim
 from lsl_dagster.ledger import Meter
 from lsl_dagster.models import ExperimentSpec, ModelSpec, Price
+from lsl_dagster.tasks import Task
+
+# Loads the experiment's task; only the sim reads it (its answer key), and only when it is used.
+TaskLoader = Callable[[], Task]
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
@@ -140,7 +145,7 @@ class Provider(ABC):
     def price(self, spec: ModelSpec) -> Price | None: ...
 
     @abstractmethod
-    def engine(self, spec: ModelSpec, seed: int) -> Any: ...
+    def engine(self, spec: ModelSpec, seed: int, task: TaskLoader | None = None) -> Any: ...
 
     def check(self, spec: ModelSpec, *, need_price: bool) -> None:
         """Everything that would make the first call fail, checked before any call."""
@@ -154,12 +159,38 @@ class Provider(ABC):
             )
 
 
-class SimProvider(Provider):
-    def price(self, spec: ModelSpec) -> Price | None:
-        return spec.price or sim.TIERS[sim.tier_name(spec.model)].price
+def task_pairs(task: Task) -> Iterator[tuple[Mapping[str, str], Mapping[str, str]]]:
+    """A task's examples as (inputs, labels) pairs, every split, streamed: what the sim reads."""
+    for split in task.sizes:
+        for example in task.examples(split):
+            labels = getattr(example, "labels", None)
+            yield example.inputs, labels if labels is not None else {task.definition.output: example.answer}
 
-    def engine(self, spec: ModelSpec, seed: int) -> Any:
-        return sim.SimEngine(spec.model, seed)
+
+_KEYS: dict[tuple[str, str, str], sim.AnswerKey] = {}
+_KEYS_LOCK = threading.Lock()
+
+
+def answer_key(task: Task) -> sim.AnswerKey:
+    """The sim's answer key for a task, one per process: it is read lazily and kept as it is read."""
+    ident = (str(task.directory), task.name, task.definition.model_dump_json())
+    with _KEYS_LOCK:
+        if ident not in _KEYS:
+            _KEYS[ident] = sim.AnswerKey(task_pairs(task), name=task.name)
+        return _KEYS[ident]
+
+
+class SimProvider(Provider):
+    """The offline simulator (a test double): given the experiment's task, it reads the gold labels."""
+
+    def price(self, spec: ModelSpec) -> Price | None:
+        if spec.price is not None:
+            return spec.price
+        rate = sim.TIERS[sim.tier_name(spec.model)].price
+        return Price(input_per_mtok=rate.input_per_mtok, output_per_mtok=rate.output_per_mtok)
+
+    def engine(self, spec: ModelSpec, seed: int, task: TaskLoader | None = None) -> Any:
+        return sim.SimEngine(spec.model, seed, answer_key(task()) if task is not None else None)
 
     def check(self, spec: ModelSpec, *, need_price: bool) -> None:
         try:
@@ -189,7 +220,7 @@ class HttpProvider(Provider):
             return None
         return Price(input_per_mtok=prices[0] * 1e6, output_per_mtok=prices[1] * 1e6)
 
-    def engine(self, spec: ModelSpec, seed: int) -> Any:
+    def engine(self, spec: ModelSpec, seed: int, task: TaskLoader | None = None) -> Any:
         lm15_provider = "openrouter" if self.provider == "openrouter" else "openai-chat"
         key = os.environ.get(spec.key_env) if spec.key_env else None
         config = RouterConfig(
@@ -222,9 +253,9 @@ class LanguageModels(ConfigurableResource):
         for model in (spec.large_model, spec.small_model):
             PROVIDERS[model.provider].check(model, need_price=spec.max_cost_usd is not None)
 
-    def lm(self, spec: ModelSpec, meter: Meter, seed: int) -> dspy.LM:
+    def lm(self, spec: ModelSpec, meter: Meter, seed: int, task: TaskLoader | None = None) -> dspy.LM:
         provider = PROVIDERS[spec.provider]
-        engine = MeteredEngine(provider.engine(spec, seed), spec, meter, provider.price(spec))
+        engine = MeteredEngine(provider.engine(spec, seed, task), spec, meter, provider.price(spec))
         return MeteredLM(
             spec.model,
             engine=engine,

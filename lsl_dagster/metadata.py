@@ -10,6 +10,7 @@ from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 from lsl_dagster import CODE_VERSION
 from lsl_dagster.models import (
+    SIMULATED,
     CampaignSummary,
     Comparison,
     EvaluationResult,
@@ -19,7 +20,6 @@ from lsl_dagster.models import (
     PromptCandidate,
 )
 from lsl_dagster.program import render
-from lsl_dagster.sim import LABEL
 from lsl_dagster.tasks import Task
 
 _USAGE_SCHEMA = TableSchema(
@@ -77,7 +77,7 @@ def ledger_metadata(ledger: Ledger) -> dict[str, Any]:
 def environment(spec: ExperimentSpec) -> dict[str, Any]:
     """Enough to reproduce the run: versions, models, seed and the experiment file's content hash."""
     return {
-        "simulated": LABEL if spec.simulated else "no (real models)",
+        "simulated": SIMULATED if spec.simulated else "no (real models)",
         "models": f"large={spec.large_model.model}, small={spec.small_model.model}",
         "seed": spec.seed,
         "spec_hash": spec.spec_hash,
@@ -90,7 +90,7 @@ def environment(spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec) -> dict[str, Any]:
-    banner = f"> **{LABEL}**\n\n" if candidate.simulated else ""
+    banner = f"> **{SIMULATED}**\n\n" if candidate.simulated else ""
     metadata = {
         "prompt": MetadataValue.md(banner + render(candidate, task)),
         "optimizer": candidate.provenance.optimizer,
@@ -167,7 +167,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
             ]
         ),
     )
-    banner = f"**{LABEL}**\n\n" if comparison.simulated else ""
+    banner = f"**{SIMULATED}**\n\n" if comparison.simulated else ""
     verdicts = banner + "\n".join(f"- {d.verdict}" for d in comparison.differences)
     total = [ledger.cost_usd for ledger in comparison.usage.values()]
     metadata: dict[str, Any] = {
@@ -205,7 +205,7 @@ def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
         )
         for c in summary.cells
     ]
-    banner = f"**{LABEL}**\n\n" if summary.simulated else ""
+    banner = f"**{SIMULATED}**\n\n" if summary.simulated else ""
     return {
         "cells": MetadataValue.table(
             rows, schema=TableSchema(columns=[TableColumn(c, "string") for c in columns])

@@ -11,6 +11,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 _SLUG = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PROVIDERS = ("sim", "openrouter", "openai")
+# The offline simulator's tiers (lsl_dagster.sim, reached only through the LM layer) and its label.
+SIM_TIERS = ("large", "medium", "small", "tiny")
+SIMULATED = "SIMULATED (sim models are a deterministic test double, not real LLMs)"
 
 
 def check_slug(value: str) -> str:
@@ -77,10 +80,9 @@ class ModelSpec(Strict):
     def _reachable(self) -> ModelSpec:
         if self.provider == "openai" and not self.api_base:
             raise ValueError(f"{self.model}: an openai/<name> model needs api_base (the server's /v1 URL)")
-        if self.provider == "sim":
-            from lsl_dagster.sim import tier_name  # sim imports this module
-
-            tier_name(self.model)
+        if self.provider == "sim" and self.model.split("/", 1)[1] not in SIM_TIERS:
+            known = ", ".join(f"sim/{tier}" for tier in SIM_TIERS)
+            raise ValueError(f"unknown sim model {self.model!r}: known tiers are {known}")
         return self
 
     @property
