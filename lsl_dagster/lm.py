@@ -12,8 +12,10 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import dspy
 from dagster import ConfigurableResource
@@ -31,6 +33,7 @@ from dspy.utils.exceptions import (
 from lsl_dagster import sim
 from lsl_dagster.ledger import Meter
 from lsl_dagster.models import ExperimentSpec, ModelSpec, Price
+from lsl_dagster.sim_keys import answer_key
 from lsl_dagster.tasks import Task
 
 # Loads the experiment's task; only the sim reads it (its answer key), and only when it is used.
@@ -159,27 +162,6 @@ class Provider(ABC):
             )
 
 
-def task_pairs(task: Task) -> Iterator[tuple[Mapping[str, str], Mapping[str, str]]]:
-    """A task's examples as (inputs, labels) pairs, every split, streamed: what the sim reads."""
-    for split in task.sizes:
-        for example in task.examples(split):
-            labels = getattr(example, "labels", None)
-            yield example.inputs, labels if labels is not None else {task.definition.output: example.answer}
-
-
-_KEYS: dict[tuple[str, str, str], sim.AnswerKey] = {}
-_KEYS_LOCK = threading.Lock()
-
-
-def answer_key(task: Task) -> sim.AnswerKey:
-    """The sim's answer key for a task, one per process: it is read lazily and kept as it is read."""
-    ident = (str(task.directory), task.name, task.definition.model_dump_json())
-    with _KEYS_LOCK:
-        if ident not in _KEYS:
-            _KEYS[ident] = sim.AnswerKey(task_pairs(task), name=task.name)
-        return _KEYS[ident]
-
-
 class SimProvider(Provider):
     """The offline simulator (a test double): given the experiment's task, it reads the gold labels."""
 
@@ -230,7 +212,36 @@ class HttpProvider(Provider):
             timeouts=timeouts_for(spec.timeout_s),
             env={},
         )
-        return LM15Engine(config, model_type="chat")
+        engine = LM15Engine(config, model_type="chat")
+        if lm15_provider == "openai-chat" and urlsplit(spec.api_base or "").hostname != "api.openai.com":
+            return BothTokenLimits(engine)
+        return engine
+
+
+class BothTokenLimits:
+    """Sends the output-token limit as `max_tokens` as well as `max_completion_tokens`.
+
+    lm15's OpenAI dialect spells the limit `max_completion_tokens` only; llama.cpp's servers
+    (llama-cpp-python, llama-server) read only `max_tokens` and, without it, generate until their
+    context is full. vLLM, Ollama and SGLang read `max_tokens`. Only OpenAI itself is left out: its
+    reasoning models reject `max_tokens`.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def complete(self, request: Request) -> Response:
+        config = request.config
+        if config.max_tokens is not None:
+            extensions = {**(config.extensions or {}), "max_tokens": config.max_tokens}
+            request = replace(request, config=replace(config, extensions=extensions))
+        return self.inner.complete(request)
+
+    def stream(self, request: Request) -> Any:
+        raise NotImplementedError("lsl_dagster does not stream")
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 PROVIDERS: dict[str, Provider] = {

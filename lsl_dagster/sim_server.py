@@ -8,7 +8,14 @@ connections), injected deterministically by a `FaultPlan`. Stdlib only.
     with SimServer(faults={2: "429"}).start() as server:
         httpx.post(f"{server.url}/chat/completions", json={"model": "sim-large", "messages": [...]})
 
-or from a shell: `python -m lsl_dagster.sim_server --port 8765`.
+or from a shell: `python -m lsl_dagster.sim_server --port 8765 --data-dir data`.
+
+The sim knows no task by itself: given answer keys (`answer_keys=`, or every task under `--data-dir`),
+it plays those tasks' examples with its task-agnostic model of skill (see `lsl_dagster.sim`).
+
+`SimServer(dialect="llama-cpp")` answers like llama-cpp-python's server with a small model that never
+emits its end-of-sequence token: it ignores `max_completion_tokens`, reads only `max_tokens`, and without
+one keeps generating until its context window (`context_tokens`) is full (finish_reason "length").
 """
 
 from __future__ import annotations
@@ -27,10 +34,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from lsl_dagster.sim import LABEL, TIERS, Reply, respond, tier_name
+from lsl_dagster.models import SIMULATED
+from lsl_dagster.sim import TIERS, AnswerKey, Reply, respond, tier_name
+from lsl_dagster.sim_keys import data_dir_keys
+from lsl_dagster.tasks import TaskDataError
 
+DIALECTS = ("openai", "llama-cpp")
 FAULT_KINDS = ("429", "500", "502", "503", "hang", "malformed", "reset")
 RETRIABLE_FAULTS = ("429", "500", "502", "503")
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
@@ -45,6 +57,7 @@ _COUNTERS = (
     "in_flight",
     "max_in_flight",
     "held",
+    "truncated",
 )
 
 
@@ -255,11 +268,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             seed = sim.seed if seed is None else seed
-            reply = respond(model, system, messages, seed)
-            payload = sim._completion(n, model, tier, reply)
+            reply, finish = sim._generate(model, system, messages, seed, body)
+            payload = sim._completion(n, model, tier, reply, finish)
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
-            sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
+            sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest, finish)
             self._json(200, payload)
         except RequestError as exc:
             sim._count("rejected")
@@ -322,9 +335,17 @@ class SimServer:
         retry_after_s: float = 1.0,
         hang_s: float = 30.0,
         allow_remote: bool = False,
+        dialect: str = "openai",
+        context_tokens: int = 4096,
+        answer_keys: Sequence[AnswerKey] = (),
     ):
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"refusing to bind the sim server to non-loopback host {host!r}")
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown dialect {dialect!r}: known are {', '.join(DIALECTS)}")
+        self.dialect, self.context_tokens = dialect, context_tokens
+        # The gold labels the sim may read (it is a test double): without them it knows no task.
+        self.answer_keys = tuple(answer_keys)
         self.host, self.port, self.seed = host, port, seed
         self.latency_s, self.report_cost, self.api_key = latency_s, report_cost, api_key
         self.plan = FaultPlan(dict(faults or {}), fault_rate, tuple(fault_kinds), fault_seed)
@@ -382,7 +403,11 @@ class SimServer:
             self.prompt_tokens = self.completion_tokens = 0
             self.cost_usd = 0.0
             self.in_flight = self.max_in_flight = self.held = 0
+            self.truncated = 0
             self.faults: dict[str, int] = {}
+            # How many requests carried each output-token limit, in the field this server's dialect reads
+            # (None: no limit): what a client's max_tokens setting actually reached.
+            self.token_limits: dict[int | None, int] = {}
             # How often each distinct request (model, messages, seed) was answered: repeats are re-paid calls.
             self.served_requests: dict[str, int] = {}
 
@@ -438,15 +463,52 @@ class SimServer:
             with self._lock:
                 self.held -= 1
 
-    def _record_served(self, prompt_tokens: int, completion_tokens: int, tier: str, digest: str) -> None:
+    def _limit(self, body: dict[str, Any]) -> int | None:
+        """The output-token limit as this dialect reads it: llama-cpp-python knows only `max_tokens`."""
+        fields = ("max_tokens",) if self.dialect == "llama-cpp" else ("max_completion_tokens", "max_tokens")
+        for name in fields:
+            value = body.get(name)
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise RequestError(400, f"'{name}' must be a positive integer")
+                return value
+        return None
+
+    def _generate(
+        self, model: str, system: str | None, messages: list[tuple[str, str]], seed: int, body: dict[str, Any]
+    ) -> tuple[Reply, str]:
+        """The sim's reply and its finish_reason under the request's output-token limit.
+
+        In the llama-cpp dialect the model does not stop by itself (as small GGUF models behind
+        llama-cpp-python often do not): it repeats itself until the limit, or until the context is full.
+        """
+        limit = self._limit(body)
         with self._lock:
+            self.token_limits[limit] = self.token_limits.get(limit, 0) + 1
+        if self.dialect == "openai":
+            reply = respond(model, system, messages, seed, keys=self.answer_keys, max_tokens=limit)
+            return reply, reply.finish_reason
+        reply = respond(model, system, messages, seed, keys=self.answer_keys)
+        room = max(1, self.context_tokens - reply.input_tokens)
+        length = room if limit is None else min(limit, room)
+        # sim.respond counts a token per 4 characters: `length` tokens are 4 * length characters.
+        text = ((reply.text + "\n") * (4 * length // (len(reply.text) + 1) + 1))[: 4 * length]
+        return Reply(text=text, input_tokens=reply.input_tokens, output_tokens=length), "length"
+
+    def _record_served(
+        self, prompt_tokens: int, completion_tokens: int, tier: str, digest: str, finish: str = "stop"
+    ) -> None:
+        with self._lock:
+            self.truncated += finish == "length"
             self.served_requests[digest] = self.served_requests.get(digest, 0) + 1
             self.served += 1
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
             self.cost_usd += TIERS[tier].price.cost(prompt_tokens, completion_tokens)
 
-    def _completion(self, n: int, model: str, tier: str, reply: Reply) -> dict[str, Any]:
+    def _completion(
+        self, n: int, model: str, tier: str, reply: Reply, finish: str = "stop"
+    ) -> dict[str, Any]:
         usage: dict[str, Any] = {
             "prompt_tokens": reply.input_tokens,
             "completion_tokens": reply.output_tokens,
@@ -461,7 +523,7 @@ class SimServer:
             "model": model,
             "system_fingerprint": "sim",
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
+                {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": finish}
             ],
             "usage": usage,
         }
@@ -479,7 +541,7 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lsl_dagster.sim_server",
-        description=f"Serve the sim models as an OpenAI-compatible API on 127.0.0.1. {LABEL}.",
+        description=f"Serve the sim models as an OpenAI-compatible API on 127.0.0.1. {SIMULATED}.",
     )
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     parser.add_argument("--seed", type=int, default=0, help="default seed when a request has none")
@@ -492,6 +554,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds on a 429")
     parser.add_argument("--hang", type=float, default=30.0, help="seconds a 'hang' fault stalls")
     parser.add_argument("--no-cost", action="store_true", help="omit usage.cost from replies")
+    parser.add_argument(
+        "--dialect",
+        choices=DIALECTS,
+        default="openai",
+        help="llama-cpp: read only max_tokens and, without it, generate until the context is full",
+    )
+    parser.add_argument("--context", type=int, default=4096, help="context window in tokens (llama-cpp)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="answer the tasks under DATA_DIR/tasks (the sim reads their gold labels; else it knows none)",
+    )
     parser.add_argument(
         "--api-key-env",
         metavar="NAME",
@@ -516,12 +590,15 @@ def main(argv: list[str] | None = None) -> int:
             fault_seed=args.fault_seed,
             retry_after_s=args.retry_after,
             hang_s=args.hang,
+            dialect=args.dialect,
+            context_tokens=args.context,
+            answer_keys=data_dir_keys(args.data_dir) if args.data_dir else (),
         )
         server.start()
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TaskDataError) as exc:
         print(f"sim server: {exc}", file=sys.stderr)
         return 2
-    print(f"sim server ({LABEL}) listening on {server.url}", flush=True)
+    print(f"sim server ({SIMULATED}) listening on {server.url}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
