@@ -75,7 +75,7 @@ TIERS = {
     "large": Tier(2.2, Rate(3.0, 15.0), format_error=0.01),
     "medium": Tier(1.2, Rate(0.5, 1.5), format_error=0.03),
     "small": Tier(0.2, Rate(0.1, 0.4), format_error=0.06, echo=0.01, ramble=0.01),
-    "tiny": Tier(-0.8, Rate(0.02, 0.05), format_error=0.3, echo=0.1, ramble=0.12),
+    "tiny": Tier(-0.8, Rate(0.02, 0.05), format_error=0.35, echo=0.1, ramble=0.12),
 }
 # A request without max_tokens still ends: a rambling tier stops here, like a full context window.
 CONTEXT_TOKENS = 2048
@@ -417,22 +417,11 @@ class _Quality:
     demos_full: int  # demos with every output field supplied
 
 
-def _answer_fields(call: _Call, known: Known | None) -> list[str]:
-    """The output fields with gold labels; with none named like a label, the last one takes the only label."""
-    if known is None:
+def _answer_fields(call: _Call, key: AnswerKey | None) -> list[str]:
+    """The output fields the data has labels for (by name); the others are the program's own steps."""
+    if key is None:
         return call.outputs[-1:]
-    named = [f for f in call.outputs if f in known.labels]
-    if named:
-        return named
-    return call.outputs[-1:] if len(known.labels) == 1 else []
-
-
-def _gold(call: _Call, known: Known, field: str) -> str | None:
-    if field in known.labels:
-        return known.labels[field]
-    if len(known.labels) == 1 and field == call.outputs[-1] and not set(call.outputs) & set(known.labels):
-        return next(iter(known.labels.values()))
-    return None
+    return [f for f in call.outputs if f in key.profile.labels]
 
 
 def _names(instructions: str, fields: Iterable[str]) -> bool:
@@ -445,7 +434,7 @@ def _names(instructions: str, fields: Iterable[str]) -> bool:
 
 def _instruction_quality(call: _Call, key: AnswerKey | None, known: Known | None) -> tuple[float, bool]:
     text = call.instructions
-    answer_fields = _answer_fields(call, known)
+    answer_fields = _answer_fields(call, key)
     named = _names(text, answer_fields)
     vocabulary = key.profile.vocabulary if key is not None else frozenset()
     words = text.split()
@@ -476,7 +465,7 @@ def _quality(call: _Call, key: AnswerKey | None, known: Known | None) -> _Qualit
         checked = [
             _normalize(supplied[f]) == _normalize(g)
             for f in call.outputs
-            if f in supplied and (g := _gold(call, demo, f)) is not None
+            if f in supplied and (g := demo.labels.get(f)) is not None
         ]
         if checked:
             right, wrong = right + all(checked), wrong + (not all(checked))
@@ -530,9 +519,12 @@ def _task_outputs(
 ) -> dict[str, str]:
     tier = call.tier
     answers: dict[str, str] = {}
-    for field in call.outputs:
-        gold = _gold(call, known, field) if known is not None else None
+    for field in _answer_fields(call, key):
+        gold = known.labels.get(field) if known is not None else None
         if gold is None:
+            # An example nobody has the answer to: a guess from the inputs.
+            words = _salient(call.inputs, 8).split() or ["unknown"]
+            answers[field] = words[int(call.draw("guess", field) * len(words))]
             continue
         # Chain-of-thought: a free-text field before the answer gives the model room to think.
         thinks = any(
@@ -556,10 +548,6 @@ def _task_outputs(
         # Hard examples are hard for every prompt and tier: the draw is correlated through the example.
         z = 0.75 * known.latent + 0.66 * _NORMAL.inv_cdf(call.draw("correct", field))
         answers[field] = gold if _NORMAL.cdf(z) < _sigmoid(logit) else _wrong(call, key, field, gold)
-    if known is None and call.outputs:
-        # An example nobody has the answer to: a guess from the inputs.
-        words = _salient(call.inputs, 8).split() or ["unknown"]
-        answers[call.outputs[-1]] = words[int(call.draw("guess") * len(words))]
     values = {}
     for field in call.outputs:
         if field in answers:
