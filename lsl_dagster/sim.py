@@ -159,25 +159,26 @@ def _sentences(text: str) -> list[str]:
 
 
 # --- The answer key ------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Known:
-    """One example the sim has the answers to."""
+    """One example the sim has the answers to (its inputs are kept only as a digest)."""
 
-    inputs: Mapping[str, str]
     labels: Mapping[str, str]
+    fields: frozenset[str]  # its input field names
+    latent: float  # its hardness, N(0, 1), the same for every prompt, tier and seed
+    length: int  # characters of input
 
-    @property
-    def latent(self) -> float:
-        """The example's hardness, N(0, 1), the same for every prompt, tier and seed."""
-        return _NORMAL.inv_cdf(_u("example", json.dumps(dict(self.inputs), sort_keys=True)))
+
+def _digest(name: str, value: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{name}\x1f{_normalize(value)}".encode(), digest_size=8).digest())
 
 
 class AnswerKey:
     """Gold labels for a task's examples, from (inputs, labels) pairs of strings.
 
     The pairs are read lazily (a generated split may hold 100,000 examples): a lookup reads on until it
-    finds the example. The task's vocabulary (content words recurring across examples) comes from the
-    first `SAMPLE` examples.
+    finds the example, and what was read is kept compactly (labels and a digest of the inputs). The
+    task's vocabulary (content words recurring across examples) comes from the first `SAMPLE` examples.
     """
 
     SAMPLE = 2000
@@ -186,7 +187,9 @@ class AnswerKey:
         self.name = name
         self._source: Iterator | None = iter(examples)
         self._known: list[Known] = []
-        self._index: dict[tuple[str, str], list[int]] = {}
+        self._index: dict[int, int] = {}
+        self._fields: dict[frozenset[str], frozenset[str]] = {}
+        self._sample: list[tuple[dict[str, str], dict[str, str]]] | None = []
         self._lock = threading.RLock()
         self._profile: _Profile | None = None
 
@@ -198,14 +201,20 @@ class AnswerKey:
         if self._source is None:
             return False
         try:
-            inputs, labels = next(self._source)
+            raw_inputs, raw_labels = next(self._source)
         except StopIteration:
             self._source = None
             return False
-        known = Known({k: str(v) for k, v in inputs.items()}, {k: str(v) for k, v in labels.items()})
-        for name, value in known.inputs.items():
-            self._index.setdefault((name, _normalize(value)), []).append(len(self._known))
-        self._known.append(known)
+        inputs = {k: str(v) for k, v in raw_inputs.items()}
+        labels = {k: str(v) for k, v in raw_labels.items()}
+        fields = frozenset(inputs)
+        for name, value in inputs.items():
+            self._index.setdefault(_digest(name, value), len(self._known))
+        latent = _NORMAL.inv_cdf(_u("example", json.dumps(inputs, sort_keys=True)))
+        length = sum(len(v) for v in inputs.values())
+        self._known.append(Known(labels, self._fields.setdefault(fields, fields), latent, length))
+        if self._sample is not None and len(self._sample) < self.SAMPLE:
+            self._sample.append((inputs, labels))
         return True
 
     @property
@@ -214,19 +223,20 @@ class AnswerKey:
             if self._profile is None:
                 while len(self._known) < self.SAMPLE and self._read():
                     pass
-                self._profile = _Profile.of(self._known)
+                self._profile = _Profile.of(self._sample or [])
+                self._sample = None
             return self._profile
 
     def lookup(self, inputs: Mapping[str, str]) -> Known | None:
         """The example whose input values match most of `inputs` (same field name, normalized value)."""
         with self._lock:
             profile = self.profile
-            wanted = [(n, _normalize(v)) for n, v in inputs.items() if n in profile.input_names and v.strip()]
+            wanted = [_digest(n, v) for n, v in inputs.items() if n in profile.input_names and v.strip()]
             if not wanted:
                 return None
             while not any(w in self._index for w in wanted) and self._read():
                 pass
-            votes = Counter(i for w in wanted for i in self._index.get(w, ()))
+            votes = Counter(self._index[w] for w in wanted if w in self._index)
             if not votes:
                 return None
             return self._known[max(votes, key=lambda i: (votes[i], -i))]
@@ -245,7 +255,7 @@ class AnswerKey:
 
 @dataclass(frozen=True)
 class _Profile:
-    """What the sim learns about a task from its examples: which words are its vocabulary."""
+    """What the sim learns about a task from its first examples: its vocabulary, labels and lengths."""
 
     input_names: frozenset[str]
     vocabulary: frozenset[str]
@@ -253,23 +263,22 @@ class _Profile:
     log_length: tuple[float, float]  # mean and spread of log(input length)
 
     @staticmethod
-    def of(known: Sequence[Known]) -> _Profile:
+    def of(sample: Sequence[tuple[dict[str, str], dict[str, str]]]) -> _Profile:
         document_frequency: Counter[str] = Counter()
         labels: dict[str, list[str]] = {}
         lengths = []
-        for example in known:
-            text = " ".join([*example.inputs.values(), *example.labels.values()])
-            document_frequency.update(set(_content(text)))
-            for field, value in example.labels.items():
+        for inputs, example_labels in sample:
+            document_frequency.update(set(_content(" ".join([*inputs.values(), *example_labels.values()]))))
+            for field, value in example_labels.items():
                 labels.setdefault(field, []).append(value)
-            lengths.append(math.log(1 + sum(len(v) for v in example.inputs.values())))
+            lengths.append(math.log(1 + sum(len(v) for v in inputs.values())))
         # A word of the task recurs across examples; a word of one example (a name, a number) does not.
-        floor = max(2, math.ceil(0.02 * len(known)))
+        floor = max(2, math.ceil(0.02 * len(sample)))
         vocabulary = frozenset(w for w, n in document_frequency.items() if n >= floor)
         mean = sum(lengths) / len(lengths) if lengths else 0.0
         spread = math.sqrt(sum((x - mean) ** 2 for x in lengths) / len(lengths)) if lengths else 0.0
         return _Profile(
-            input_names=frozenset(name for example in known for name in example.inputs),
+            input_names=frozenset(name for inputs, _ in sample for name in inputs),
             vocabulary=vocabulary,
             labels={field: tuple(values) for field, values in labels.items()},
             log_length=(mean, spread or 1.0),
@@ -278,7 +287,7 @@ class _Profile:
     def difficulty(self, example: Known) -> float:
         """Longer inputs are harder; the rest of an example's hardness is its latent."""
         mean, spread = self.log_length
-        z = (math.log(1 + sum(len(v) for v in example.inputs.values())) - mean) / spread
+        z = (math.log(1 + example.length) - mean) / spread
         return 0.5 * max(-2.0, min(2.0, z))
 
 
@@ -442,7 +451,8 @@ def _instruction_quality(call: _Call, key: AnswerKey | None, known: Known | None
     grounded = distinct & vocabulary
     field_words = {part for f in call.outputs + list(call.inputs) for part in f.lower().split("_")}
     unrelated = len(distinct - vocabulary - field_words)
-    own = set(_content(" ".join(known.inputs.values()))) & vocabulary if known is not None else set()
+    own = set(_content(" ".join(v for n, v in call.inputs.items() if n in known.fields))) if known else set()
+    own &= vocabulary
     coverage = len(own & grounded) / len(own) if own else 0.0
     sentences = [s.lower() for s in _sentences(text)]
     repeated = len(sentences) - len(set(sentences))
@@ -531,11 +541,10 @@ def _task_outputs(
             f not in known.labels and call.outputs.index(f) < call.outputs.index(field) for f in call.outputs
         )
         # Evidence: the answer appears in another input (a retrieved passage, say).
-        evidence = any(
-            _normalize(v) != _normalize(known.inputs.get(n, ""))
-            and re.search(rf"\b{re.escape(_normalize(gold))}\b", _normalize(v))
+        evidence = len(gold) > 2 and any(
+            re.search(rf"\b{re.escape(_normalize(gold))}\b", _normalize(v))
             for n, v in call.inputs.items()
-            if len(gold) > 2
+            if n not in known.fields
         )
         logit = (
             tier.ability
