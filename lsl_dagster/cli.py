@@ -31,6 +31,7 @@ from lsl_dagster.launch import (
     run_summary,
 )
 from lsl_dagster.models import (
+    SIMULATED,
     ArmSummary,
     CampaignSummary,
     Comparison,
@@ -40,7 +41,6 @@ from lsl_dagster.models import (
     PairedDifference,
 )
 from lsl_dagster.registry import NEEDS_WORK, Stage, latest_materializations, stage_status, stages_of
-from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
 
 T = TypeVar("T", Comparison, EvaluationResult)
@@ -264,7 +264,7 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
             )
         lines += [line for arm in comparison.arms for line in _format_lines(arm)]
     if any(c.simulated for c in comparisons):
-        lines.append(f"(sim) = {LABEL}")
+        lines.append(f"(sim) = {SIMULATED}")
     return "\n".join(lines)
 
 
@@ -385,7 +385,7 @@ def campaign_table(summary: CampaignSummary) -> str:
         "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]
     ]
     if summary.simulated:
-        lines.append(LABEL)
+        lines.append(SIMULATED)
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 from lsl_dagster import CODE_VERSION
 from lsl_dagster.models import (
+    SIMULATED,
     CampaignSummary,
     Comparison,
     EvaluationResult,
@@ -20,7 +21,6 @@ from lsl_dagster.models import (
     PromptCandidate,
 )
 from lsl_dagster.program import render
-from lsl_dagster.sim import LABEL
 from lsl_dagster.tasks import Task
 
 _FORMAT_COLUMNS = [name for name in FormatCounts.model_fields if name.startswith("n_")]
@@ -79,7 +79,7 @@ def ledger_metadata(ledger: Ledger) -> dict[str, Any]:
 def environment(spec: ExperimentSpec) -> dict[str, Any]:
     """Enough to reproduce the run: versions, models, seed and the experiment file's content hash."""
     return {
-        "simulated": LABEL if spec.simulated else "no (real models)",
+        "simulated": SIMULATED if spec.simulated else "no (real models)",
         "models": f"large={spec.large_model.model}, small={spec.small_model.model}",
         "seed": spec.seed,
         "spec_hash": spec.spec_hash,
@@ -92,7 +92,7 @@ def environment(spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec) -> dict[str, Any]:
-    banner = f"> **{LABEL}**\n\n" if candidate.simulated else ""
+    banner = f"> **{SIMULATED}**\n\n" if candidate.simulated else ""
     metadata = {
         "prompt": MetadataValue.md(banner + render(candidate, task)),
         "optimizer": candidate.provenance.optimizer,
@@ -185,7 +185,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
             ]
         ),
     )
-    banner = f"**{LABEL}**\n\n" if comparison.simulated else ""
+    banner = f"**{SIMULATED}**\n\n" if comparison.simulated else ""
     warnings = [f"- **{a.arm}**: {a.format_warning}" for a in comparison.arms if a.format_warning]
     if comparison.stage2_unchanged:
         note = f"Stage 2 left the Stage 1 prompt {comparison.stage2_unchanged}"
@@ -227,7 +227,7 @@ def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
         )
         for c in summary.cells
     ]
-    banner = f"**{LABEL}**\n\n" if summary.simulated else ""
+    banner = f"**{SIMULATED}**\n\n" if summary.simulated else ""
     return {
         "cells": MetadataValue.table(
             rows, schema=TableSchema(columns=[TableColumn(c, "string") for c in columns])

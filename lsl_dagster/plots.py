@@ -7,8 +7,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # not pyplot: no global state; a Figure renders with Agg
 
 from lsl_dagster.files import atomic_writer
-from lsl_dagster.models import CampaignSummary, Comparison, Interval, PairedDifference
-from lsl_dagster.sim import LABEL
+from lsl_dagster.models import SIMULATED, CampaignSummary, Comparison, Interval, PairedDifference
 
 
 def _ci(d: PairedDifference, sep: str = " ") -> str:
@@ -17,7 +16,7 @@ def _ci(d: PairedDifference, sep: str = " ") -> str:
 
 def _save(fig: Figure, path: Path, simulated: bool) -> None:
     if simulated:
-        fig.suptitle(LABEL, color="#b00000")
+        fig.suptitle(SIMULATED, color="#b00000")
     with atomic_writer(path, "wb") as out:
         fig.savefig(out, format="png", dpi=120)
 

@@ -16,7 +16,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 from lsl_dagster.cli import main
 from lsl_dagster.experiments import campaigns, experiment_ids, load_experiment, scan_campaigns
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import FAST, PROJECT, Lab
+from lsl_dagster_tests.conftest import FAST, PROJECT, Lab, shipped_keys
 
 PAIRS = [
     {"name": "l-s", "large_model": {"model": "sim/large"}, "small_model": {"model": "sim/small"}},
@@ -132,7 +132,7 @@ def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path
             }
         )
     )
-    with SimServer(latency_s=0.01).start() as server:
+    with SimServer(latency_s=0.01, answer_keys=shipped_keys()).start() as server:
         http = {"api_base": server.url, "max_concurrency": 3}
         pairs = [
             {
