@@ -188,15 +188,18 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
     ) -> Output[Comparison]:
         """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
         spec, _ = _load(workspace, context.partition_key)
-        result = stages.compare(
-            spec,
-            stage1=stage1_prompt,
-            stage2=stage2_hardened_prompt,
-            budget_matched=budget_matched_prompt,
-            baseline_evaluation=baseline_evaluation,
-            stage3_evaluation=stage3_evaluation,
-            budget_matched_evaluation=budget_matched_evaluation,
-        )
+        try:
+            result = stages.compare(
+                spec,
+                stage1=stage1_prompt,
+                stage2=stage2_hardened_prompt,
+                budget_matched=budget_matched_prompt,
+                baseline_evaluation=baseline_evaluation,
+                stage3_evaluation=stage3_evaluation,
+                budget_matched_evaluation=budget_matched_evaluation,
+            )
+        except stages.InconsistentArms as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
         return Output(result, metadata=comparison_metadata(result, spec))
 
     return [

@@ -31,7 +31,8 @@ from lsl_dagster.launch import (
     unfinished_backfills,
     wait,
 )
-from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, Interval, PairedDifference
+from lsl_dagster.metadata import interval_text
+from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, PairedDifference
 from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
 from lsl_dagster.sim import LABEL
@@ -59,9 +60,13 @@ COLUMNS = {
     **dict.fromkeys(["experiment_id", "task", "large_model", "small_model"], "string"),
     **{"simulated": "bool", "arm": "string", "score": "float64"},
     **dict.fromkeys(["n", "optimization_calls", "evaluation_calls"], "int64"),
-    **dict.fromkeys(["evaluation_cost_usd", "diff_vs_baseline", "ci_low", "ci_high", "mcnemar_p"], "float64"),
+    **dict.fromkeys(["evaluation_cost_usd", "diff_vs_baseline", "ci_low", "ci_high"], "float64"),
+    **{"test": "string", "p_value": "float64", "p_holm": "float64"},
     **{"verdict": "string", "total_calls": "int64", "total_cost_usd": "float64"},
 }
+
+
+DIFFERENCE_FIELDS = {"ci_low", "ci_high", "test", "p_value", "p_holm", "verdict"}
 
 
 class CliError(Exception):
@@ -194,14 +199,18 @@ def _cost(value: float | None) -> str:
     return "unknown" if value is None else f"${value:.4f}"
 
 
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def _ci(d: PairedDifference, sep: str = " ") -> str:
     return f"{d.diff:+.3f}{sep}[{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
 
 
 def results_table(comparisons: Sequence[Comparison]) -> str:
     lines = [
-        f"{'experiment':<24} {'arm':<15} {'score':>6} {'n':>5}  {'vs baseline [95% CI]':<27} {'p':>8}  "
-        f"{'opt calls':>9} {'eval cost':>10}"
+        f"{'experiment':<24} {'arm':<15} {'score':>6} {'n':>5}  {'vs baseline [95% CI]':<27} {'p':>8} "
+        f"{'Holm p':>8}  {'opt calls':>9} {'eval cost':>10}"
     ]
     for comparison in comparisons:
         label = comparison.experiment_id + (" (sim)" if comparison.simulated else "")
@@ -209,10 +218,10 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
         for arm in comparison.arms:
             d = diffs.get(arm.arm)
             delta = _ci(d) if d else "-"
-            p = "-" if d is None or d.mcnemar_p is None else f"{d.mcnemar_p:.3g}"
+            p, p_holm = (_p(d.p_value), _p(d.p_holm)) if d else ("-", "-")
             calls = "-" if arm.optimization_calls is None else str(arm.optimization_calls)
             lines.append(
-                f"{label:<24} {arm.arm:<15} {arm.score:>6.3f} {arm.n:>5}  {delta:<27} {p:>8}  "
+                f"{label:<24} {arm.arm:<15} {arm.score:>6.3f} {arm.n:>5}  {delta:<27} {p:>8} {p_holm:>8}  "
                 f"{calls:>9} {_cost(arm.cost_usd):>10}"
             )
         lines += [f"    {d.verdict}" for d in comparison.differences]
@@ -245,7 +254,7 @@ def export_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
                     "evaluation_calls": arm.calls,
                     "evaluation_cost_usd": arm.cost_usd,
                     "diff_vs_baseline": None if d is None else d.diff,
-                    **(d.model_dump(include={"ci_low", "ci_high", "mcnemar_p", "verdict"}) if d else {}),
+                    **(d.model_dump(include=DIFFERENCE_FIELDS) if d else {}),
                     "total_calls": sum(ledger.calls for ledger in c.usage.values()),
                     "total_cost_usd": None if None in costs else sum(costs),
                 }
@@ -309,11 +318,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def campaign_table(summary: CampaignSummary) -> str:
     """Per cell: each arm's mean score and LSL's differences, with 95% CIs across seeds."""
 
-    def interval(value: Interval) -> str:
-        if value.ci_low is None or value.ci_high is None:
-            return f"{value.mean:+.3f}"
-        return f"{value.mean:+.3f} [{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
-
     cell = summary.cells[0]
     header = ["cell", "seeds", *cell.arms, *cell.differences]
     rows = [
@@ -321,7 +325,7 @@ def campaign_table(summary: CampaignSummary) -> str:
             f"{c.task}/{c.pair}/{c.optimizer}",
             str(len(c.experiments)),
             *(f"{v.mean:.3f}" for v in c.arms.values()),
-            *map(interval, c.differences.values()),
+            *map(interval_text, c.differences.values()),
         ]
         for c in summary.cells
     ]

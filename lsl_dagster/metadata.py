@@ -42,6 +42,10 @@ def _cost(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.6f}"
 
 
+def _p(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
 def ledger_metadata(ledger: Ledger) -> dict[str, Any]:
     rows = [
         TableRecord(
@@ -74,10 +78,11 @@ def ledger_metadata(ledger: Ledger) -> dict[str, Any]:
     return metadata
 
 
-def environment(spec: ExperimentSpec) -> dict[str, Any]:
-    """Enough to reproduce the run: versions, models, seed and the experiment file's content hash."""
+def environment(spec: ExperimentSpec, simulated: bool) -> dict[str, Any]:
+    """Enough to reproduce the run: versions, models, seed and the experiment file's content hash.
+    `simulated`: the spec names sim models or a response came from a simulator (over any transport)."""
     return {
-        "simulated": LABEL if spec.simulated else "no (real models)",
+        "simulated": LABEL if simulated else "no (real models)",
         "models": f"large={spec.large_model.model}, small={spec.small_model.model}",
         "seed": spec.seed,
         "spec_hash": spec.spec_hash,
@@ -95,7 +100,7 @@ def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec
         "prompt": MetadataValue.md(banner + render(candidate, task)),
         "optimizer": candidate.provenance.optimizer,
         "demos": sum(len(p.demos) for p in candidate.predictors.values()),
-        **environment(spec),
+        **environment(spec, candidate.simulated),
         **ledger_metadata(candidate.ledger),
     }
     for key in ("start_val_score", "val_score"):
@@ -111,7 +116,7 @@ def evaluation_metadata(result: EvaluationResult, spec: ExperimentSpec) -> dict[
         "n": result.n,
         "n_errors": result.n_errors,
         "predictions": MetadataValue.path(result.predictions_path),
-        **environment(spec),
+        **environment(spec, result.simulated),
         **ledger_metadata(result.ledger),
     }
 
@@ -150,7 +155,9 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                     "diff": round(d.diff, 4),
                     "ci_low": round(d.ci_low, 4),
                     "ci_high": round(d.ci_high, 4),
-                    "mcnemar_p": "n/a" if d.mcnemar_p is None else f"{d.mcnemar_p:.4g}",
+                    "test": d.test,
+                    "p": _p(d.p_value),
+                    "p_holm": _p(d.p_holm),
                     "n": d.n,
                 }
             )
@@ -162,13 +169,19 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                 TableColumn("diff", "float"),
                 TableColumn("ci_low", "float"),
                 TableColumn("ci_high", "float"),
-                TableColumn("mcnemar_p", "string"),
+                TableColumn("test", "string"),
+                TableColumn("p", "string"),
+                TableColumn("p_holm", "string", description="Holm-adjusted across the three differences"),
                 TableColumn("n", "int"),
             ]
         ),
     )
     banner = f"**{LABEL}**\n\n" if comparison.simulated else ""
-    verdicts = banner + "\n".join(f"- {d.verdict}" for d in comparison.differences)
+    verdicts = (
+        banner
+        + "\n".join(f"- {d.verdict}" for d in comparison.differences)
+        + "\n\nA difference is claimed only where its 95% CI excludes 0 and its Holm-adjusted p < 0.05."
+    )
     total = [ledger.cost_usd for ledger in comparison.usage.values()]
     metadata: dict[str, Any] = {
         "arms": arms,
@@ -176,7 +189,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
         "verdicts": MetadataValue.md(verdicts),
         "total_calls": sum(ledger.calls for ledger in comparison.usage.values()),
         "total_cost_usd": "unknown" if None in total else MetadataValue.float(sum(c or 0.0 for c in total)),
-        **environment(spec),
+        **environment(spec, comparison.simulated),
     }
     for arm in comparison.arms:
         metadata[f"score_{arm.arm}"] = MetadataValue.float(arm.score)
@@ -185,10 +198,15 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
     return metadata
 
 
-def _interval(value: Interval) -> str:
+def interval_text(value: Interval) -> str:
+    """mean [95% CI], and for a difference its raw and Holm-adjusted p-values side by side."""
     if value.ci_low is None or value.ci_high is None:
-        return f"{value.mean:+.3f} (n={value.n}, no CI)"
-    return f"{value.mean:+.3f} [{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
+        text = f"{value.mean:+.3f} (n={value.n}, no CI)"
+    else:
+        text = f"{value.mean:+.3f} [{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
+    if value.p_value is not None or value.p_holm is not None:
+        text += f" p={_p(value.p_value)} Holm p={_p(value.p_holm)}"
+    return text
 
 
 def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
@@ -199,8 +217,8 @@ def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
             {
                 "cell": f"{c.task} / {c.pair} / {c.optimizer}",
                 "seeds": len(c.experiments),
-                **{arm: _interval(value) for arm, value in c.arms.items()},
-                **{name: _interval(value) for name, value in c.differences.items()},
+                **{arm: interval_text(value) for arm, value in c.arms.items()},
+                **{name: interval_text(value) for name, value in c.differences.items()},
             }
         )
         for c in summary.cells
@@ -211,8 +229,9 @@ def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
             rows, schema=TableSchema(columns=[TableColumn(c, "string") for c in columns])
         ),
         "note": MetadataValue.md(
-            banner + "Means across seeds with 95% Student-t intervals; a difference is "
-            "supported only where its interval excludes 0."
+            banner + "Means across seeds with 95% Student-t intervals. Each difference has a one-sample "
+            "t-test p across seeds and its Holm adjustment over every difference of the campaign; a "
+            "difference is supported only where its interval excludes 0 and its Holm p < 0.05."
         ),
         "plot": MetadataValue.path(summary.plot_path),
         "experiments": sum(len(c.experiments) for c in summary.cells),

@@ -4,11 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.axes import Axes
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure  # not pyplot: no global state; a Figure renders with Agg
 
 from lsl_dagster.files import atomic_writer
 from lsl_dagster.models import CampaignSummary, Comparison, Interval, PairedDifference
 from lsl_dagster.sim import LABEL
+
+BAR = "#4c72b0"
+# A bar shorter than this (in score units) cannot hold its label inside: the label goes above it.
+_INSIDE = 0.12
+
+
+def label_bars(ax: Axes, bars: BarContainer, values: list[float]) -> None:
+    """Each bar's value, readable for any score: white inside a tall bar, dark above a short or empty one
+    (a score of 0 has no bar to be white on)."""
+    for bar, value in zip(bars, values, strict=True):
+        inside = value >= _INSIDE
+        ax.annotate(
+            f"{value:.3f}",
+            (bar.get_x() + bar.get_width() / 2, value / 2 if inside else value),
+            xytext=(0, 0 if inside else 3),
+            textcoords="offset points",
+            ha="center",
+            va="center" if inside else "bottom",
+            color="white" if inside else "#222222",
+        )
 
 
 def _ci(d: PairedDifference, sep: str = " ") -> str:
@@ -34,8 +56,8 @@ def experiments_figure(
         labels = [a.arm + ("\nΔ " + _ci(diffs[a.arm], sep="\n") if a.arm in diffs else "") for a in c.arms]
         low = [max(0.0, a.score - cis[experiment_id][a.arm][0]) for a in c.arms]
         high = [max(0.0, cis[experiment_id][a.arm][1] - a.score) for a in c.arms]
-        bars = ax.bar(labels, [a.score for a in c.arms], yerr=[low, high], capsize=6, color="#4c72b0")
-        ax.bar_label(bars, fmt="%.3f", label_type="center", color="white")
+        bars = ax.bar(labels, [a.score for a in c.arms], yerr=[low, high], capsize=6, color=BAR)
+        label_bars(ax, bars, [a.score for a in c.arms])
         ax.set(ylim=(0, 1.05), ylabel="score, 95% bootstrap CI")  # every task metric is in [0, 1]
         ax.tick_params(axis="x", labelsize=8)
         simulated = " - SIMULATED" if c.simulated else ""

@@ -1,0 +1,75 @@
+"""The comparison pairs only arms made from the same spec version, and its p-values are Holm-adjusted."""
+
+import pytest
+from statsmodels.stats.multitest import multipletests
+
+from lsl_dagster.models import Comparison
+from lsl_dagster_tests.conftest import Lab
+
+BEFORE_EDIT = ["stage1_prompt", "stage2_hardened_prompt", "baseline_evaluation"]
+AFTER_EDIT = ["budget_matched_prompt", "stage3_evaluation", "budget_matched_evaluation", "comparison"]
+
+
+def _failure(result, step: str) -> str:
+    (event,) = [e for e in result.get_step_failure_events() if e.step_key == step]
+    return event.step_failure_data.error.message
+
+
+def test_an_edit_between_stage1_and_stage3_is_refused_naming_what_to_rerun(lab: Lab):
+    lab.write("edited")
+    assert lab.run("edited", BEFORE_EDIT).success
+    lab.write("edited", stage1={"max_calls": 90})  # the experiment file is edited mid-way
+    result = lab.run("edited", AFTER_EDIT, raise_on_error=False)
+
+    assert not result.success
+    assert lab.materializations("edited", "stage3_evaluation") == 1  # made from the edited spec
+    assert lab.materializations("edited", "comparison") == 0
+    message = _failure(result, "comparison")
+    assert "refuses to pair arms made from different versions" in message
+    # Stage 1, and everything made from it, predates the edit or was made from what does.
+    rerun = message.split("Re-materialize ")[1].split(" and then comparison")[0].split(", ")
+    assert rerun == [
+        "stage1_prompt",
+        "stage2_hardened_prompt",
+        "budget_matched_prompt",
+        "baseline_evaluation",
+        "stage3_evaluation",
+        "budget_matched_evaluation",
+    ]
+    assert "stage1_prompt: made from spec " in message
+    assert "stage3_evaluation: made from an asset that must be re-run" in message
+    assert "--partition edited" in message
+
+    # Doing what the message says gives a comparison whose arms all come from the edited spec.
+    assert lab.run("edited", [*rerun, "comparison"]).success
+    comparison = Comparison.model_validate(lab.output("edited", "comparison"))
+    stage1 = lab.output("edited", "stage1_prompt")
+    assert comparison.version.spec_hash == stage1["provenance"]["spec_hash"]
+    assert stage1["ledger"]["max_calls"] == 90
+
+
+def test_an_edit_after_every_stage_is_refused_too(lab: Lab):
+    lab.write("late")
+    assert lab.run("late", BEFORE_EDIT + AFTER_EDIT[:-1]).success
+    lab.write("late", evaluation={"limit": 30})
+    result = lab.run("late", ["comparison"], raise_on_error=False)
+    message = _failure(result, "comparison")
+    assert "Re-materialize stage1_prompt, stage2_hardened_prompt, budget_matched_prompt" in message
+
+
+def test_comparison_p_values_are_holm_adjusted_and_the_verdict_uses_them(lab: Lab):
+    lab.write("holm")
+    assert lab.run("holm").success
+    comparison = Comparison.model_validate(lab.output("holm", "comparison"))
+    raw = [d.p_value for d in comparison.differences]
+    assert all(d.test == "mcnemar_exact" for d in comparison.differences)  # arithmetic scores 0/1
+    assert [d.p_holm for d in comparison.differences] == pytest.approx(
+        list(multipletests(raw, method="holm")[1])
+    )
+    for d in comparison.differences:
+        if "beats" in d.verdict or "worse" in d.verdict:
+            assert d.p_holm < 0.05 and f"Holm p={d.p_holm:.3g}" in d.verdict
+    rows = lab.metadata("holm", "comparison")["differences"].records
+    assert [(r.data["p"], r.data["p_holm"]) for r in rows] == [
+        (f"{d.p_value:.4g}", f"{d.p_holm:.4g}") for d in comparison.differences
+    ]
