@@ -23,6 +23,10 @@ from dspy.lm15 import Message, Request, Response, TextPart, Usage, response_to_e
 from lsl_dagster.models import Price
 
 LABEL = "SIMULATED (sim models are a deterministic test double, not real LLMs)"
+# How a sim reply identifies itself to the client, over any transport (the `system_fingerprint` of the
+# completion; the HTTP server also sends the SIMULATED_HEADER header).
+FINGERPRINT = "lsl-sim"
+SIMULATED_HEADER = "X-LSL-Simulated"
 
 
 @dataclass(frozen=True)
@@ -440,6 +444,7 @@ class SimEngine:
             message=Message.assistant([TextPart(reply.text)]),
             finish_reason="stop",
             usage=Usage(input_tokens=reply.input_tokens, output_tokens=reply.output_tokens),
+            provider_data={"system_fingerprint": FINGERPRINT},
         )
 
     def stream(self, request: Request):

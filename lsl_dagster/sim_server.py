@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from lsl_dagster.sim import LABEL, TIERS, Reply, respond, tier_name
+from lsl_dagster.sim import FINGERPRINT, LABEL, SIMULATED_HEADER, TIERS, Reply, respond, tier_name
 
 FAULT_KINDS = ("429", "500", "502", "503", "hang", "malformed", "reset")
 RETRIABLE_FAULTS = ("429", "500", "502", "503")
@@ -260,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
             sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
-            self._json(200, payload)
+            self._json(200, payload, {SIMULATED_HEADER: "1"})
         except RequestError as exc:
             sim._count("rejected")
             self._json(exc.status, _error_body(exc.message, exc.type, exc.code))
@@ -459,7 +459,7 @@ class SimServer:
             "object": "chat.completion",
             "created": 0,
             "model": model,
-            "system_fingerprint": "sim",
+            "system_fingerprint": FINGERPRINT,
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
             ],

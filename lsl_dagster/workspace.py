@@ -99,6 +99,7 @@ class Workspace(ConfigurableResource):
             allowance = None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent_usd(calls))
             call_log = CallLog(run_dir / "calls.jsonl")
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
+            meter.simulated_models({r["model"] for r in calls if r.get("simulated")})
             run = StageRun(spec, meter, models)
             try:
                 with stage_cache(run_dir / "cache" / name, meter):
