@@ -33,6 +33,7 @@ from lsl_dagster.metadata import (
     campaign_metadata,
     comparison_metadata,
     evaluation_metadata,
+    hardening_metadata,
     ledger_metadata,
     prompt_metadata,
 )
@@ -133,7 +134,8 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         spec, task = _load(workspace, context.partition_key)
         with _stage(context, workspace, language_models, spec, "stage2", spec.stage2.max_calls) as run:
             candidate = stages.stage2_harden(spec, task, stage1_prompt, run)
-        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+        metadata = {**prompt_metadata(candidate, task, spec), **hardening_metadata(stage1_prompt, candidate)}
+        return Output(candidate, metadata=metadata)
 
     @asset(pool=POOL, **common)
     def budget_matched_prompt(

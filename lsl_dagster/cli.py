@@ -18,6 +18,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._time import get_current_datetime
 
+from lsl_dagster import reports
 from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
 from lsl_dagster.experiments import campaigns, spec_versions
@@ -233,9 +234,12 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
 def cmd_results(args: argparse.Namespace) -> int:
     with _instance() as instance:
         stored = latest_comparisons(instance, args.experiments)
+        changes = reports.prompt_changes(instance, list(stored)) if args.prompts else None
     print(results_table([comparison for comparison, _ in stored.values()]))
     for experiment_id, (_, path) in stored.items():
         print(f"{experiment_id}: assets, predictions and call log in {path.parent}")
+    if changes is not None:
+        print(f"\n{changes}")
     return 0
 
 
@@ -404,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         if name == "export":
             command.add_argument("--format", choices=["csv", "json", "parquet"], required=True)
+        if name == "results":
+            command.add_argument(
+                "--prompts", action="store_true", help="also show what Stage 2 changed in the Stage 1 prompt"
+            )
         if name in ("export", "plot"):
             command.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     return parser
@@ -416,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Loading the code location warns about the Dagster beta APIs it uses: news for its authors.
             warnings.simplefilter("ignore", dg.BetaWarning)
             return args.func(args)
-    except (CliError, CampaignError) as exc:
+    except (CliError, CampaignError, reports.ReportError) as exc:
         print(f"lsl: {exc}", file=sys.stderr)
         return 2
 

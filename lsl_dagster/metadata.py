@@ -19,6 +19,7 @@ from lsl_dagster.models import (
     PromptCandidate,
 )
 from lsl_dagster.program import render
+from lsl_dagster.prompt_diff import diff_markdown, predictor_diffs
 from lsl_dagster.sim import LABEL
 from lsl_dagster.tasks import Task
 
@@ -108,6 +109,15 @@ def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec
         if value is not None:
             metadata[key] = MetadataValue.float(value)
     return metadata
+
+
+def hardening_metadata(stage1: PromptCandidate, stage2: PromptCandidate) -> dict[str, Any]:
+    """What Stage 2 changed in the Stage 1 prompt, per predictor (instructions, field descriptions, demos)."""
+    diffs = predictor_diffs(stage1, stage2)
+    return {
+        "changes": MetadataValue.md(diff_markdown(diffs)),
+        "predictors_changed": sum(bool(diff) for diff in diffs.values()),
+    }
 
 
 def evaluation_metadata(result: EvaluationResult, spec: ExperimentSpec) -> dict[str, Any]:

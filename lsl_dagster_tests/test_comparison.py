@@ -3,7 +3,8 @@
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from lsl_dagster.models import Comparison
+from lsl_dagster.cli import main
+from lsl_dagster.models import Comparison, PromptCandidate
 from lsl_dagster_tests.conftest import Lab
 
 BEFORE_EDIT = ["stage1_prompt", "stage2_hardened_prompt", "baseline_evaluation"]
@@ -73,3 +74,34 @@ def test_comparison_p_values_are_holm_adjusted_and_the_verdict_uses_them(lab: La
     assert [(r.data["p"], r.data["p_holm"]) for r in rows] == [
         (f"{d.p_value:.4g}", f"{d.p_holm:.4g}") for d in comparison.differences
     ]
+
+
+def test_stage2_metadata_and_lsl_results_show_what_hardening_changed(
+    lab: Lab, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    lab.write("diff", stage2={"max_calls": 200}, small_model={"model": "sim/tiny"})
+    assert lab.run("diff").success
+    stage1 = PromptCandidate.model_validate(lab.output("diff", "stage1_prompt"))
+    stage2 = PromptCandidate.model_validate(lab.output("diff", "stage2_hardened_prompt"))
+    (name,) = stage1.predictors
+    before, after = stage1.predictors[name], stage2.predictors[name]
+    assert before.instructions != after.instructions  # GEPA rewrote the instructions on the small model
+    metadata = lab.metadata("diff", "stage2_hardened_prompt")
+    assert metadata["predictors_changed"] == 1
+    changes = metadata["changes"]
+    for line in before.instructions.splitlines():
+        assert f"\n-{line}\n" in changes or f"\n {line}\n" in changes
+    for line in after.instructions.splitlines():
+        assert f"\n+{line}\n" in changes or f"\n {line}\n" in changes
+    assert before.demos == after.demos  # Stage 2 keeps the Stage 1 demos: no demo line changes
+    assert not any(line.startswith(("-demo", "+demo", "-[demos", "+[demos")) for line in changes.splitlines())
+
+    for variable, value in lab.env().items():
+        if variable in ("DAGSTER_HOME", "LSL_DATA_DIR", "LSL_RUNS_DIR"):
+            monkeypatch.setenv(variable, value)
+    capsys.readouterr()
+    assert main(["results", "diff", "--prompts"]) == 0
+    out = capsys.readouterr().out
+    assert "== diff (sim): what Stage 2 changed in the Stage 1 prompt" in out
+    assert f"--- stage1/{name}" in out and f"+++ stage2/{name}" in out
+    assert f"+{after.instructions.splitlines()[0]}" in out
