@@ -26,6 +26,7 @@ from dagster import (
 
 from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
+from lsl_dagster.campaigns import transfer_matrix as transfer_matrix_of
 from lsl_dagster.experiments import ExperimentError, spec_versions
 from lsl_dagster.ledger import BudgetExhausted
 from lsl_dagster.lm import ConfigError, LanguageModels, ProviderUnavailable
@@ -35,10 +36,18 @@ from lsl_dagster.metadata import (
     evaluation_metadata,
     hardening_metadata,
     ledger_metadata,
+    matrix_metadata,
     prompt_metadata,
 )
-from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
-from lsl_dagster.plots import campaign_figure
+from lsl_dagster.models import (
+    CampaignSummary,
+    Comparison,
+    EvaluationResult,
+    ExperimentSpec,
+    PromptCandidate,
+    TransferMatrix,
+)
+from lsl_dagster.plots import campaign_figure, matrix_figure
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
 
@@ -236,4 +245,21 @@ def build_campaign_assets(campaigns: dict[str, list[str]]) -> list[AssetsDefinit
         campaign_figure(summary, plot)
         return Output(summary, metadata=campaign_metadata(summary))
 
-    return [campaign_summary]
+    @asset(
+        partitions_def=StaticPartitionsDefinition(sorted(campaigns)),
+        group_name=CAMPAIGN_GROUP,
+        code_version=CODE_VERSION,
+        ins={"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
+    )
+    def transfer_matrix(
+        context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
+    ) -> Output[TransferMatrix]:
+        """For which (large, small) model pairs does hardening transfer? Rows = large models, columns =
+        small models; each cell LSL - baseline and LSL - budget-matched across the pair's tasks, optimizers
+        and seeds, with 95% t-intervals and Holm-adjusted p-values, as a table and a heat map."""
+        plot = workspace.run_dir(context.partition_key) / "transfer_matrix.png"
+        matrix = transfer_matrix_of(context.partition_key, comparisons, str(plot))
+        matrix_figure(matrix, plot)
+        return Output(matrix, metadata=matrix_metadata(matrix))
+
+    return [campaign_summary, transfer_matrix]

@@ -17,6 +17,8 @@ from lsl_dagster.models import (
     Comparison,
     ExperimentSpec,
     Interval,
+    MatrixCell,
+    TransferMatrix,
     check_slug,
 )
 
@@ -152,6 +154,42 @@ def summarize(campaign: str, comparisons: dict[str, Comparison], plot_path: str)
     return CampaignSummary(
         campaign=campaign,
         cells=summaries,
+        plot_path=plot_path,
+        simulated=any(c.simulated for c in comparisons.values()),
+    )
+
+
+# The matrix shows whether hardening transfers: LSL against the plain Stage 1 prompt and against the
+# optimizer given the same budget.
+MATRIX_DIFFERENCES = ("lsl - baseline", "lsl - budget_matched")
+
+
+def transfer_matrix(campaign: str, comparisons: dict[str, Comparison], plot_path: str) -> TransferMatrix:
+    """Rows = large models, columns = small models. Each cell pools the experiments of that pair (every
+    task, optimizer and seed is one replicate): mean paired difference with a 95% t-interval and t-test,
+    Holm-adjusted over every cell and difference of the matrix."""
+    pairs: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for experiment in sorted(comparisons):
+        c = comparisons[experiment]
+        pairs[(c.large_model, c.small_model)].append(experiment)
+    keys = sorted(pairs)
+    families = holm_adjusted(
+        [
+            {
+                name: _interval([difference(comparisons[e], name) for e in pairs[key]], test=True)
+                for name in MATRIX_DIFFERENCES
+            }
+            for key in keys
+        ]
+    )
+    return TransferMatrix(
+        campaign=campaign,
+        large_models=sorted({large for large, _ in keys}),
+        small_models=sorted({small for _, small in keys}),
+        cells=[
+            MatrixCell(large_model=large, small_model=small, experiments=pairs[(large, small)], differences=d)
+            for (large, small), d in zip(keys, families, strict=True)
+        ],
         plot_path=plot_path,
         simulated=any(c.simulated for c in comparisons.values()),
     )

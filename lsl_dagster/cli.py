@@ -33,7 +33,13 @@ from lsl_dagster.launch import (
     wait,
 )
 from lsl_dagster.metadata import interval_text
-from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, PairedDifference
+from lsl_dagster.models import (
+    CampaignSummary,
+    Comparison,
+    EvaluationResult,
+    PairedDifference,
+    TransferMatrix,
+)
 from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
 from lsl_dagster.sim import LABEL
@@ -68,6 +74,10 @@ COLUMNS = {
 
 
 DIFFERENCE_FIELDS = {"ci_low", "ci_high", "test", "p_value", "p_holm", "verdict"}
+
+
+# Materialized per campaign after its experiments: the summary across seeds and the transfer matrix.
+CAMPAIGN_ASSETS = ("campaign_summary", "transfer_matrix")
 
 
 class CliError(Exception):
@@ -363,14 +373,14 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             asset: [e for e in ids if table[e][asset] in ("missing", "stale", "failed")] for asset in STAGES
         }
         summary_key = dg.AssetKey("campaign_summary")
-        needed = (
-            any(todo.values())
-            or not instance.fetch_materializations(
-                dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
+        needed = any(todo.values()) or any(
+            not instance.fetch_materializations(
+                dg.AssetRecordsFilter(dg.AssetKey(asset), asset_partitions=[args.name]), limit=1
             ).records
+            for asset in CAMPAIGN_ASSETS
         )
         if needed:
-            todo["campaign_summary"] = [args.name]
+            todo.update({asset: [args.name] for asset in CAMPAIGN_ASSETS})
             with daemon(alive):
                 backfill_id = backfill(instance, graph, todo, title=title)
                 status = wait(instance, backfill_id, print)
@@ -383,9 +393,27 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
         ).records[0]
         path = Path(record.asset_materialization.metadata["path"].value)
+        matrix, matrix_path = reports.latest(instance, "transfer_matrix", args.name, TransferMatrix)
     summary = CampaignSummary.model_validate_json(path.read_text(encoding="utf-8"))
     print(campaign_table(summary))
     print(f"{args.name}: summary in {path}, plot in {summary.plot_path}")
+    print(f"\n{reports.matrix_table(matrix)}")
+    print(f"{args.name}: transfer matrix in {matrix_path}, heat map in {matrix.plot_path}")
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """The campaign's transfer matrix (large x small models) as materialized by `lsl campaign run`."""
+    with _instance() as instance:
+        _, data_dir, _ = _code_location()
+        if args.name not in (grids := campaigns(data_dir)):
+            raise CliError(f"unknown campaign {args.name!r} (known: {', '.join(grids) or 'none'})")
+        try:
+            matrix, path = reports.latest(instance, "transfer_matrix", args.name, TransferMatrix)
+        except reports.ReportError as exc:
+            raise CliError(f"{exc}: run `lsl campaign run {args.name}` first") from None
+    print(reports.matrix_table(matrix))
+    print(f"{args.name}: transfer matrix in {path}, heat map in {matrix.plot_path}")
     return 0
 
 
@@ -399,9 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
         "plot": (cmd_plot, "each arm's score with its CI, one panel per experiment (PNG)"),
     }
     campaign = sub.add_parser("campaign", help="run a campaign (data/campaigns/NAME.yaml) as a backfill")
-    campaign.add_argument("action", choices=["run"])
+    campaign.add_argument(
+        "action", choices=["run", "matrix"], help="run: backfill and summarize; matrix: the transfer matrix"
+    )
     campaign.add_argument("name", help="the campaign's name")
-    campaign.set_defaults(func=cmd_campaign)
+    campaign.set_defaults(func=lambda args: (cmd_matrix if args.action == "matrix" else cmd_campaign)(args))
     for name, (func, text) in commands.items():
         command = sub.add_parser(name, help=text, description=text)
         command.add_argument("experiments", nargs="*", help="experiment ids (default: all)")

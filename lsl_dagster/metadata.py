@@ -17,6 +17,7 @@ from lsl_dagster.models import (
     Interval,
     Ledger,
     PromptCandidate,
+    TransferMatrix,
 )
 from lsl_dagster.program import render
 from lsl_dagster.prompt_diff import diff_markdown, predictor_diffs
@@ -245,4 +246,55 @@ def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
         ),
         "plot": MetadataValue.path(summary.plot_path),
         "experiments": sum(len(c.experiments) for c in summary.cells),
+    }
+
+
+def matrix_cell_text(value: Interval) -> str:
+    return interval_text(value) + ("" if value.ci_low is None else f" (n={value.n})")
+
+
+def matrix_markdown(matrix: TransferMatrix) -> str:
+    """One markdown table per difference: rows = large models, columns = small models."""
+    names = list(dict.fromkeys(name for cell in matrix.cells for name in cell.differences))
+    sections = [f"**{LABEL}**"] if matrix.simulated else []
+    for name in names:
+        lines = [f"**{name}**", "", "| large \\ small | " + " | ".join(matrix.small_models) + " |"]
+        lines.append("|---" * (len(matrix.small_models) + 1) + "|")
+        for large in matrix.large_models:
+            cells = []
+            for small in matrix.small_models:
+                cell = matrix.cell(large, small)
+                value = cell.differences.get(name) if cell else None
+                cells.append("not run" if value is None else matrix_cell_text(value))
+            lines.append(f"| {large} | " + " | ".join(cells) + " |")
+        sections.append("\n".join(lines))
+    sections.append(
+        "Mean paired difference across the pair's experiments (tasks x optimizers x seeds) with a 95% "
+        "t-interval; p: one-sample t-test; Holm p: adjusted over every cell and difference shown."
+    )
+    return "\n\n".join(sections)
+
+
+def matrix_metadata(matrix: TransferMatrix) -> dict[str, Any]:
+    names = list(dict.fromkeys(name for cell in matrix.cells for name in cell.differences))
+    rows = [
+        TableRecord(
+            {
+                "large_model": cell.large_model,
+                "small_model": cell.small_model,
+                "experiments": len(cell.experiments),
+                **{name: interval_text(cell.differences[name]) for name in names if name in cell.differences},
+            }
+        )
+        for cell in matrix.cells
+    ]
+    columns = [TableColumn("large_model", "string"), TableColumn("small_model", "string")]
+    columns += [TableColumn("experiments", "int"), *(TableColumn(name, "string") for name in names)]
+    return {
+        "matrix": MetadataValue.md(matrix_markdown(matrix)),
+        "cells": MetadataValue.table(rows, schema=TableSchema(columns=columns)),
+        "plot": MetadataValue.path(matrix.plot_path),
+        "simulated": LABEL if matrix.simulated else "no (real models)",
+        "large_models": len(matrix.large_models),
+        "small_models": len(matrix.small_models),
     }

@@ -10,7 +10,7 @@ from typing import TypeVar
 import dagster as dg
 from pydantic import BaseModel
 
-from lsl_dagster.metadata import interval_text
+from lsl_dagster.metadata import matrix_cell_text
 from lsl_dagster.models import PromptCandidate, TransferMatrix
 from lsl_dagster.prompt_diff import diff_text, predictor_diffs
 from lsl_dagster.sim import LABEL
@@ -64,7 +64,7 @@ def matrix_table(matrix: TransferMatrix) -> str:
             for small in matrix.small_models:
                 cell = matrix.cell(large, small)
                 value = cell.differences.get(name) if cell else None
-                row.append("-" if value is None else f"{interval_text(value)} (n={value.n})")
+                row.append("not run" if value is None else matrix_cell_text(value))
             rows.append(row)
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines.append("")
