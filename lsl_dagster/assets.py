@@ -47,6 +47,7 @@ from lsl_dagster.models import (
     PromptCandidate,
     TransferMatrix,
 )
+from lsl_dagster.optimizers import OptimizerOutputError
 from lsl_dagster.plots import campaign_figure, matrix_figure
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
@@ -80,6 +81,11 @@ def _stage(
             yield run
     except ConfigError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
+    except OptimizerOutputError as exc:
+        # Retrying replays the same replies from the cache: only a change to the experiment file helps.
+        raise Failure(
+            description=str(exc), metadata=_saved_ledger(workspace, spec, name), allow_retries=False
+        ) from None
     except BudgetExhausted as exc:
         raise Failure(
             description=f"{exc} before {name} had a result to keep; nothing was saved as its output",

@@ -14,6 +14,7 @@ from lsl_dagster.models import (
     Comparison,
     EvaluationResult,
     ExperimentSpec,
+    FormatCounts,
     Interval,
     Ledger,
     PromptCandidate,
@@ -24,6 +25,7 @@ from lsl_dagster.prompt_diff import diff_markdown, predictor_diffs
 from lsl_dagster.sim import LABEL
 from lsl_dagster.tasks import Task
 
+_FORMAT_COLUMNS = [name for name in FormatCounts.model_fields if name.startswith("n_")]
 _USAGE_SCHEMA = TableSchema(
     columns=[
         TableColumn("model", "string"),
@@ -109,6 +111,19 @@ def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec
         value = getattr(candidate.provenance, key)
         if value is not None:
             metadata[key] = MetadataValue.float(value)
+    if candidate.provenance.unchanged is not None:
+        metadata["prompt_change"] = "unchanged" if candidate.provenance.unchanged else "changed"
+    if candidate.provenance.stop_reason:  # the ledger's budget stop, or why the prompt is unchanged
+        metadata["stop_reason"] = candidate.provenance.stop_reason
+    if candidate.provenance.unparseable_replies:
+        metadata["unparseable_replies"] = candidate.provenance.unparseable_replies
+    return metadata
+
+
+def format_metadata(counts: FormatCounts) -> dict[str, Any]:
+    metadata: dict[str, Any] = counts.model_dump(exclude={"format_warning"})
+    if counts.format_warning:
+        metadata["format_warning"] = counts.format_warning
     return metadata
 
 
@@ -126,6 +141,7 @@ def evaluation_metadata(result: EvaluationResult, spec: ExperimentSpec) -> dict[
         "score": MetadataValue.float(result.score),
         "n": result.n,
         "n_errors": result.n_errors,
+        **format_metadata(result),
         "predictions": MetadataValue.path(result.predictions_path),
         **environment(spec, result.simulated),
         **ledger_metadata(result.ledger),
@@ -143,6 +159,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                     "optimization_calls": a.optimization_calls if a.optimization_calls is not None else -1,
                     "evaluation_calls": a.calls,
                     "evaluation_cost_usd": _cost(a.cost_usd),
+                    **{name: getattr(a, name) for name in _FORMAT_COLUMNS},
                 }
             )
             for a in comparison.arms
@@ -155,6 +172,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                 TableColumn("optimization_calls", "int"),
                 TableColumn("evaluation_calls", "int"),
                 TableColumn("evaluation_cost_usd", "string"),
+                *(TableColumn(name, "int") for name in _FORMAT_COLUMNS),
             ]
         ),
     )
@@ -188,9 +206,13 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
         ),
     )
     banner = f"**{LABEL}**\n\n" if comparison.simulated else ""
+    warnings = [f"- **{a.arm}**: {a.format_warning}" for a in comparison.arms if a.format_warning]
+    if comparison.stage2_unchanged:
+        note = f"Stage 2 left the Stage 1 prompt {comparison.stage2_unchanged}"
+        warnings.insert(0, f"- **LSL equals the baseline by construction**: {note}")
     verdicts = (
         banner
-        + "\n".join(f"- {d.verdict}" for d in comparison.differences)
+        + "\n".join([*(f"- {d.verdict}" for d in comparison.differences), *warnings])
         + "\n\nA difference is claimed only where its 95% CI excludes 0 and its Holm-adjusted p < 0.05."
     )
     total = [ledger.cost_usd for ledger in comparison.usage.values()]
