@@ -5,6 +5,7 @@ from statsmodels.stats.multitest import multipletests
 
 from lsl_dagster.cli import main
 from lsl_dagster.models import Comparison, PromptCandidate
+from lsl_dagster.stats import verdict
 from lsl_dagster_tests.conftest import Lab
 
 BEFORE_EDIT = ["stage1_prompt", "stage2_hardened_prompt", "baseline_evaluation"]
@@ -67,9 +68,8 @@ def test_comparison_p_values_are_holm_adjusted_and_the_verdict_uses_them(lab: La
     assert [d.p_holm for d in comparison.differences] == pytest.approx(
         list(multipletests(raw, method="holm")[1])
     )
-    for d in comparison.differences:
-        if "beats" in d.verdict or "worse" in d.verdict:
-            assert d.p_holm < 0.05 and f"Holm p={d.p_holm:.3g}" in d.verdict
+    for d in comparison.differences:  # the verdict is made from the adjusted p, not the raw one
+        assert d.verdict == verdict(d.diff, d.ci_low, d.ci_high, d.p_holm, label=d.arm, baseline=d.baseline)
     rows = lab.metadata("holm", "comparison")["differences"].records
     assert [(r.data["p"], r.data["p_holm"]) for r in rows] == [
         (f"{d.p_value:.4g}", f"{d.p_holm:.4g}") for d in comparison.differences
