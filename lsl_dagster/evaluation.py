@@ -42,8 +42,10 @@ class Guarded(dspy.Module):
                 prediction = self.program(**inputs)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"[:500]
-                return dspy.Prediction(error=error, lsl_trace=trace, lsl_exc=exc)
-        prediction["lsl_trace"] = trace
+                return dspy.Prediction(error=error, dspy_lsl_trace=trace, dspy_lsl_exc=exc)
+        if isinstance(prediction, dspy.Example):
+            # DSPy hides "dspy_" keys from keys(), items() and len(): a user's metric does not see it.
+            prediction["dspy_lsl_trace"] = trace
         return prediction
 
 
@@ -97,8 +99,8 @@ def evaluate(
                 )
                 for example, (_, prediction, value) in zip(chunk, result.results, strict=True):
                     get = prediction.get if hasattr(prediction, "get") else {}.get
-                    error, trace = get("error"), get("lsl_trace") or formats.ExampleTrace()
-                    kind = formats.error_kind(get("lsl_exc"), float(value), trace)
+                    error, trace = get("error"), get("dspy_lsl_trace") or formats.ExampleTrace()
+                    kind = formats.error_kind(get("dspy_lsl_exc"), float(value), trace)
                     # A provider failure says nothing about the prompt: recorded, never scored as wrong.
                     scored = None if kind == "provider_failure" else float(value)
                     row = {

@@ -15,9 +15,17 @@ from dspy.clients.cache import Cache
 from lsl_dagster.evaluation import Totals, evaluate, scores
 from lsl_dagster.ledger import Meter
 from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import Comparison, ModelSpec, PromptCandidate
+from lsl_dagster.models import (
+    Comparison,
+    EvaluationResult,
+    ExperimentSpec,
+    Ledger,
+    ModelSpec,
+    PromptCandidate,
+)
 from lsl_dagster.program import task_program
 from lsl_dagster.sim_server import SimServer
+from lsl_dagster.stages import compare
 from lsl_dagster.tasks import load_task
 from lsl_dagster_tests.conftest import PROJECT, Lab
 from lsl_dagster_tests.test_cli import run_cli
@@ -218,3 +226,73 @@ _EVALUATION = {
     "lsl": "stage3_evaluation",
     "budget_matched": "budget_matched_evaluation",
 }
+
+
+def test_the_comparison_pairs_only_examples_both_arms_answered(tmp_path: Path):
+    spec = ExperimentSpec.model_validate(
+        {
+            "experiment_id": "pairs",
+            "task": "arithmetic",
+            "large_model": {"model": "sim/large"},
+            "small_model": {"model": "sim/small"},
+        }
+    )
+    provenance = {
+        "stage": "stage1",
+        "optimizer": "miprov2",
+        "model": "sim/large",
+        "seed": 0,
+        "spec_hash": "x",
+    }
+
+    def candidate(stage: str, unchanged: bool | None = None) -> PromptCandidate:
+        return PromptCandidate(
+            experiment_id="pairs",
+            task="arithmetic",
+            predictors={},
+            simulated=True,
+            provenance={**provenance, "stage": stage, "unchanged": unchanged, "stop_reason": "unchanged: x"},
+            ledger=Ledger(stage=stage, budget_used=10),
+        )
+
+    def arm(name: str, per_example: list[float | None]) -> EvaluationResult:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(
+            "".join(json.dumps({"example_id": f"e{i}", "score": s}) + "\n" for i, s in enumerate(per_example))
+        )
+        scored = [s for s in per_example if s is not None]
+        return EvaluationResult(
+            experiment_id="pairs",
+            arm=name,
+            model="sim/large",
+            split="test",
+            n=len(per_example),
+            score=sum(scored) / len(scored),
+            n_errors=0,
+            n_provider_failures=len(per_example) - len(scored),
+            predictions_path=str(path),
+            ledger=Ledger(stage=name),
+            simulated=True,
+        )
+
+    baseline = arm("baseline", [1, 0, None, 1, 0, 1])
+    lsl = arm("lsl", [1, 1, 1, None, 0, 1])  # e2 and e3 were answered by one arm only
+    matched = arm("budget_matched", [0, 0, 1, 1, 0, 1])
+    result = compare(
+        spec,
+        stage1=candidate("stage1"),
+        stage2=candidate("stage2", unchanged=True),
+        budget_matched=candidate("budget_matched"),
+        baseline_evaluation=baseline,
+        stage3_evaluation=lsl,
+        budget_matched_evaluation=matched,
+    )
+    lsl_vs_baseline = next(d for d in result.differences if (d.arm, d.baseline) == ("lsl", "baseline"))
+    assert lsl_vs_baseline.n == 4  # e0, e1, e4, e5
+    assert lsl_vs_baseline.diff == pytest.approx((0 + 1 + 0 + 0) / 4)
+    assert {a.arm: a.n_provider_failures for a in result.arms} == {
+        "baseline": 1,
+        "lsl": 1,
+        "budget_matched": 0,
+    }
+    assert result.stage2_unchanged == "unchanged: x"
