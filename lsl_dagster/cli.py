@@ -18,7 +18,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._time import get_current_datetime
 
-from lsl_dagster import reports
+from lsl_dagster import reports, storage
 from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
 from lsl_dagster.experiments import campaigns, spec_versions
@@ -48,7 +48,7 @@ from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
 
 T = TypeVar("T", Comparison, EvaluationResult)
-Stored = dict[str, tuple[Comparison, Path]]  # experiment id -> its latest comparison and the file it is in
+Stored = dict[str, tuple[Comparison, str]]  # experiment id -> its latest comparison and where it is stored
 
 # The stage assets in pipeline order, with their column headers in `lsl status`.
 STAGES = {
@@ -116,11 +116,12 @@ def _check_known(requested: Sequence[str], known: Sequence[str]) -> None:
         raise CliError(f"unknown experiment(s): {', '.join(unknown)} (known: {', '.join(known) or 'none'})")
 
 
-def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, Path]:
-    """An asset value from the file its materialization names (the IO manager's `path` metadata)."""
-    path = Path(record.asset_materialization.metadata["path"].value)
+def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, str]:
+    """An asset value from where its materialization says it is (the IO manager's `path` metadata: a file
+    or an s3:// object)."""
+    location = record.asset_materialization.metadata["path"].value
     try:
-        return model.model_validate_json(path.read_text(encoding="utf-8")), path
+        return model.model_validate_json(storage.read_text(location)), location
     except (OSError, ValueError) as exc:  # a missing, unreadable or invalid file
         raise CliError(f"cannot read {what} of {record.partition_key} named in the instance: {exc}") from None
 
@@ -279,8 +280,11 @@ def cmd_results(args: argparse.Namespace) -> int:
         stored = latest_comparisons(instance, args.experiments)
         changes = reports.prompt_changes(instance, list(stored)) if args.prompts else None
     print(results_table([comparison for comparison, _ in stored.values()]))
-    for experiment_id, (_, path) in stored.items():
-        print(f"{experiment_id}: assets, predictions and call log in {path.parent}")
+    for experiment_id, (_, location) in stored.items():
+        if storage.is_remote(location):
+            print(f"{experiment_id}: assets in {storage.parent(location)}")
+        else:
+            print(f"{experiment_id}: assets, predictions and call log in {storage.parent(location)}")
     if changes is not None:
         print(f"\n{changes}")
     return 0
@@ -428,9 +432,9 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         record = instance.fetch_materializations(
             dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
         ).records[0]
-        path = Path(record.asset_materialization.metadata["path"].value)
+        path = record.asset_materialization.metadata["path"].value
         matrix, matrix_path = reports.latest(instance, "transfer_matrix", args.name, TransferMatrix)
-    summary = CampaignSummary.model_validate_json(path.read_text(encoding="utf-8"))
+    summary = CampaignSummary.model_validate_json(storage.read_text(path))
     print(campaign_table(summary))
     print(f"{args.name}: summary in {path}, plot in {summary.plot_path}")
     print(f"\n{reports.matrix_table(matrix)}")

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import dagster as dg
 from pydantic import BaseModel
 
+from lsl_dagster import storage
 from lsl_dagster.metadata import matrix_cell_text
 from lsl_dagster.models import PromptCandidate, TransferMatrix
 from lsl_dagster.prompt_diff import diff_text, predictor_diffs
@@ -22,15 +22,16 @@ class ReportError(Exception):
     """What was asked for is not in the instance; the message says what to materialize."""
 
 
-def latest(instance: dg.DagsterInstance, asset: str, partition: str, model: type[M]) -> tuple[M, Path]:
-    """The latest materialized value of one asset partition, read from the file its metadata names."""
+def latest(instance: dg.DagsterInstance, asset: str, partition: str, model: type[M]) -> tuple[M, str]:
+    """The latest materialized value of one asset partition, read from where its metadata says (a local
+    path or an object-storage URL)."""
     filter_ = dg.AssetRecordsFilter(dg.AssetKey(asset), asset_partitions=[partition])
     records = instance.fetch_materializations(filter_, limit=1).records
     if not records:
         raise ReportError(f"{asset} has not been materialized for {partition} yet")
-    path = Path(records[0].asset_materialization.metadata["path"].value)
+    path = str(records[0].asset_materialization.metadata["path"].value)
     try:
-        return model.model_validate_json(path.read_text(encoding="utf-8")), path
+        return model.model_validate_json(storage.read_text(path)), path
     except (OSError, ValueError) as exc:
         raise ReportError(f"cannot read {asset} of {partition} named in the instance: {exc}") from None
 
