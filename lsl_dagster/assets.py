@@ -10,6 +10,7 @@ from pathlib import Path
 from dagster import (
     AssetExecutionContext,
     AssetIn,
+    AssetObservation,
     AssetsDefinition,
     DataVersion,
     DataVersionsByPartition,
@@ -48,6 +49,7 @@ from lsl_dagster.models import (
     TransferMatrix,
 )
 from lsl_dagster.optimizers import OptimizerOutputError
+from lsl_dagster.plan import forecast
 from lsl_dagster.plots import campaign_figure, matrix_figure
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
@@ -115,6 +117,19 @@ def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict
     return ledger_metadata(ledger) if ledger is not None else {}
 
 
+def _plan_metadata(workspace: Workspace, experiment_id: str) -> dict:
+    try:
+        spec = workspace.experiment(experiment_id)
+        task = workspace.task(spec.task)
+    except (ExperimentError, TaskDataError):
+        return {}  # the stages report an invalid file; the observation only versions it
+    plan = forecast(spec, task)
+    metadata: dict = {key: value for key, value in plan.metadata().items() if value is not None}
+    if plan.refusal:
+        metadata["plan_refusal"] = plan.refusal
+    return metadata
+
+
 def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
     @observable_source_asset(partitions_def=partitions, group_name=GROUP)
     def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
@@ -124,6 +139,15 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         # event log with the square of a campaign's size.
         keys = [context.partition_key] if context.has_partition_key else partitions.get_partition_keys()
         versions = spec_versions(Path(workspace.data_dir), keys)
+        if context.has_partition_key:
+            # The forecast (lsl plan) of the experiment about to run, logged before its versioned observation.
+            metadata = _plan_metadata(workspace, context.partition_key)
+            if metadata:
+                context.log_event(
+                    AssetObservation(
+                        asset_key=context.asset_key, partition=context.partition_key, metadata=metadata
+                    )
+                )
         return DataVersionsByPartition({key: DataVersion(version) for key, version in versions.items()})
 
     # Every stage reads the experiment file, so each depends on it: editing the file marks them all stale.
