@@ -34,6 +34,7 @@ from lsl_dagster.launch import (
 )
 from lsl_dagster.metadata import interval_text
 from lsl_dagster.models import (
+    SIMULATED,
     ArmSummary,
     CampaignSummary,
     Comparison,
@@ -44,7 +45,6 @@ from lsl_dagster.models import (
 )
 from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
-from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
 
 T = TypeVar("T", Comparison, EvaluationResult)
@@ -271,7 +271,7 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
             )
         lines += [line for arm in comparison.arms for line in _format_lines(arm)]
     if any(c.simulated for c in comparisons):
-        lines.append(f"(sim) = {LABEL}")
+        lines.append(f"(sim) = {SIMULATED}")
     return "\n".join(lines)
 
 
@@ -388,7 +388,7 @@ def campaign_table(summary: CampaignSummary) -> str:
         "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]
     ]
     if summary.simulated:
-        lines.append(LABEL)
+        lines.append(SIMULATED)
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 from lsl_dagster import CODE_VERSION
 from lsl_dagster.models import (
+    SIMULATED,
     CampaignSummary,
     Comparison,
     EvaluationResult,
@@ -22,7 +23,6 @@ from lsl_dagster.models import (
 )
 from lsl_dagster.program import render
 from lsl_dagster.prompt_diff import diff_markdown, predictor_diffs
-from lsl_dagster.sim import LABEL
 from lsl_dagster.tasks import Task
 
 _FORMAT_COLUMNS = [name for name in FormatCounts.model_fields if name.startswith("n_")]
@@ -86,7 +86,7 @@ def environment(spec: ExperimentSpec, simulated: bool) -> dict[str, Any]:
     """Enough to reproduce the run: versions, models, seed and the experiment file's content hash.
     `simulated`: the spec names sim models or a response came from a simulator (over any transport)."""
     return {
-        "simulated": LABEL if simulated else "no (real models)",
+        "simulated": SIMULATED if simulated else "no (real models)",
         "models": f"large={spec.large_model.model}, small={spec.small_model.model}",
         "seed": spec.seed,
         "spec_hash": spec.spec_hash,
@@ -99,7 +99,7 @@ def environment(spec: ExperimentSpec, simulated: bool) -> dict[str, Any]:
 
 
 def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec) -> dict[str, Any]:
-    banner = f"> **{LABEL}**\n\n" if candidate.simulated else ""
+    banner = f"> **{SIMULATED}**\n\n" if candidate.simulated else ""
     metadata = {
         "prompt": MetadataValue.md(banner + render(candidate, task)),
         "optimizer": candidate.provenance.optimizer,
@@ -205,7 +205,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
             ]
         ),
     )
-    banner = f"**{LABEL}**\n\n" if comparison.simulated else ""
+    banner = f"**{SIMULATED}**\n\n" if comparison.simulated else ""
     warnings = [f"- **{a.arm}**: {a.format_warning}" for a in comparison.arms if a.format_warning]
     if comparison.stage2_unchanged:
         note = f"Stage 2 left the Stage 1 prompt {comparison.stage2_unchanged}"
@@ -256,7 +256,7 @@ def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
         )
         for c in summary.cells
     ]
-    banner = f"**{LABEL}**\n\n" if summary.simulated else ""
+    banner = f"**{SIMULATED}**\n\n" if summary.simulated else ""
     return {
         "cells": MetadataValue.table(
             rows, schema=TableSchema(columns=[TableColumn(c, "string") for c in columns])
@@ -278,7 +278,7 @@ def matrix_cell_text(value: Interval) -> str:
 def matrix_markdown(matrix: TransferMatrix) -> str:
     """One markdown table per difference: rows = large models, columns = small models."""
     names = list(dict.fromkeys(name for cell in matrix.cells for name in cell.differences))
-    sections = [f"**{LABEL}**"] if matrix.simulated else []
+    sections = [f"**{SIMULATED}**"] if matrix.simulated else []
     for name in names:
         lines = [f"**{name}**", "", "| large \\ small | " + " | ".join(matrix.small_models) + " |"]
         lines.append("|---" * (len(matrix.small_models) + 1) + "|")
@@ -316,7 +316,7 @@ def matrix_metadata(matrix: TransferMatrix) -> dict[str, Any]:
         "matrix": MetadataValue.md(matrix_markdown(matrix)),
         "cells": MetadataValue.table(rows, schema=TableSchema(columns=columns)),
         "plot": MetadataValue.path(matrix.plot_path),
-        "simulated": LABEL if matrix.simulated else "no (real models)",
+        "simulated": SIMULATED if matrix.simulated else "no (real models)",
         "large_models": len(matrix.large_models),
         "small_models": len(matrix.small_models),
     }

@@ -36,6 +36,9 @@ FAMILIES: dict[str, Family] = {
     "ollama_chat": Family("ollama", "http://localhost:11434/v1", (), None),
 }
 PROVIDERS = ("sim", *FAMILIES)
+# The offline simulator's tiers (lsl_dagster.sim, reached only through the LM layer) and its label.
+SIM_TIERS = ("large", "medium", "small", "tiny")
+SIMULATED = "SIMULATED (sim models are a deterministic test double, not real LLMs)"
 
 
 def check_slug(value: str) -> str:
@@ -109,9 +112,9 @@ class ModelSpec(Strict):
     @model_validator(mode="after")
     def _reachable(self) -> ModelSpec:
         if self.provider == "sim":
-            from lsl_dagster.sim import tier_name  # sim imports this module
-
-            tier_name(self.model)
+            if self.model.split("/", 1)[1] not in SIM_TIERS:
+                known = ", ".join(f"sim/{tier}" for tier in SIM_TIERS)
+                raise ValueError(f"unknown sim model {self.model!r}: known tiers are {known}")
             if self.api_base:
                 raise ValueError(f"{self.model}: the in-process simulator takes no api_base")
         return self

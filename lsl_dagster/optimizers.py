@@ -334,4 +334,3 @@ def run_optimizer(
         stop_reason = meter.stop_reason
     activity = gepa_log.summary() if name == "gepa" else None
     return Optimized(program, best.first_score, best.score, stop_reason, activity, watch.summary())
-

@@ -13,8 +13,14 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure  # not pyplot: no global state; a Figure renders with Agg
 
 from lsl_dagster.files import atomic_writer
-from lsl_dagster.models import CampaignSummary, Comparison, Interval, PairedDifference, TransferMatrix
-from lsl_dagster.sim import LABEL
+from lsl_dagster.models import (
+    SIMULATED,
+    CampaignSummary,
+    Comparison,
+    Interval,
+    PairedDifference,
+    TransferMatrix,
+)
 
 BAR = "#4c72b0"
 # A bar shorter than this (in score units) cannot hold its label inside: the label goes above it.
@@ -60,7 +66,7 @@ def _ci(d: PairedDifference, sep: str = " ") -> str:
 
 def _save(fig: Figure, path: Path, simulated: bool) -> None:
     if simulated:
-        fig.suptitle(LABEL, color="#b00000", fontsize="medium", wrap=True)
+        fig.suptitle(SIMULATED, color="#b00000", fontsize="medium", wrap=True)
     with atomic_writer(path, "wb") as out:
         fig.savefig(out, format="png", dpi=120)
 

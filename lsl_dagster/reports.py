@@ -11,9 +11,9 @@ from pydantic import BaseModel
 
 from lsl_dagster import storage
 from lsl_dagster.metadata import matrix_cell_text
+from lsl_dagster.models import SIMULATED as LABEL
 from lsl_dagster.models import PromptCandidate, TransferMatrix
 from lsl_dagster.prompt_diff import diff_text, predictor_diffs
-from lsl_dagster.sim import LABEL
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -26,10 +26,10 @@ from lsl_dagster.assets import CAMPAIGN_GROUP
 from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.cli import main
 from lsl_dagster.experiments import campaigns, experiment_ids, load_experiment
+from lsl_dagster.models import SIMULATED as LABEL
 from lsl_dagster.models import Comparison, TransferMatrix
-from lsl_dagster.sim import LABEL
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import FAST, PROJECT, Lab
+from lsl_dagster_tests.conftest import FAST, PROJECT, Lab, shipped_keys
 
 PAIRS = [
     {"name": "l-s", "large_model": {"model": "sim/large"}, "small_model": {"model": "sim/small"}},
@@ -125,7 +125,7 @@ def test_campaign_runs_as_a_backfill_survives_a_kill_and_matches_its_experiments
             }
         )
     )
-    with SimServer(latency_s=0.01).start() as server:
+    with SimServer(latency_s=0.01, answer_keys=shipped_keys()).start() as server:
         http = {"api_base": server.url, "max_concurrency": 3}
         pairs = [
             {

@@ -11,8 +11,9 @@ from dspy.lm15 import Message, Request, Response, TextPart, Usage
 from lsl_dagster.cli import main
 from lsl_dagster.ledger import Meter
 from lsl_dagster.lm import MeteredEngine
+from lsl_dagster.models import SIMULATED as LABEL
 from lsl_dagster.models import ModelSpec
-from lsl_dagster.sim import FINGERPRINT, LABEL, SIMULATED_HEADER
+from lsl_dagster.sim import FINGERPRINT, SIMULATED_HEADER
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.conftest import Lab
 
