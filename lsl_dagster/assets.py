@@ -27,6 +27,7 @@ from dagster import (
 
 from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
+from lsl_dagster.campaigns import transfer_matrix as transfer_matrix_of
 from lsl_dagster.experiments import ExperimentError, spec_versions
 from lsl_dagster.ledger import BudgetExhausted
 from lsl_dagster.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
@@ -34,10 +35,19 @@ from lsl_dagster.metadata import (
     campaign_metadata,
     comparison_metadata,
     evaluation_metadata,
+    hardening_metadata,
     ledger_metadata,
+    matrix_metadata,
     prompt_metadata,
 )
-from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
+from lsl_dagster.models import (
+    CampaignSummary,
+    Comparison,
+    EvaluationResult,
+    ExperimentSpec,
+    PromptCandidate,
+    TransferMatrix,
+)
 from lsl_dagster.optimizers import OptimizerOutputError
 from lsl_dagster.plan import forecast
 from lsl_dagster.tasks import Task, TaskDataError
@@ -168,7 +178,8 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         spec, task = _load(workspace, context.partition_key)
         with _stage(context, workspace, language_models, spec, "stage2", spec.stage2.max_calls) as run:
             candidate = stages.stage2_harden(spec, task, stage1_prompt, run)
-        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+        metadata = {**prompt_metadata(candidate, task, spec), **hardening_metadata(stage1_prompt, candidate)}
+        return Output(candidate, metadata=metadata)
 
     @asset(pool=POOL, **common)
     def budget_matched_prompt(
@@ -230,15 +241,18 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
                 update={"predictions_path": str(workspace.resolve(result.predictions_path))}
             )
 
-        result = stages.compare(
-            spec,
-            stage1=stage1_prompt,
-            stage2=stage2_hardened_prompt,
-            budget_matched=budget_matched_prompt,
-            baseline_evaluation=located(baseline_evaluation),
-            stage3_evaluation=located(stage3_evaluation),
-            budget_matched_evaluation=located(budget_matched_evaluation),
-        )
+        try:
+            result = stages.compare(
+                spec,
+                stage1=stage1_prompt,
+                stage2=stage2_hardened_prompt,
+                budget_matched=budget_matched_prompt,
+                baseline_evaluation=located(baseline_evaluation),
+                stage3_evaluation=located(stage3_evaluation),
+                budget_matched_evaluation=located(budget_matched_evaluation),
+            )
+        except stages.InconsistentArms as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
         return Output(result, metadata=comparison_metadata(result, spec))
 
     return [
@@ -281,4 +295,25 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         campaign_figure(summary, plot)
         return Output(summary, metadata=campaign_metadata(summary))
 
-    return [campaign_summary]
+    @asset(
+        partitions_def=StaticPartitionsDefinition(sorted({*campaigns, *errors})),
+        group_name=CAMPAIGN_GROUP,
+        code_version=CODE_VERSION,
+        ins={"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
+    )
+    def transfer_matrix(
+        context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
+    ) -> Output[TransferMatrix]:
+        """For which (large, small) model pairs does hardening transfer? Rows = large models, columns =
+        small models; each cell LSL - baseline and LSL - budget-matched across the pair's tasks, optimizers
+        and seeds, with 95% t-intervals and Holm-adjusted p-values, as a table and a heat map."""
+        if context.partition_key in errors:
+            raise Failure(description=errors[context.partition_key], allow_retries=False)
+        from lsl_dagster.plots import matrix_figure  # matplotlib only where a plot is drawn (see above)
+
+        plot = workspace.run_dir(context.partition_key) / "transfer_matrix.png"
+        matrix = transfer_matrix_of(context.partition_key, comparisons, workspace.relative(plot))
+        matrix_figure(matrix, plot)
+        return Output(matrix, metadata=matrix_metadata(matrix))
+
+    return [campaign_summary, transfer_matrix]

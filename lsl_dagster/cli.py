@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import dagster as dg
 
-from lsl_dagster import storage
+from lsl_dagster import reports, storage
 from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
 from lsl_dagster.experiments import problems, scan_campaigns, spec_versions
@@ -30,6 +30,7 @@ from lsl_dagster.launch import (
     run_experiments,
     run_summary,
 )
+from lsl_dagster.metadata import interval_text
 from lsl_dagster.models import (
     SIMULATED,
     ArmSummary,
@@ -37,8 +38,8 @@ from lsl_dagster.models import (
     Comparison,
     EvaluationResult,
     FormatCounts,
-    Interval,
     PairedDifference,
+    TransferMatrix,
 )
 from lsl_dagster.registry import NEEDS_WORK, Stage, latest_materializations, stage_status, stages_of
 from lsl_dagster.stats import paired_bootstrap_ci
@@ -62,7 +63,8 @@ COLUMNS = {
     **dict.fromkeys(["experiment_id", "task", "large_model", "small_model"], "string"),
     **{"simulated": "bool", "arm": "string", "score": "float64"},
     **dict.fromkeys(["n", "optimization_calls", "evaluation_calls"], "int64"),
-    **dict.fromkeys(["evaluation_cost_usd", "diff_vs_baseline", "ci_low", "ci_high", "mcnemar_p"], "float64"),
+    **dict.fromkeys(["evaluation_cost_usd", "diff_vs_baseline", "ci_low", "ci_high"], "float64"),
+    **{"test": "string", "p_value": "float64", "p_holm": "float64"},
     **{"verdict": "string", "total_calls": "int64", "total_cost_usd": "float64"},
     **dict.fromkeys(
         ["n_wrong", "n_unparseable", "n_truncated", "n_adapter_fallbacks", "n_provider_failures"], "int64"
@@ -70,6 +72,13 @@ COLUMNS = {
     "format_warning": "string",
     "stage2_unchanged": "string",
 }
+
+
+DIFFERENCE_FIELDS = {"ci_low", "ci_high", "test", "p_value", "p_holm", "verdict"}
+
+
+# Materialized per campaign after its experiments: the summary across seeds and the transfer matrix.
+CAMPAIGN_ASSETS = ("campaign_summary", "transfer_matrix")
 
 
 class CliError(Exception):
@@ -134,9 +143,7 @@ def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, str]
     """An asset value from where its materialization says it is (the IO manager's `path` metadata: an
     s3:// object, or a file relative to the runs directory: the one LSL_RUNS_DIR names now, wherever the
     runs directory was then)."""
-    location = str(record.asset_materialization.metadata["path"].value)
-    if not storage.is_remote(location):
-        location = str(_runs_dir() / location)
+    location = reports.located(str(record.asset_materialization.metadata["path"].value))
     try:
         return model.model_validate_json(storage.read_text(location)), location
     except (OSError, ValueError) as exc:  # a missing, unreadable or invalid file
@@ -215,6 +222,10 @@ def _cost(value: float | None) -> str:
     return "unknown" if value is None else f"${value:.4f}"
 
 
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def _ci(d: PairedDifference, sep: str = " ") -> str:
     return f"{d.diff:+.3f}{sep}[{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
 
@@ -241,8 +252,8 @@ def _format_lines(arm: ArmSummary) -> list[str]:
 
 def results_table(comparisons: Sequence[Comparison]) -> str:
     lines = [
-        f"{'experiment':<24} {'arm':<15} {'score':>6} {'n':>5}  {'vs baseline [95% CI]':<27} {'p':>8}  "
-        f"{'opt calls':>9} {'eval cost':>10} {'fmt fail':>8}"
+        f"{'experiment':<24} {'arm':<15} {'score':>6} {'n':>5}  {'vs baseline [95% CI]':<27} {'p':>8} "
+        f"{'Holm p':>8}  {'opt calls':>9} {'eval cost':>10} {'fmt fail':>8}"
     ]
     for comparison in comparisons:
         label = comparison.experiment_id + (" (sim)" if comparison.simulated else "")
@@ -250,10 +261,10 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
         for arm in comparison.arms:
             d = diffs.get(arm.arm)
             delta = _ci(d) if d else "-"
-            p = "-" if d is None or d.mcnemar_p is None else f"{d.mcnemar_p:.3g}"
+            p, p_holm = (_p(d.p_value), _p(d.p_holm)) if d else ("-", "-")
             calls = "-" if arm.optimization_calls is None else str(arm.optimization_calls)
             lines.append(
-                f"{label:<24} {arm.arm:<15} {arm.score:>6.3f} {arm.n:>5}  {delta:<27} {p:>8}  "
+                f"{label:<24} {arm.arm:<15} {arm.score:>6.3f} {arm.n:>5}  {delta:<27} {p:>8} {p_holm:>8}  "
                 f"{calls:>9} {_cost(arm.cost_usd):>10} {_format_share(arm):>8}"
             )
         lines += [f"    {d.verdict}" for d in comparison.differences]
@@ -271,12 +282,15 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
 def cmd_results(args: argparse.Namespace) -> int:
     with _instance() as instance:
         stored = latest_comparisons(instance, args.experiments)
+        changes = reports.prompt_changes(instance, list(stored)) if args.prompts else None
     print(results_table([comparison for comparison, _ in stored.values()]))
     for experiment_id, (_, location) in stored.items():
         if storage.is_remote(location):
             print(f"{experiment_id}: assets in {storage.parent(location)}")
         else:
             print(f"{experiment_id}: assets, predictions and call log in {storage.parent(location)}")
+    if changes is not None:
+        print(f"\n{changes}")
     return 0
 
 
@@ -296,7 +310,7 @@ def export_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
                     "evaluation_calls": arm.calls,
                     "evaluation_cost_usd": arm.cost_usd,
                     "diff_vs_baseline": None if d is None else d.diff,
-                    **(d.model_dump(include={"ci_low", "ci_high", "mcnemar_p", "verdict"}) if d else {}),
+                    **(d.model_dump(include=DIFFERENCE_FIELDS) if d else {}),
                     "total_calls": sum(ledger.calls for ledger in c.usage.values()),
                     "total_cost_usd": None if None in costs else sum(costs),
                 }
@@ -364,11 +378,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def campaign_table(summary: CampaignSummary) -> str:
     """Per cell: each arm's mean score and LSL's differences, with 95% CIs across seeds."""
 
-    def interval(value: Interval) -> str:
-        if value.ci_low is None or value.ci_high is None:
-            return f"{value.mean:+.3f}"
-        return f"{value.mean:+.3f} [{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
-
     cell = summary.cells[0]
     header = ["cell", "seeds", *cell.arms, *cell.differences]
     rows = [
@@ -376,7 +385,7 @@ def campaign_table(summary: CampaignSummary) -> str:
             f"{c.task}/{c.pair}/{c.optimizer}",
             str(len(c.experiments)),
             *(f"{v.mean:.3f}" for v in c.arms.values()),
-            *map(interval, c.differences.values()),
+            *map(interval_text, c.differences.values()),
         ]
         for c in summary.cells
     ]
@@ -407,11 +416,14 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             raise CliError(f"experiment(s) {', '.join(busy)} are being run right now; try again when done")
         todo = {e: [a for a in STAGES if table[e][a] in NEEDS_WORK] for e in ids}
         todo = {e: assets for e, assets in todo.items() if assets}
-        summary = latest_materializations(instance, "campaign_summary", [args.name]).get(args.name)
         comparisons = latest_materializations(instance, "comparison", ids)
-        stale_summary = summary is None or any(
-            r.storage_id > summary.storage_id for r in comparisons.values()
-        )
+        # The summary and the matrix are redone when either is missing or older than a comparison.
+        stale_campaign = False
+        for asset in CAMPAIGN_ASSETS:
+            record = latest_materializations(instance, asset, [args.name]).get(args.name)
+            stale_campaign |= record is None or any(
+                r.storage_id > record.storage_id for r in comparisons.values()
+            )
     launch = new_launch_id()
     tags = {CAMPAIGN_TAG: args.name, LAUNCH_TAG: launch}
     log = location.runs_dir / args.name / f"launch-{launch}.log"
@@ -426,15 +438,38 @@ def cmd_campaign(args: argparse.Namespace) -> int:
                 + ", ".join(f"{o.experiment_id} (run {o.run_id})" for o in failed)
                 + f"; see `lsl status` and {log}. Run this command again to retry only what is left."
             )
-    if todo or stale_summary:
-        run_id, success = run_summary(args.name, tags, log)
+    if todo or stale_campaign:
+        run_id, success = run_summary(args.name, CAMPAIGN_ASSETS, tags, log)
         if not success:
-            raise CliError(f"campaign {args.name}: the campaign_summary run {run_id} failed; see {log}")
+            raise CliError(
+                f"campaign {args.name}: the campaign run {run_id} ({', '.join(CAMPAIGN_ASSETS)}) "
+                f"failed; see {log}"
+            )
     with _instance() as instance:
         (record,) = latest_materializations(instance, "campaign_summary", [args.name]).values()
         summary_model, path = _load(CampaignSummary, record, "the campaign summary")
+        matrix, matrix_path = reports.latest(instance, "transfer_matrix", args.name, TransferMatrix)
     print(campaign_table(summary_model))
-    print(f"{args.name}: summary in {path}, plot in {location.runs_dir / summary_model.plot_path}")
+    print(f"{args.name}: summary in {path}, plot in {reports.located(summary_model.plot_path)}")
+    print(f"\n{reports.matrix_table(matrix)}")
+    print(f"{args.name}: transfer matrix in {matrix_path}, heat map in {reports.located(matrix.plot_path)}")
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """The campaign's transfer matrix (large x small models) as materialized by `lsl campaign run`."""
+    with _instance() as instance:
+        valid, errors = scan_campaigns(_code_location().data_dir)
+        if args.name in errors:
+            raise CliError(f"campaign {args.name} is invalid: {errors[args.name]}")
+        if args.name not in valid:
+            raise CliError(f"unknown campaign {args.name!r} (known: {', '.join(valid) or 'none'})")
+        try:
+            matrix, path = reports.latest(instance, "transfer_matrix", args.name, TransferMatrix)
+        except reports.ReportError as exc:
+            raise CliError(f"{exc}: run `lsl campaign run {args.name}` first") from None
+    print(reports.matrix_table(matrix))
+    print(f"{args.name}: transfer matrix in {path}, heat map in {reports.located(matrix.plot_path)}")
     return 0
 
 
@@ -488,19 +523,27 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="forecast calls, tokens and cost per stage, without calling a model")
     plan.add_argument("experiments", nargs="+", help="experiment ids")
     plan.set_defaults(func=cmd_plan)
-    campaign = sub.add_parser("campaign", help="run a campaign (data/campaigns/NAME.yaml) as a backfill")
-    campaign.add_argument("action", choices=["run"])
+    campaign = sub.add_parser("campaign", help="run a campaign (data/campaigns/NAME.yaml) or show its matrix")
+    campaign.add_argument(
+        "action",
+        choices=["run", "matrix"],
+        help="run: what it still needs, then its summary and matrix; matrix: the transfer matrix",
+    )
     campaign.add_argument("name", help="the campaign's name")
     campaign.add_argument(
         "--workers", type=int, default=4, help="experiments run at once, each in a worker process (default 4)"
     )
-    campaign.set_defaults(func=cmd_campaign)
+    campaign.set_defaults(func=lambda args: (cmd_matrix if args.action == "matrix" else cmd_campaign)(args))
     for name, (func, text) in commands.items():
         command = sub.add_parser(name, help=text, description=text)
         command.add_argument("experiments", nargs="*", help="experiment ids (default: all)")
         command.set_defaults(func=func)
         if name == "export":
             command.add_argument("--format", choices=["csv", "json", "parquet"], required=True)
+        if name == "results":
+            command.add_argument(
+                "--prompts", action="store_true", help="also show what Stage 2 changed in the Stage 1 prompt"
+            )
         if name in ("export", "plot"):
             command.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     return parser
@@ -515,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("ignore", dg.BetaWarning)
             warnings.simplefilter("ignore", dg.PreviewWarning)
             return args.func(args)
-    except (CliError, CampaignError) as exc:
+    except (CliError, CampaignError, reports.ReportError) as exc:
         print(f"lsl: {exc}", file=sys.stderr)
         return 2
 

@@ -47,7 +47,7 @@ def build_definitions(
             define_asset_job(
                 "lsl_campaign",
                 selection=AssetSelection.groups(CAMPAIGN_GROUP),
-                description="Summarize a campaign whose experiments all have a comparison.",
+                description="A campaign with a comparison for every experiment: its summary and matrix.",
             ),
         ],
         # Stages of one experiment run one at a time anyway (they share its budget), so steps run

@@ -115,14 +115,17 @@ def run_experiments(
     return outcomes
 
 
-def run_summary(campaign: str, tags: Mapping[str, str], log_path: Path) -> tuple[str, bool]:
-    """The campaign_summary run, in a worker like the experiments (this process keeps its own instance)."""
+def run_summary(
+    campaign: str, assets: Sequence[str], tags: Mapping[str, str], log_path: Path
+) -> tuple[str, bool]:
+    """The run of the campaign's own assets (summary, transfer matrix), in a worker like the experiments
+    (this process keeps its own instance)."""
     context = multiprocessing.get_context("forkserver")
     tags = {**tags, HOST_TAG: socket.gethostname()}
     with ProcessPoolExecutor(
         1, mp_context=context, initializer=_start_worker, initargs=(str(log_path),)
     ) as pool:
-        return pool.submit(_execute, "lsl_campaign", campaign, ["campaign_summary"], tags).result()
+        return pool.submit(_execute, "lsl_campaign", campaign, assets, tags).result()
 
 
 def new_launch_id() -> str:

@@ -162,6 +162,8 @@ class MeteredEngine:
                 )
                 raise
             cost, source = self._cost(response)
+            # A simulator says so in its reply, whatever the model is called or however it is served.
+            simulated = (response.provider_data or {}).get("system_fingerprint") == sim.FINGERPRINT
             self.meter.settle(
                 model,
                 worst,
@@ -171,6 +173,7 @@ class MeteredEngine:
                 cost_usd=cost,
                 cost_source=source,
                 latency_s=time.perf_counter() - start,
+                simulated=simulated,
             )
         return response
 

@@ -50,6 +50,10 @@ class Rate:
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+# How a sim reply identifies itself to the client, over any transport (the `system_fingerprint` of the
+# completion; the HTTP server also sends the SIMULATED_HEADER header).
+FINGERPRINT = "lsl-sim"
+SIMULATED_HEADER = "X-LSL-Simulated"
 
 
 @dataclass(frozen=True)
@@ -808,6 +812,7 @@ class SimEngine:
             message=Message.assistant([TextPart(reply.text)]),
             finish_reason=reply.finish_reason,
             usage=Usage(input_tokens=reply.input_tokens, output_tokens=reply.output_tokens),
+            provider_data={"system_fingerprint": FINGERPRINT},
         )
 
     def stream(self, request: Request):

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from lsl_dagster.models import SIMULATED
-from lsl_dagster.sim import TIERS, AnswerKey, Reply, respond, tier_name
+from lsl_dagster.sim import FINGERPRINT, SIMULATED_HEADER, TIERS, AnswerKey, Reply, respond, tier_name
 from lsl_dagster.sim_dialects import (
     GEMINI_PATH,
     KEY_HEADERS,
@@ -283,7 +283,8 @@ class _Handler(BaseHTTPRequestHandler):
             digest = hashlib.sha256(json.dumps([model, system, turns, sim.seed]).encode()).hexdigest()
             sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
             sim._record_repeat(digest, temperature, reply.input_tokens, reply.output_tokens, tier)
-            self._json(200, render_gemini(model, reply) if gemini else render_messages(n, model, reply))
+            rendered = render_gemini(model, reply) if gemini else render_messages(n, model, reply)
+            self._json(200, {**rendered, "system_fingerprint": FINGERPRINT}, {SIMULATED_HEADER: "1"})
         except RequestError as exc:
             sim._count("rejected")
             self._json(exc.status, {"error": {"type": "invalid_request_error", "message": exc.message}})
@@ -332,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
             sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest, finish)
             sim._record_repeat(digest, body.get("temperature"), reply.input_tokens, reply.output_tokens, tier)
-            self._json(200, payload)
+            self._json(200, payload, {SIMULATED_HEADER: "1"})
         except RequestError as exc:
             sim._count("rejected")
             self._json(exc.status, _error_body(exc.message, exc.type, exc.code))
@@ -625,7 +626,7 @@ class SimServer:
             "object": "chat.completion",
             "created": 0,
             "model": model,
-            "system_fingerprint": "sim",
+            "system_fingerprint": FINGERPRINT,
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": finish}
             ],

@@ -129,6 +129,7 @@ class Workspace(ConfigurableResource):
                 )
             call_log = CallLog(run_dir / "calls.jsonl")
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
+            meter.simulated_models({r["model"] for r in calls if r.get("simulated")})
             run = StageRun(spec, meter, models, functools.partial(self.task, spec.task))
             try:
                 with experiment_cache(run_dir, meter):
