@@ -11,7 +11,8 @@ import dspy
 from dspy.utils.callback import BaseCallback
 
 from lsl_dagster.ledger import BudgetExhausted, Meter
-from lsl_dagster.tasks import Task, feedback, score
+from lsl_dagster.metrics import call_metric, neutral_feedback
+from lsl_dagster.tasks import Task
 
 MAX_BOOTSTRAPPED_DEMOS = 3
 MAX_LABELED_DEMOS = 2
@@ -19,29 +20,33 @@ REFLECTION_MINIBATCH = 3
 
 
 def metric_for(task: Task) -> Callable[..., float]:
-    definition = task.definition
+    """The task's metric as DSPy's optimizers and Evaluate call it: a number."""
 
     def metric(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
-        return score(
-            definition.metric, example[definition.output], str(getattr(prediction, definition.output, ""))
-        )
+        return call_metric(task.metric, example, prediction, trace).score
 
     return metric
 
 
 def feedback_metric_for(task: Task) -> Callable[..., dspy.Prediction]:
-    """GEPA's metric: the score plus text saying what went wrong, which the reflection model reads."""
-    definition = task.definition
+    """GEPA's metric: the score plus the text its reflection model reads, per predictor when GEPA asks
+    (pred_name). The feedback is the task metric's own; when it gives none, a task-agnostic account of
+    the inputs and of expected vs got per output field."""
 
     def metric(
         gold: dspy.Example, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
-    ):
-        gold_answer = gold[definition.output]
-        predicted = str(getattr(pred, definition.output, ""))
-        return dspy.Prediction(
-            score=score(definition.metric, gold_answer, predicted),
-            feedback=feedback(definition.metric, gold_answer, predicted),
+    ) -> dspy.Prediction:
+        result = call_metric(task.metric, gold, pred, trace, pred_name, pred_trace)
+        feedback = result.feedback or neutral_feedback(
+            gold,
+            pred,
+            inputs=task.input_fields,
+            labels=task.label_fields,
+            score_value=result.score,
+            pred_name=pred_name,
+            pred_trace=pred_trace,
         )
+        return dspy.Prediction(score=result.score, feedback=feedback)
 
     return metric
 
