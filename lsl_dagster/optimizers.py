@@ -87,9 +87,10 @@ class BestSoFar(BaseCallback):
 class BudgetStopper:
     """Stops GEPA between iterations when the stage's calls cannot cover one more typical iteration."""
 
-    def __init__(self, meter: Meter, valset_size: int):
+    def __init__(self, meter: Meter, valset_size: int, calls_per_run: int = 1):
         self.meter = meter
-        self.iteration_calls = 2 * REFLECTION_MINIBATCH + 1 + valset_size
+        # Two minibatch runs of the program and one on the valset, plus a reflection call per predictor.
+        self.iteration_calls = (2 * REFLECTION_MINIBATCH + valset_size + 1) * calls_per_run
 
     def __call__(self, gepa_state: Any) -> bool:
         remaining = self.meter.remaining_calls()
@@ -158,7 +159,19 @@ def _bootstrap_rs(student, trainset, valset, *, metric, budget, threads, **_: An
 
 
 def _gepa(
-    student, trainset, valset, *, feedback_metric, prompt_lm, budget, seed, threads, meter, best, **_: Any
+    student,
+    trainset,
+    valset,
+    *,
+    feedback_metric,
+    prompt_lm,
+    budget,
+    seed,
+    threads,
+    meter,
+    best,
+    calls_per_run,
+    **_: Any,
 ):
     optimizer = dspy.GEPA(
         metric=feedback_metric,
@@ -168,7 +181,10 @@ def _gepa(
         add_format_failure_as_feedback=True,
         num_threads=threads,
         seed=seed,
-        gepa_kwargs={"stop_callbacks": [BudgetStopper(meter, len(valset))], "callbacks": [best]},
+        gepa_kwargs={
+            "stop_callbacks": [BudgetStopper(meter, len(valset), calls_per_run)],
+            "callbacks": [best],
+        },
     )
     return optimizer.compile(student, trainset=trainset, valset=valset)
 
@@ -195,6 +211,7 @@ def run_optimizer(
     reason; with none yet, BudgetExhausted propagates and the stage fails saying so.
     """
     best = BestSoFar(student, len(valset))
+    calls_per_run = max(1, len(student.named_predictors()))
     shuffled = list(trainset)
     random.Random(seed).shuffle(shuffled)
     try:
@@ -207,12 +224,14 @@ def run_optimizer(
                 feedback_metric=feedback_metric_for(task),
                 prompt_lm=prompt_lm,
                 task_lm=task_lm,
-                # The whole budget, not what is left: a resumed stage must plan as it first did.
-                budget=meter.max_calls or 10**6,
+                # The whole budget, not what is left: a resumed stage must plan as it first did. The
+                # optimizers plan in program runs, and one run of the program calls each predictor.
+                budget=(meter.max_calls or 10**6) // calls_per_run,
                 seed=seed,
                 threads=threads,
                 meter=meter,
                 best=best,
+                calls_per_run=calls_per_run,
             )
     except BudgetExhausted:
         meter.wait_idle()

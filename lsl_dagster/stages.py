@@ -27,8 +27,9 @@ def optimizer_sets(spec: ExperimentSpec, task: Task) -> tuple[list[dspy.Example]
     """Optimizers train on the train split and validate on the dev split; the test split is never seen.
     Which train and dev examples is drawn by the experiment's seed, so that variance across seeds includes
     the data's."""
-    train = [to_dspy(e, task) for e in task.sample("train", spec.data.train, spec.seed)]
-    val = [to_dspy(e, task) for e in task.sample("dev", spec.data.val, spec.seed)]
+    seed = spec.seed if spec.data.seed is None else spec.data.seed
+    train = [to_dspy(e, task) for e in task.sample("train", spec.data.train, seed)]
+    val = [to_dspy(e, task) for e in task.sample("dev", spec.data.val, seed)]
     return train, val
 
 
