@@ -12,7 +12,9 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import dspy
 from dagster import ConfigurableResource
@@ -199,7 +201,36 @@ class HttpProvider(Provider):
             timeouts=timeouts_for(spec.timeout_s),
             env={},
         )
-        return LM15Engine(config, model_type="chat")
+        engine = LM15Engine(config, model_type="chat")
+        if lm15_provider == "openai-chat" and urlsplit(spec.api_base or "").hostname != "api.openai.com":
+            return BothTokenLimits(engine)
+        return engine
+
+
+class BothTokenLimits:
+    """Sends the output-token limit as `max_tokens` as well as `max_completion_tokens`.
+
+    lm15's OpenAI dialect spells the limit `max_completion_tokens` only; llama.cpp's servers
+    (llama-cpp-python, llama-server) read only `max_tokens` and, without it, generate until their
+    context is full. vLLM, Ollama and SGLang read `max_tokens`. Only OpenAI itself is left out: its
+    reasoning models reject `max_tokens`.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def complete(self, request: Request) -> Response:
+        config = request.config
+        if config.max_tokens is not None:
+            extensions = {**(config.extensions or {}), "max_tokens": config.max_tokens}
+            request = replace(request, config=replace(config, extensions=extensions))
+        return self.inner.complete(request)
+
+    def stream(self, request: Request) -> Any:
+        raise NotImplementedError("lsl_dagster does not stream")
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 PROVIDERS: dict[str, Provider] = {

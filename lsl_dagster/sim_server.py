@@ -9,6 +9,10 @@ connections), injected deterministically by a `FaultPlan`. Stdlib only.
         httpx.post(f"{server.url}/chat/completions", json={"model": "sim-large", "messages": [...]})
 
 or from a shell: `python -m lsl_dagster.sim_server --port 8765`.
+
+`SimServer(dialect="llama-cpp")` answers like llama-cpp-python's server with a small model that never
+emits its end-of-sequence token: it ignores `max_completion_tokens`, reads only `max_tokens`, and without
+one keeps generating until its context window (`context_tokens`) is full (finish_reason "length").
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 from lsl_dagster.sim import LABEL, TIERS, Reply, respond, tier_name
 
+DIALECTS = ("openai", "llama-cpp")
 FAULT_KINDS = ("429", "500", "502", "503", "hang", "malformed", "reset")
 RETRIABLE_FAULTS = ("429", "500", "502", "503")
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
@@ -45,6 +50,7 @@ _COUNTERS = (
     "in_flight",
     "max_in_flight",
     "held",
+    "truncated",
 )
 
 
@@ -255,11 +261,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             seed = sim.seed if seed is None else seed
-            reply = respond(model, system, messages, seed)
-            payload = sim._completion(n, model, tier, reply)
+            reply, finish = sim._generate(respond(model, system, messages, seed), body)
+            payload = sim._completion(n, model, tier, reply, finish)
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
-            sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
+            sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest, finish)
             self._json(200, payload)
         except RequestError as exc:
             sim._count("rejected")
@@ -322,9 +328,14 @@ class SimServer:
         retry_after_s: float = 1.0,
         hang_s: float = 30.0,
         allow_remote: bool = False,
+        dialect: str = "openai",
+        context_tokens: int = 4096,
     ):
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"refusing to bind the sim server to non-loopback host {host!r}")
+        if dialect not in DIALECTS:
+            raise ValueError(f"unknown dialect {dialect!r}: known are {', '.join(DIALECTS)}")
+        self.dialect, self.context_tokens = dialect, context_tokens
         self.host, self.port, self.seed = host, port, seed
         self.latency_s, self.report_cost, self.api_key = latency_s, report_cost, api_key
         self.plan = FaultPlan(dict(faults or {}), fault_rate, tuple(fault_kinds), fault_seed)
@@ -382,7 +393,11 @@ class SimServer:
             self.prompt_tokens = self.completion_tokens = 0
             self.cost_usd = 0.0
             self.in_flight = self.max_in_flight = self.held = 0
+            self.truncated = 0
             self.faults: dict[str, int] = {}
+            # How many requests carried each output-token limit, in the field this server's dialect reads
+            # (None: no limit): what a client's max_tokens setting actually reached.
+            self.token_limits: dict[int | None, int] = {}
             # How often each distinct request (model, messages, seed) was answered: repeats are re-paid calls.
             self.served_requests: dict[str, int] = {}
 
@@ -438,15 +453,50 @@ class SimServer:
             with self._lock:
                 self.held -= 1
 
-    def _record_served(self, prompt_tokens: int, completion_tokens: int, tier: str, digest: str) -> None:
+    def _limit(self, body: dict[str, Any]) -> int | None:
+        """The output-token limit as this dialect reads it: llama-cpp-python knows only `max_tokens`."""
+        fields = ("max_tokens",) if self.dialect == "llama-cpp" else ("max_completion_tokens", "max_tokens")
+        for name in fields:
+            value = body.get(name)
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise RequestError(400, f"'{name}' must be a positive integer")
+                return value
+        return None
+
+    def _generate(self, reply: Reply, body: dict[str, Any]) -> tuple[Reply, str]:
+        """The reply and its finish_reason under the request's output-token limit.
+
+        In the llama-cpp dialect the model does not stop by itself (as small GGUF models behind
+        llama-cpp-python often do not): it repeats itself until the limit, or until the context is full.
+        """
+        limit = self._limit(body)
         with self._lock:
+            self.token_limits[limit] = self.token_limits.get(limit, 0) + 1
+        if self.dialect == "llama-cpp":
+            room = max(1, self.context_tokens - reply.input_tokens)
+            length = room if limit is None else min(limit, room)
+            # sim.respond counts a token per 4 characters: `length` tokens are 4 * length characters.
+            text = ((reply.text + "\n") * (4 * length // (len(reply.text) + 1) + 1))[: 4 * length]
+            return Reply(text=text, input_tokens=reply.input_tokens, output_tokens=length), "length"
+        if limit is not None and reply.output_tokens > limit:
+            return Reply(reply.text[: 4 * limit], reply.input_tokens, limit), "length"
+        return reply, "stop"
+
+    def _record_served(
+        self, prompt_tokens: int, completion_tokens: int, tier: str, digest: str, finish: str = "stop"
+    ) -> None:
+        with self._lock:
+            self.truncated += finish == "length"
             self.served_requests[digest] = self.served_requests.get(digest, 0) + 1
             self.served += 1
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
             self.cost_usd += TIERS[tier].price.cost(prompt_tokens, completion_tokens)
 
-    def _completion(self, n: int, model: str, tier: str, reply: Reply) -> dict[str, Any]:
+    def _completion(
+        self, n: int, model: str, tier: str, reply: Reply, finish: str = "stop"
+    ) -> dict[str, Any]:
         usage: dict[str, Any] = {
             "prompt_tokens": reply.input_tokens,
             "completion_tokens": reply.output_tokens,
@@ -461,7 +511,7 @@ class SimServer:
             "model": model,
             "system_fingerprint": "sim",
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
+                {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": finish}
             ],
             "usage": usage,
         }
@@ -493,6 +543,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hang", type=float, default=30.0, help="seconds a 'hang' fault stalls")
     parser.add_argument("--no-cost", action="store_true", help="omit usage.cost from replies")
     parser.add_argument(
+        "--dialect",
+        choices=DIALECTS,
+        default="openai",
+        help="llama-cpp: read only max_tokens and, without it, generate until the context is full",
+    )
+    parser.add_argument("--context", type=int, default=4096, help="context window in tokens (llama-cpp)")
+    parser.add_argument(
         "--api-key-env",
         metavar="NAME",
         help="require the key held in this environment variable (never the key itself)",
@@ -516,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
             fault_seed=args.fault_seed,
             retry_after_s=args.retry_after,
             hang_s=args.hang,
+            dialect=args.dialect,
+            context_tokens=args.context,
         )
         server.start()
     except (ValueError, OSError) as exc:

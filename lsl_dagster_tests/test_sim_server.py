@@ -129,6 +129,7 @@ def test_models_stats_and_reset(client):
             "in_flight": 0,
             "max_in_flight": 0,
             "held": 0,
+            "truncated": 0,
             "faults": {},
         }
 
