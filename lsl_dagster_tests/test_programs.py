@@ -36,7 +36,12 @@ def _check_prompts_and_comparison(
             assert stored.instructions.strip(), (asset, name)
         # What is stored is exactly what runs: rebuilding it and capturing again changes nothing.
         again = capture(
-            rebuild(candidate, task), task, experiment_id, candidate.provenance, candidate.ledger, candidate.simulated
+            rebuild(candidate, task),
+            task,
+            experiment_id,
+            candidate.provenance,
+            candidate.ledger,
+            candidate.simulated,
         )
         assert again == candidate, asset
         shown = lab.metadata(experiment_id, asset)["prompt"]
