@@ -37,6 +37,7 @@ from lsl_dagster.metadata import (
     prompt_metadata,
 )
 from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
+from lsl_dagster.optimizers import OptimizerOutputError
 from lsl_dagster.plots import campaign_figure
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
@@ -70,6 +71,11 @@ def _stage(
             yield run
     except ConfigError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
+    except OptimizerOutputError as exc:
+        # Retrying replays the same replies from the cache: only a change to the experiment file helps.
+        raise Failure(
+            description=str(exc), metadata=_saved_ledger(workspace, spec, name), allow_retries=False
+        ) from None
     except BudgetExhausted as exc:
         raise Failure(
             description=f"{exc} before {name} had a result to keep; nothing was saved as its output",

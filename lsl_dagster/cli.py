@@ -31,7 +31,15 @@ from lsl_dagster.launch import (
     unfinished_backfills,
     wait,
 )
-from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, Interval, PairedDifference
+from lsl_dagster.models import (
+    ArmSummary,
+    CampaignSummary,
+    Comparison,
+    EvaluationResult,
+    FormatCounts,
+    Interval,
+    PairedDifference,
+)
 from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
 from lsl_dagster.sim import LABEL
@@ -61,6 +69,11 @@ COLUMNS = {
     **dict.fromkeys(["n", "optimization_calls", "evaluation_calls"], "int64"),
     **dict.fromkeys(["evaluation_cost_usd", "diff_vs_baseline", "ci_low", "ci_high", "mcnemar_p"], "float64"),
     **{"verdict": "string", "total_calls": "int64", "total_cost_usd": "float64"},
+    **dict.fromkeys(
+        ["n_wrong", "n_unparseable", "n_truncated", "n_adapter_fallbacks", "n_provider_failures"], "int64"
+    ),
+    "format_warning": "string",
+    "stage2_unchanged": "string",
 }
 
 
@@ -198,10 +211,30 @@ def _ci(d: PairedDifference, sep: str = " ") -> str:
     return f"{d.diff:+.3f}{sep}[{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
 
 
+def _format_share(arm: ArmSummary) -> str:
+    """Share of the arm's rows that were unparseable or truncated."""
+    return f"{(arm.n_unparseable + arm.n_truncated) / arm.n:.0%}" if arm.n else "-"
+
+
+def _format_lines(arm: ArmSummary) -> list[str]:
+    """How the arm's rows failed, when any failed other than by a wrong answer, and its format warning."""
+    counts = {
+        "wrong": arm.n_wrong,
+        "unparseable": arm.n_unparseable,
+        "truncated": arm.n_truncated,
+        "adapter fallbacks": arm.n_adapter_fallbacks,
+        "provider failures (not scored)": arm.n_provider_failures,
+    }
+    if not any(counts[k] for k in counts if k != "wrong"):
+        return []
+    lines = [f"    {arm.arm} ({arm.n} rows): " + ", ".join(f"{v} {k}" for k, v in counts.items())]
+    return lines + ([f"    WARNING {arm.arm}: {arm.format_warning}"] if arm.format_warning else [])
+
+
 def results_table(comparisons: Sequence[Comparison]) -> str:
     lines = [
         f"{'experiment':<24} {'arm':<15} {'score':>6} {'n':>5}  {'vs baseline [95% CI]':<27} {'p':>8}  "
-        f"{'opt calls':>9} {'eval cost':>10}"
+        f"{'opt calls':>9} {'eval cost':>10} {'fmt fail':>8}"
     ]
     for comparison in comparisons:
         label = comparison.experiment_id + (" (sim)" if comparison.simulated else "")
@@ -213,9 +246,15 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
             calls = "-" if arm.optimization_calls is None else str(arm.optimization_calls)
             lines.append(
                 f"{label:<24} {arm.arm:<15} {arm.score:>6.3f} {arm.n:>5}  {delta:<27} {p:>8}  "
-                f"{calls:>9} {_cost(arm.cost_usd):>10}"
+                f"{calls:>9} {_cost(arm.cost_usd):>10} {_format_share(arm):>8}"
             )
         lines += [f"    {d.verdict}" for d in comparison.differences]
+        if comparison.stage2_unchanged:
+            lines.append(
+                "    NOTE lsl: LSL equals the baseline by construction: Stage 2 left the Stage 1 prompt "
+                f"{comparison.stage2_unchanged}"
+            )
+        lines += [line for arm in comparison.arms for line in _format_lines(arm)]
     if any(c.simulated for c in comparisons):
         lines.append(f"(sim) = {LABEL}")
     return "\n".join(lines)
@@ -242,6 +281,7 @@ def export_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
                 {
                     **c.model_dump(exclude={"arms", "differences", "usage"}),
                     **arm.model_dump(include={"arm", "score", "n", "optimization_calls"}),
+                    **arm.model_dump(include=set(FormatCounts.model_fields)),
                     "evaluation_calls": arm.calls,
                     "evaluation_cost_usd": arm.cost_usd,
                     "diff_vs_baseline": None if d is None else d.diff,
@@ -288,12 +328,14 @@ def arm_cis(instance: dg.DagsterInstance, comparison: Comparison) -> dict[str, t
         records = instance.fetch_materializations(filter_, limit=1).records
         result, _ = _load(EvaluationResult, records[0], asset)
         try:
-            per_example = list(scores(Path(result.predictions_path)).values())
+            rows = list(scores(Path(result.predictions_path)).values())
         except OSError as exc:
             raise CliError(f"cannot read the predictions of {asset}: {exc}") from None
-        if len(per_example) != arm.n or abs(sum(per_example) / arm.n - arm.score) > 1e-9:
+        per_example = [score for score in rows if score is not None]  # provider failures are not scored
+        mean = sum(per_example) / len(per_example) if per_example else 0.0
+        if len(rows) != arm.n or abs(mean - arm.score) > 1e-9:
             raise CliError(f"{asset} of {comparison.experiment_id} changed after its comparison was made")
-        cis[arm.arm] = paired_bootstrap_ci([0.0] * arm.n, per_example)[1:]
+        cis[arm.arm] = paired_bootstrap_ci([0.0] * len(per_example), per_example)[1:]
     return cis
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 
 import dspy
 
+from lsl_dagster import formats
 from lsl_dagster.files import atomic_writer
+from lsl_dagster.models import FormatCounts
 from lsl_dagster.optimizers import metric_for
 from lsl_dagster.tasks import Example, Task, to_dspy
 
@@ -22,7 +25,8 @@ CHUNK = 512
 
 
 class Guarded(dspy.Module):
-    """Turns a failed example (e.g. output that cannot be parsed) into a scored-zero row that says why.
+    """Turns a failed example (e.g. output that cannot be parsed) into a row that says why, and keeps what
+    happened to the example's replies (truncation, adapter fallback) on the prediction.
 
     Only Exception is caught: a BudgetExhausted must stop the evaluation, not become a zero.
     """
@@ -32,17 +36,38 @@ class Guarded(dspy.Module):
         self.program = program
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
-        try:
-            return self.program(**inputs)
-        except Exception as exc:
-            return dspy.Prediction(error=f"{type(exc).__name__}: {exc}"[:500])
+        with formats.trace_example() as trace:
+            try:
+                prediction = self.program(**inputs)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                return dspy.Prediction(error=error, dspy_lsl_trace=trace, dspy_lsl_exc=exc)
+        if isinstance(prediction, dspy.Example):
+            # DSPy hides "dspy_" keys from keys(), items() and len(): a user's metric does not see it.
+            prediction["dspy_lsl_trace"] = trace
+        return prediction
 
 
 @dataclass(frozen=True)
 class Totals:
+    """n rows; score is the mean over the rows that were scored (all but provider failures)."""
+
     n: int
     score: float
     n_errors: int
+    kinds: Counter[str]
+    n_adapter_fallbacks: int
+
+    def format_counts(self) -> FormatCounts:
+        unparseable, truncated = self.kinds["unparseable"], self.kinds["truncated"]
+        return FormatCounts(
+            n_wrong=self.kinds["wrong"],
+            n_unparseable=unparseable,
+            n_truncated=truncated,
+            n_adapter_fallbacks=self.n_adapter_fallbacks,
+            n_provider_failures=self.kinds["provider_failure"],
+            format_warning=formats.warning(self.n, unparseable, truncated),
+        )
 
 
 def evaluate(
@@ -51,44 +76,65 @@ def evaluate(
     """Score `program` (run under the current dspy.context LM) on `examples`; rows go to `out` (JSONL)."""
     metric = metric_for(task)
     guarded = Guarded(program)
-    n = errors = 0
+    n = errors = fallbacks = 0
     total = 0.0
+    kinds: Counter[str] = Counter()
     # Each dspy.Evaluate starts new threads, and the disk cache opens SQLite connections per thread;
     # those of finished threads sit in reference cycles until collected, so their native memory would
     # grow with the number of chunks. One collection per chunk frees them; freezing what existed before
     # the evaluation keeps that collection ~1 ms instead of ~100 ms (bench/memory.py, throughput.py).
     gc.freeze()
     try:
-        with atomic_writer(out) as sink, dspy.context(disable_history=True, max_errors=10**9):
+        callbacks = [*dspy.settings.get("callbacks", []), formats.FormatWatch()]
+        with (
+            atomic_writer(out) as sink,
+            dspy.context(disable_history=True, max_errors=10**9, callbacks=callbacks),
+        ):
             for chunk in _batched(examples, CHUNK):
                 devset = [to_dspy(example, task) for example in chunk]
                 result = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, max_errors=10**9)(
                     guarded
                 )
                 for example, (_, prediction, value) in zip(chunk, result.results, strict=True):
-                    error = prediction.get("error") if hasattr(prediction, "get") else None
+                    get = prediction.get if hasattr(prediction, "get") else {}.get
+                    error, trace = get("error"), get("dspy_lsl_trace") or formats.ExampleTrace()
+                    kind = formats.error_kind(get("dspy_lsl_exc"), float(value), trace)
+                    # A provider failure says nothing about the prompt: recorded, never scored as wrong.
+                    scored = None if kind == "provider_failure" else float(value)
                     row = {
                         "example_id": example.id,
                         "inputs": example.inputs,
                         "gold": example.labels,
                         "prediction": {f: _text(prediction, f) for f in task.label_fields},
-                        "score": float(value),
+                        "score": scored,
                         "error": error,
+                        "error_kind": kind,
+                        "truncated": trace.truncated,
+                        "adapter_fallback": trace.adapter_fallback,
                     }
                     sink.write(json.dumps(row) + "\n")
                     n += 1
-                    total += float(value)
+                    total += scored or 0.0
                     errors += error is not None
+                    kinds[kind or "ok"] += 1
+                    fallbacks += trace.adapter_fallback
                 gc.collect()
     finally:
         gc.unfreeze()
     if n == 0:
         raise ValueError(f"no examples to evaluate for task {task.name!r}")
-    return Totals(n=n, score=total / n, n_errors=errors)
+    scored = n - kinds["provider_failure"]
+    return Totals(
+        n=n,
+        score=total / scored if scored else 0.0,
+        n_errors=errors,
+        kinds=kinds,
+        n_adapter_fallbacks=fallbacks,
+    )
 
 
-def scores(path: Path) -> dict[str, float]:
-    """Per-example scores of an evaluation, by example id."""
+def scores(path: Path) -> dict[str, float | None]:
+    """Per-example scores of an evaluation, by example id; None for a provider failure (not scored)."""
     with path.open(encoding="utf-8") as rows:
         return {row["example_id"]: row["score"] for row in map(json.loads, rows)}
 

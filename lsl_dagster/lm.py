@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 import dspy
 from dagster import ConfigurableResource
 from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
+from dspy.clients.execution import execute, finalize, prepare
 from dspy.lm15 import ProviderError, Request, Response, RouterConfig, TransportError
+from dspy.utils.callback import with_callbacks
 from dspy.utils.exceptions import (
     LMAuthError,
     LMBillingError,
@@ -30,6 +32,7 @@ from dspy.utils.exceptions import (
 )
 
 from lsl_dagster import sim
+from lsl_dagster.formats import note_finish_reasons
 from lsl_dagster.ledger import Meter
 from lsl_dagster.models import ExperimentSpec, ModelSpec, Price
 
@@ -51,17 +54,26 @@ _OUTAGES = (LMAuthError, LMBillingError, LMRateLimitError, LMServerError, LMTime
 
 
 class MeteredLM(dspy.LM):
-    """dspy.LM whose exhausted retries end the stage (ProviderUnavailable) instead of one example."""
+    """dspy.LM whose exhausted retries end the stage (ProviderUnavailable) instead of one example, and
+    which notes each reply's finish_reason (fresh or cached) for the evaluation's format accounting."""
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         try:
-            return super().__call__(prompt, messages=messages, **kwargs)
+            return self._call(prompt, messages=messages, **kwargs)
         except _OUTAGES as exc:
             unavailable = ProviderUnavailable(
                 f"provider unavailable: {self.model}: {type(exc).__name__}: {exc}"
             )
             self.engine.meter.halt(unavailable)
             raise unavailable from exc
+
+    @with_callbacks
+    def _call(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        # dspy.BaseLM.__call__'s three steps; the finish_reasons are only on the intermediate result.
+        call = prepare(self, prompt, messages, kwargs)
+        result = execute(self, call)
+        note_finish_reasons(response.finish_reason for response in result.responses)
+        return finalize(self, call, result)
 
 
 class MeteredEngine:

@@ -14,6 +14,7 @@ from lsl_dagster.models import (
     Comparison,
     EvaluationResult,
     ExperimentSpec,
+    FormatCounts,
     Interval,
     Ledger,
     PromptCandidate,
@@ -22,6 +23,7 @@ from lsl_dagster.program import render
 from lsl_dagster.sim import LABEL
 from lsl_dagster.tasks import Task
 
+_FORMAT_COLUMNS = [name for name in FormatCounts.model_fields if name.startswith("n_")]
 _USAGE_SCHEMA = TableSchema(
     columns=[
         TableColumn("model", "string"),
@@ -102,6 +104,19 @@ def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec
         value = getattr(candidate.provenance, key)
         if value is not None:
             metadata[key] = MetadataValue.float(value)
+    if candidate.provenance.unchanged is not None:
+        metadata["prompt_change"] = "unchanged" if candidate.provenance.unchanged else "changed"
+    if candidate.provenance.stop_reason:  # the ledger's budget stop, or why the prompt is unchanged
+        metadata["stop_reason"] = candidate.provenance.stop_reason
+    if candidate.provenance.unparseable_replies:
+        metadata["unparseable_replies"] = candidate.provenance.unparseable_replies
+    return metadata
+
+
+def format_metadata(counts: FormatCounts) -> dict[str, Any]:
+    metadata: dict[str, Any] = counts.model_dump(exclude={"format_warning"})
+    if counts.format_warning:
+        metadata["format_warning"] = counts.format_warning
     return metadata
 
 
@@ -110,6 +125,7 @@ def evaluation_metadata(result: EvaluationResult, spec: ExperimentSpec) -> dict[
         "score": MetadataValue.float(result.score),
         "n": result.n,
         "n_errors": result.n_errors,
+        **format_metadata(result),
         "predictions": MetadataValue.path(result.predictions_path),
         **environment(spec),
         **ledger_metadata(result.ledger),
@@ -127,6 +143,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                     "optimization_calls": a.optimization_calls if a.optimization_calls is not None else -1,
                     "evaluation_calls": a.calls,
                     "evaluation_cost_usd": _cost(a.cost_usd),
+                    **{name: getattr(a, name) for name in _FORMAT_COLUMNS},
                 }
             )
             for a in comparison.arms
@@ -139,6 +156,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                 TableColumn("optimization_calls", "int"),
                 TableColumn("evaluation_calls", "int"),
                 TableColumn("evaluation_cost_usd", "string"),
+                *(TableColumn(name, "int") for name in _FORMAT_COLUMNS),
             ]
         ),
     )
@@ -168,7 +186,11 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
         ),
     )
     banner = f"**{LABEL}**\n\n" if comparison.simulated else ""
-    verdicts = banner + "\n".join(f"- {d.verdict}" for d in comparison.differences)
+    warnings = [f"- **{a.arm}**: {a.format_warning}" for a in comparison.arms if a.format_warning]
+    if comparison.stage2_unchanged:
+        note = f"Stage 2 left the Stage 1 prompt {comparison.stage2_unchanged}"
+        warnings.insert(0, f"- **LSL equals the baseline by construction**: {note}")
+    verdicts = banner + "\n".join([*(f"- {d.verdict}" for d in comparison.differences), *warnings])
     total = [ledger.cost_usd for ledger in comparison.usage.values()]
     metadata: dict[str, Any] = {
         "arms": arms,

@@ -105,6 +105,9 @@ Optimizer = Literal["miprov2", "gepa", "bootstrap_rs"]
 class Stage1Spec(Strict):
     optimizer: Optimizer = "miprov2"
     max_calls: int = Field(default=200, ge=10)
+    # The model that writes instruction proposals (MIPROv2) and reflections (GEPA); also used by the
+    # budget-matched arm. Small models often cannot write them in a format DSPy can parse.
+    prompt_model: Literal["large", "small"] = "large"
 
 
 class Stage2Spec(Strict):
@@ -174,6 +177,10 @@ class Provenance(Strict):
     start_val_score: float | None = None
     val_score: float | None = None
     stop_reason: str | None = None
+    # Stage 2 only: True when hardening returned the parent's prompt as it was (stop_reason says why).
+    unchanged: bool | None = None
+    # Per model, how many of its replies in this stage DSPy's adapters could not parse (None: all parsed).
+    unparseable_replies: str | None = None
 
 
 class PromptCandidate(Strict):
@@ -236,7 +243,20 @@ class Ledger(BaseModel):
         return None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
 
 
-class EvaluationResult(Strict):
+class FormatCounts(Strict):
+    """How an arm's rows failed (`error_kind` in the predictions JSONL). Provider failures (e.g. a prompt
+    too long for the context window) are not scored: the score is the mean over the other rows."""
+
+    n_wrong: int = 0
+    n_unparseable: int = 0  # the adapters could not parse a complete reply
+    n_truncated: int = 0  # failed, with a reply cut off at max_tokens (finish_reason "length")
+    n_adapter_fallbacks: int = 0  # ChatAdapter failed to parse and DSPy retried with JSONAdapter
+    n_provider_failures: int = 0
+    # Set when unparseable + truncated rows exceed formats.WARNING_SHARE of the arm.
+    format_warning: str | None = None
+
+
+class EvaluationResult(FormatCounts):
     """Aggregates of one arm on the evaluation split; per-example rows live in the predictions JSONL."""
 
     experiment_id: Slug
@@ -251,7 +271,7 @@ class EvaluationResult(Strict):
     simulated: bool
 
 
-class ArmSummary(Strict):
+class ArmSummary(FormatCounts):
     arm: str
     score: float
     n: int
@@ -280,6 +300,9 @@ class Comparison(Strict):
     differences: list[PairedDifference]
     usage: dict[str, Ledger]
     simulated: bool
+    # Why Stage 2 left the Stage 1 prompt unchanged, when it did: then LSL equals the baseline by
+    # construction and their difference says nothing about hardening.
+    stage2_unchanged: str | None = None
 
 
 class ModelPair(Strict):

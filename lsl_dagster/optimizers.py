@@ -9,8 +9,11 @@ from typing import Any
 
 import dspy
 from dspy.utils.callback import BaseCallback
+from dspy.utils.exceptions import AdapterParseError
 
+from lsl_dagster.formats import FormatWatch
 from lsl_dagster.ledger import BudgetExhausted, Meter
+from lsl_dagster.lm import ConfigError
 from lsl_dagster.metrics import call_metric, neutral_feedback
 from lsl_dagster.tasks import Task
 
@@ -84,6 +87,69 @@ class BestSoFar(BaseCallback):
             self._offer(with_instructions(self.student, event["candidate"]), event["average_score"])
 
 
+class GepaLog:
+    """GEPA's own events, counted: enough to say why a run ended without changing the prompt."""
+
+    def __init__(self) -> None:
+        self.iterations = self.proposals = self.reflections = self.accepted = self.rejected = 0
+        self.skipped: dict[str, int] = {}
+
+    def on_iteration_start(self, event: Any) -> None:
+        self.iterations += 1
+
+    def on_proposal_start(self, event: Any) -> None:
+        self.reflections += 1
+
+    def on_proposal_end(self, event: Any) -> None:
+        self.proposals += 1
+
+    def on_candidate_accepted(self, event: Any) -> None:
+        self.accepted += 1
+
+    def on_candidate_rejected(self, event: Any) -> None:
+        self.rejected += 1
+
+    def on_evaluation_skipped(self, event: Any) -> None:
+        self.skipped[event["reason"]] = self.skipped.get(event["reason"], 0) + 1
+
+    def summary(self) -> str:
+        if self.iterations == 0:
+            return "GEPA evaluated the starting prompt and ran no iteration"
+        parts = [
+            f"GEPA ran {self.iterations} iteration(s)",
+            f"{self.proposals} proposal(s) from {self.reflections} reflection(s)",
+            f"{self.accepted} accepted, {self.rejected} rejected on the minibatch",
+        ]
+        if failed := self.reflections - self.proposals:
+            parts.append(f"{failed} reflection(s) gave no usable instruction")
+        if perfect := self.skipped.get("all_scores_perfect"):
+            parts.append(f"{perfect} minibatch(es) already scored perfectly, so nothing to reflect on")
+        return ", ".join(parts)
+
+
+def check_gepa_budget(stage: str, max_calls: int | None, valset_size: int, calls_per_run: int = 1) -> None:
+    """Refuse, before any call, a GEPA budget that cannot produce one validated proposal: GEPA first
+    evaluates the starting prompt on the dev set, then per proposal runs a minibatch with the current
+    prompt, one reflection call and the minibatch with the proposal, and adopts a proposal only after it
+    is evaluated on the whole dev set. Anything less is a run that cannot change the prompt. One run of
+    the program calls each of its predictors (`calls_per_run`)."""
+    proposal = 2 * REFLECTION_MINIBATCH * calls_per_run + 1
+    valset_calls = valset_size * calls_per_run
+    needed = 2 * valset_calls + proposal
+    if max_calls is not None and max_calls < needed:
+        raise ConfigError(
+            f"{stage}: max_calls={max_calls} cannot buy one GEPA proposal: evaluating the starting prompt on "
+            f"the {valset_size} dev examples takes {valset_calls} calls, one proposal {proposal} (2 "
+            f"minibatches of {REFLECTION_MINIBATCH} + 1 reflection) and validating it {valset_calls} more, "
+            f"{needed} in all. Raise {stage}.max_calls to at least {needed} (a few proposals need "
+            f"~{needed + 3 * (proposal + valset_calls)}) or lower data.val; nothing was called."
+        )
+
+
+class OptimizerOutputError(Exception):
+    """An optimizer step could not parse the model's output, even after DSPy's retries and fallbacks."""
+
+
 class BudgetStopper:
     """Stops GEPA between iterations when the stage's calls cannot cover one more typical iteration."""
 
@@ -111,6 +177,10 @@ class Optimized:
     start_val_score: float | None
     val_score: float | None
     stop_reason: str | None
+    # What the optimizer did (GEPA's iterations and proposals), to explain an unchanged prompt.
+    activity: str | None = None
+    # Per model, how many of its replies DSPy's adapters could not parse (None: all parsed).
+    unparseable_replies: str | None = None
 
 
 def _miprov2(
@@ -171,6 +241,7 @@ def _gepa(
     meter,
     best,
     calls_per_run,
+    gepa_log,
     **_: Any,
 ):
     optimizer = dspy.GEPA(
@@ -183,13 +254,29 @@ def _gepa(
         seed=seed,
         gepa_kwargs={
             "stop_callbacks": [BudgetStopper(meter, len(valset), calls_per_run)],
-            "callbacks": [best],
+            "callbacks": [best, gepa_log],
         },
     )
     return optimizer.compile(student, trainset=trainset, valset=valset)
 
 
 OPTIMIZERS = {"miprov2": _miprov2, "bootstrap_rs": _bootstrap_rs, "gepa": _gepa}
+
+
+def _unparseable(stage: str, name: str, watch: FormatWatch, exc: AdapterParseError) -> OptimizerOutputError:
+    """The message a user can act on when an optimizer step could not parse a model's reply."""
+    model = watch.last_failure[0] if watch.last_failure else "the model"
+    counts = watch.by_model.get(model)
+    rate = f"{counts.unparseable} of its {counts.replies} replies" if counts else "its replies"
+    setting = "stage2: {reflection: large}" if stage == "stage2" else "stage1: {prompt_model: large}"
+    dspy_said = str(exc).strip().splitlines()[0]
+    return OptimizerOutputError(
+        f"{stage} ({name}): {model} wrote output DSPy could not parse ({rate} in this stage could not be "
+        "parsed, DSPy's ChatAdapter -> JSONAdapter fallback included), so the optimizer could not go on. "
+        f"What to change: a stronger model for proposals (`{setting}`), an optimizer that writes no "
+        "instructions (`stage1: {optimizer: bootstrap_rs}`), or a larger max_tokens on the model entry if "
+        f"its replies are cut off. DSPy said: {dspy_said}"
+    )
 
 
 def run_optimizer(
@@ -204,18 +291,25 @@ def run_optimizer(
     meter: Meter,
     seed: int,
     threads: int,
+    stage: str = "optimizer",
 ) -> Optimized:
     """Run one of DSPy's optimizers within the meter's call budget.
 
     When the budget runs out mid-way the best fully validated candidate so far is returned with the
-    reason; with none yet, BudgetExhausted propagates and the stage fails saying so.
+    reason; with none yet, BudgetExhausted propagates and the stage fails saying so. A step that cannot
+    parse a model's output (e.g. MIPROv2's instruction proposals) returns the best candidate so far, or
+    fails with OptimizerOutputError naming the stage, the model, its unparseable share and what to change.
     """
-    best = BestSoFar(student, len(valset))
     calls_per_run = max(1, len(student.named_predictors()))
+    if name == "gepa":
+        check_gepa_budget(stage, meter.max_calls, len(valset), calls_per_run)
+    best = BestSoFar(student, len(valset))
+    watch = FormatWatch()
+    gepa_log = GepaLog()
     shuffled = list(trainset)
     random.Random(seed).shuffle(shuffled)
     try:
-        with dspy.context(lm=task_lm, callbacks=[best], max_errors=10**9):
+        with dspy.context(lm=task_lm, callbacks=[best, watch], max_errors=10**9):
             program = OPTIMIZERS[name](
                 student,
                 shuffled,
@@ -232,11 +326,21 @@ def run_optimizer(
                 meter=meter,
                 best=best,
                 calls_per_run=calls_per_run,
+                gepa_log=gepa_log,
             )
     except BudgetExhausted:
         meter.wait_idle()
         if best.program is None:
             raise
-        return Optimized(best.program, best.first_score, best.score, meter.stop_reason)
-    meter.wait_idle()
-    return Optimized(program, best.first_score, best.score, meter.stop_reason)
+        program, stop_reason = best.program, meter.stop_reason
+    except AdapterParseError as exc:
+        meter.wait_idle()
+        error = _unparseable(stage, name, watch, exc)
+        if best.program is None:
+            raise error from exc
+        program, stop_reason = best.program, f"stopped early: {error}"
+    else:
+        meter.wait_idle()
+        stop_reason = meter.stop_reason
+    activity = gepa_log.summary() if name == "gepa" else None
+    return Optimized(program, best.first_score, best.score, stop_reason, activity, watch.summary())

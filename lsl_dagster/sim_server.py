@@ -12,7 +12,11 @@ or from a shell: `python -m lsl_dagster.sim_server --port 8765`.
 
 `SimServer(dialect="llama-cpp")` answers like llama-cpp-python's server with a small model that never
 emits its end-of-sequence token: it ignores `max_completion_tokens`, reads only `max_tokens`, and without
-one keeps generating until its context window (`context_tokens`) is full (finish_reason "length").
+one keeps generating until its context window (`context_tokens`, default 4096) is full (finish_reason
+"length"). In any dialect, a prompt longer than a set `context_tokens` is refused with a 400
+`context_length_exceeded`, as real servers do.
+`unformatted_rate` is the share of replies (drawn per request) written as plain prose, ignoring the output
+format DSPy's adapters asked for, as a small model often does.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import socket
 import struct
 import sys
@@ -261,7 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             seed = sim.seed if seed is None else seed
-            reply, finish = sim._generate(respond(model, system, messages, seed), body)
+            reply, finish = sim._generate(sim._styled(n, respond(model, system, messages, seed)), body)
             payload = sim._completion(n, model, tier, reply, finish)
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
@@ -329,13 +334,19 @@ class SimServer:
         hang_s: float = 30.0,
         allow_remote: bool = False,
         dialect: str = "openai",
-        context_tokens: int = 4096,
+        context_tokens: int | None = None,
+        unformatted_rate: float = 0.0,
     ):
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"refusing to bind the sim server to non-loopback host {host!r}")
         if dialect not in DIALECTS:
             raise ValueError(f"unknown dialect {dialect!r}: known are {', '.join(DIALECTS)}")
+        if context_tokens is None and dialect == "llama-cpp":
+            context_tokens = 4096
         self.dialect, self.context_tokens = dialect, context_tokens
+        if not 0.0 <= unformatted_rate <= 1.0:
+            raise ValueError(f"unformatted_rate must be in [0, 1], got {unformatted_rate}")
+        self.unformatted_rate = unformatted_rate
         self.host, self.port, self.seed = host, port, seed
         self.latency_s, self.report_cost, self.api_key = latency_s, report_cost, api_key
         self.plan = FaultPlan(dict(faults or {}), fault_rate, tuple(fault_kinds), fault_seed)
@@ -464,6 +475,13 @@ class SimServer:
                 return value
         return None
 
+    def _styled(self, n: int, reply: Reply) -> Reply:
+        """The reply as plain prose (no field markers, no JSON object) for `unformatted_rate` of requests."""
+        if self.unformatted_rate == 0 or _draw(self.seed, n, "unformatted") >= self.unformatted_rate:
+            return reply
+        prose = "Sure! " + " ".join(re.sub(r"\[\[ ## \w+ ## \]\]|[{}\[\]\"]", " ", reply.text).split())
+        return Reply(prose, reply.input_tokens, max(1, -(-len(prose) // 4)))
+
     def _generate(self, reply: Reply, body: dict[str, Any]) -> tuple[Reply, str]:
         """The reply and its finish_reason under the request's output-token limit.
 
@@ -471,9 +489,16 @@ class SimServer:
         llama-cpp-python often do not): it repeats itself until the limit, or until the context is full.
         """
         limit = self._limit(body)
+        if self.context_tokens is not None and reply.input_tokens > self.context_tokens:
+            raise RequestError(
+                400,
+                f"This model's maximum context length is {self.context_tokens} tokens, but the request has "
+                f"{reply.input_tokens} input tokens",
+                code="context_length_exceeded",
+            )
         with self._lock:
             self.token_limits[limit] = self.token_limits.get(limit, 0) + 1
-        if self.dialect == "llama-cpp":
+        if self.context_tokens is not None and self.dialect == "llama-cpp":
             room = max(1, self.context_tokens - reply.input_tokens)
             length = room if limit is None else min(limit, room)
             # sim.respond counts a token per 4 characters: `length` tokens are 4 * length characters.
@@ -548,7 +573,12 @@ def main(argv: list[str] | None = None) -> int:
         default="openai",
         help="llama-cpp: read only max_tokens and, without it, generate until the context is full",
     )
-    parser.add_argument("--context", type=int, default=4096, help="context window in tokens (llama-cpp)")
+    parser.add_argument(
+        "--context", type=int, default=None, help="context window in tokens (llama-cpp default: 4096)"
+    )
+    parser.add_argument(
+        "--unformatted-rate", type=float, default=0.0, help="share of replies that ignore the output format"
+    )
     parser.add_argument(
         "--api-key-env",
         metavar="NAME",
@@ -575,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             hang_s=args.hang,
             dialect=args.dialect,
             context_tokens=args.context,
+            unformatted_rate=args.unformatted_rate,
         )
         server.start()
     except (ValueError, OSError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dspy
 
@@ -13,6 +14,7 @@ from lsl_dagster.models import (
     Comparison,
     EvaluationResult,
     ExperimentSpec,
+    FormatCounts,
     PairedDifference,
     PromptCandidate,
     Provenance,
@@ -43,7 +45,7 @@ def _optimize(
     student: dspy.Module,
     role: str,
     reflection: str,
-    parent: str | None,
+    parent: PromptCandidate | None,
 ) -> PromptCandidate:
     trainset, valset = optimizer_sets(spec, task)
     result = run_optimizer(
@@ -57,6 +59,7 @@ def _optimize(
         meter=run.meter,
         seed=spec.seed,
         threads=run.threads(role),
+        stage=stage,
     )
     provenance = Provenance(
         stage=stage,
@@ -64,12 +67,23 @@ def _optimize(
         model=spec.model(role).model,
         seed=spec.seed,
         spec_hash=spec.spec_hash,
-        parent=parent,
+        parent=None if parent is None else parent.provenance.stage,
         start_val_score=result.start_val_score,
         val_score=result.val_score,
         stop_reason=result.stop_reason,
+        unparseable_replies=result.unparseable_replies,
     )
-    return capture(result.program, task, spec.experiment_id, provenance, run.meter.ledger(), spec.simulated)
+    ledger = run.meter.ledger()
+    candidate = capture(result.program, task, spec.experiment_id, provenance, ledger, spec.simulated)
+    if parent is None:
+        return candidate
+    unchanged = candidate.predictors == parent.predictors
+    update: dict[str, Any] = {"unchanged": unchanged}
+    if unchanged:
+        # Never silent: a hardened prompt equal to its parent makes LSL the baseline by construction.
+        why = result.stop_reason or "no proposal beat the starting prompt on the dev set"
+        update["stop_reason"] = f"unchanged: {why}" + (f"; {result.activity}" if result.activity else "")
+    return candidate.model_copy(update={"provenance": provenance.model_copy(update=update)})
 
 
 def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCandidate:
@@ -82,7 +96,7 @@ def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCa
         optimizer=spec.stage1.optimizer,
         student=task.program(),
         role="large",
-        reflection="large",
+        reflection=spec.stage1.prompt_model,
         parent=None,
     )
 
@@ -101,7 +115,7 @@ def stage2_harden(
         student=rebuild(stage1, task),
         role="small",
         reflection=spec.stage2.reflection,
-        parent="stage1",
+        parent=stage1,
     )
 
 
@@ -116,7 +130,7 @@ def budget_matched_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> 
         optimizer=spec.stage1.optimizer,
         student=task.program(),
         role="large",
-        reflection="large",
+        reflection=spec.stage1.prompt_model,
         parent=None,
     )
 
@@ -146,6 +160,7 @@ def evaluate_on_large(
         n=totals.n,
         score=totals.score,
         n_errors=totals.n_errors,
+        **totals.format_counts().model_dump(),
         predictions_path=str(out),
         ledger=run.meter.ledger(),
         simulated=spec.simulated,
@@ -192,6 +207,7 @@ def compare(
             calls=result.ledger.calls,
             cost_usd=result.ledger.cost_usd,
             optimization_calls=optimization_calls.get(arm),
+            **result.model_dump(include=set(FormatCounts.model_fields)),
         )
         for arm, result in evaluations.items()
     ]
@@ -200,7 +216,8 @@ def compare(
         base, other = per_example[baseline], per_example[arm]
         if base.keys() != other.keys():
             raise ValueError(f"{arm} and {baseline} were evaluated on different examples; cannot pair them")
-        ids = sorted(base)
+        # Paired over the examples both arms scored: a provider failure is no answer, right or wrong.
+        ids = sorted(i for i in base if base[i] is not None and other[i] is not None)
         a, b = [base[i] for i in ids], [other[i] for i in ids]
         diff, low, high = stats.paired_bootstrap_ci(a, b, seed=spec.seed)
         p = (
@@ -229,4 +246,5 @@ def compare(
         differences=differences,
         usage=usage,
         simulated=spec.simulated,
+        stage2_unchanged=stage2.provenance.stop_reason if stage2.provenance.unchanged else None,
     )

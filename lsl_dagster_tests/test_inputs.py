@@ -62,6 +62,7 @@ def test_malformed_dataset_lines_are_reported_with_file_and_line(lab: Lab):
         "name: qa\ninstructions: Answer.\ninputs: {question: A question.}\n"
         "output: answer\nmetric: exact_match\n"
     )
+
     def good(q: str) -> str:
         return f'{{"question": "{q}", "answer": "a"}}\n'
 
