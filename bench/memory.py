@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -26,6 +27,8 @@ from _common import REPO, median, parser, print_table, run, spread, starting_can
 SIZES = (1_000, 5_000, 20_000)
 QUICK_SIZES = (500, 2_000)
 TARGET_MB = 50
+FD_THREADS = (8, 64)
+FD_TARGET = 64  # issue 16: under a laptop's limits (256 on macOS)
 
 
 def _status_kib(field: str) -> int:
@@ -35,17 +38,37 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def open_cache_files() -> int:
-    """File descriptors this process holds on the response cache's SQLite files (3 per connection)."""
-    count = 0
+def open_files() -> tuple[int, int]:
+    """(all file descriptors of this process, those on the response cache's SQLite files)."""
+    total = cache = 0
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):  # closed since listed
-            count += "cache.db" in os.readlink(f"/proc/self/fd/{fd}")
-    return count
+            cache += "responses.sqlite" in os.readlink(f"/proc/self/fd/{fd}")
+            total += 1
+    return total, cache
 
 
-def child(n: int, trace: bool) -> None:
-    """Evaluate n examples; print one JSON line: peak and starting RSS (KiB), calls, cache fds, seconds."""
+class FdSampler(threading.Thread):
+    """Samples the open descriptors every 5 ms while an evaluation runs; keeps the peaks."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_total = self.peak_cache = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.005):
+            total, cache = open_files()
+            self.peak_total, self.peak_cache = max(self.peak_total, total), max(self.peak_cache, cache)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def child(n: int, trace: bool, threads: int = 8) -> None:
+    """Evaluate n examples with `threads` threads; print one JSON line: peak and starting RSS (KiB), calls,
+    peak open descriptors (all, and on the response cache), seconds."""
     from lsl_dagster import stages
     from lsl_dagster.lm import LanguageModels
     from lsl_dagster.models import ExperimentSpec
@@ -56,7 +79,7 @@ def child(n: int, trace: bool) -> None:
     spec = ExperimentSpec(
         experiment_id="bench-memory",
         task=task.name,
-        large_model={"model": "sim/large"},
+        large_model={"model": "sim/large", "max_concurrency": threads},
         small_model={"model": "sim/small"},
         evaluation={"split": "test", "limit": n},
     )
@@ -69,9 +92,11 @@ def child(n: int, trace: bool) -> None:
                 tracemalloc.start(25)
                 before = tracemalloc.take_snapshot()
             start_kib, start = _status_kib("VmRSS"), time.perf_counter()
+            sampler = FdSampler()
+            sampler.start()
             result = stages.evaluate_on_large(spec, task, candidate, "baseline", stage, out)
+            sampler.stop()
             seconds = time.perf_counter() - start
-            cache_fds = open_cache_files()
             if trace:
                 current, peak = tracemalloc.get_traced_memory()
                 print(
@@ -88,7 +113,8 @@ def child(n: int, trace: bool) -> None:
             {
                 "peak_kib": peak_kib,
                 "start_kib": start_kib,
-                "cache_fds": cache_fds,
+                "cache_fds": sampler.peak_cache,
+                "fds": sampler.peak_total,
                 "calls": calls,
                 "s": seconds,
             }
@@ -110,12 +136,13 @@ def print_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> N
 def main() -> None:
     p = parser(__doc__.split("\n")[0], repeat=3)
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=8, help=argparse.SUPPRESS)
     p.add_argument(
         "--trace", type=int, metavar="N", help="tracemalloc diff around one evaluation of N examples"
     )
     args = p.parse_args()
     if args.child is not None:
-        child(args.child, trace=False)
+        child(args.child, trace=False, threads=args.threads)
         return
     if args.trace is not None:
         child(args.trace, trace=True)
@@ -154,7 +181,32 @@ def main() -> None:
             f"target (issue 5, 20k vs 1k): within {TARGET_MB} MB -> "
             + ("met" if growth * 1.048576 <= TARGET_MB else "MISSED"),
             "RSS before: after imports and stage set-up, just before evaluating. Peak: the child's VmHWM.",
-            "cache fds: open descriptors on the response cache's SQLite files when the evaluation returns.",
+            "cache fds: peak open descriptors on the response cache's SQLite files during the evaluation.",
+        ],
+    )
+    fd_size = sizes[0]
+    by_threads: dict[int, list[dict]] = {c: [] for c in FD_THREADS}
+    for c in FD_THREADS:
+        for _ in range(repeat):
+            _, out = run([sys.executable, __file__, "--child", str(fd_size), "--threads", str(c)])
+            by_threads[c].append(json.loads(out.strip().splitlines()[-1]))
+    print_table(
+        f"Open file descriptors during one evaluation of {fd_size:,} examples, by concurrency, "
+        f"median of {repeat}",
+        ["max_concurrency", "peak fds (whole process)", "peak fds on the response cache", "target"],
+        [
+            [
+                c,
+                int(median(m["fds"] for m in by_threads[c])),
+                int(median(m["cache_fds"] for m in by_threads[c])),
+                f"< {FD_TARGET}: "
+                + ("met" if median(m["fds"] for m in by_threads[c]) < FD_TARGET else "MISSED"),
+            ]
+            for c in FD_THREADS
+        ],
+        [
+            "Sampled every 5 ms from /proc/self/fd while dspy.Evaluate runs: everything the process holds",
+            "(libraries, call log, predictions file) and the response cache's one SQLite connection.",
         ],
     )
 

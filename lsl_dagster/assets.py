@@ -28,7 +28,7 @@ from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
 from lsl_dagster.experiments import ExperimentError, spec_versions
 from lsl_dagster.ledger import BudgetExhausted
-from lsl_dagster.lm import ConfigError, LanguageModels, ProviderUnavailable
+from lsl_dagster.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
 from lsl_dagster.metadata import (
     campaign_metadata,
     comparison_metadata,
@@ -79,6 +79,12 @@ def _stage(
     except BudgetExhausted as exc:
         raise Failure(
             description=f"{exc} before {name} had a result to keep; nothing was saved as its output",
+            metadata=_saved_ledger(workspace, spec, name),
+            allow_retries=False,
+        ) from None
+    except AccessDenied as exc:
+        raise Failure(
+            description=f"{name}: {exc}. Check the key and the account's credit; nothing was retried.",
             metadata=_saved_ledger(workspace, spec, name),
             allow_retries=False,
         ) from None

@@ -423,6 +423,24 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Forecast each experiment's calls, tokens and cost; calls no model."""
+    from lsl_dagster.definitions import build_definitions
+    from lsl_dagster.plan import forecast, render
+
+    workspace = build_definitions().resources["workspace"]
+    refused = False
+    for experiment_id in args.experiments:
+        try:
+            spec = workspace.experiment(experiment_id)
+            plan = forecast(spec, workspace.task(spec.task))
+        except ValueError as exc:  # unknown or invalid experiment, bad task data
+            raise CliError(str(exc)) from None
+        print(render(plan) + "\n")
+        refused = refused or plan.refusal is not None
+    return 1 if refused else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -432,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
         "export": (cmd_export, "one row per experiment and arm, as CSV, JSON or Parquet"),
         "plot": (cmd_plot, "each arm's score with its CI, one panel per experiment (PNG)"),
     }
+    plan = sub.add_parser("plan", help="forecast calls, tokens and cost per stage, without calling a model")
+    plan.add_argument("experiments", nargs="+", help="experiment ids")
+    plan.set_defaults(func=cmd_plan)
     campaign = sub.add_parser("campaign", help="run a campaign (data/campaigns/NAME.yaml) as a backfill")
     campaign.add_argument("action", choices=["run"])
     campaign.add_argument("name", help="the campaign's name")

@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor, multiprocess_executor
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from lsl_dagster.assets import GROUP, build_assets, build_campaign_assets
 from lsl_dagster.checks import build_checks
+from lsl_dagster.executors import executor_from_env
 from lsl_dagster.experiments import campaigns, experiment_ids
 from lsl_dagster.io_managers import PydanticJsonIOManager
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.partitions import experiments_partitions
 from lsl_dagster.sensors import experiment_files_sensor
 from lsl_dagster.workspace import PROJECT_DIR, Workspace
-
-EXECUTORS = {"in_process": in_process_executor, "multiprocess": multiprocess_executor}
 
 
 def build_definitions(
@@ -40,8 +39,8 @@ def build_definitions(
             )
         ],
         # Stages of one experiment run one at a time anyway (they share its budget), so steps run
-        # in-process by default; experiments run in parallel as separate runs.
-        executor=EXECUTORS[os.environ.get("LSL_EXECUTOR", "in_process")],
+        # in-process by default; experiments run in parallel as separate runs. LSL_EXECUTOR chooses.
+        executor=executor_from_env(),
         resources={
             "workspace": Workspace(data_dir=str(data_dir), runs_dir=str(runs_dir)),
             "language_models": language_models or LanguageModels(),

@@ -89,6 +89,9 @@ class _Usage:
     def add(self, record: dict[str, Any]) -> None:
         if not record["ok"]:
             self.failed += 1
+            if record["cost_usd"] is not None:  # a timeout or garbled reply, at its worst-case cost
+                self.cost += record["cost_usd"]
+                self.sources |= {record["cost_source"]}
             return
         self.calls += 1
         self.input_tokens += record["input_tokens"]
@@ -123,8 +126,9 @@ class _Usage:
 
 
 def spent_usd(records: Iterable[dict[str, Any]]) -> float:
-    """What the logged requests cost; unpriced ones count as zero (a budget then refuses to start)."""
-    return sum(r["cost_usd"] or 0.0 for r in records if r["ok"])
+    """What the logged requests cost, including failed ones that may have been billed (at their
+    worst-case cost); unpriced ones count as zero (a budget then refuses to start)."""
+    return sum(r.get("cost_usd") or 0.0 for r in records)  # stage events carry no cost
 
 
 class Meter:
@@ -151,6 +155,7 @@ class Meter:
         self.max_calls = max_calls
         self.cost_allowance_usd = cost_allowance_usd
         self.stop_reason: str | None = None
+        self.cost_stopped = False  # stopped by its share of max_cost_usd (not by max_calls)
         self._log = log
         self._lock = threading.Condition()
         self._usage: dict[str, _Usage] = {}
@@ -209,7 +214,17 @@ class Meter:
                     raise BudgetExhausted(
                         f"{self.stage}: {model} has no known price, so max_cost_usd cannot hold"
                     )
+                # Reservations of calls in flight are released (mostly unspent) when they settle: wait for
+                # them rather than refuse a call the allowance can still pay for.
+                while (
+                    self._spent + self._reserved + worst_cost_usd > self.cost_allowance_usd
+                    and self._spent + worst_cost_usd <= self.cost_allowance_usd
+                    and self._in_flight > 0
+                ):
+                    self._lock.wait()
+                    self._check_call()
                 if self._spent + self._reserved + worst_cost_usd > self.cost_allowance_usd:
+                    self.cost_stopped = True
                     self.stop_reason = (
                         f"{self.stage}: max_cost_usd reached (spent ${self._spent:.4f} of an allowance of "
                         f"${self.cost_allowance_usd:.4f}; the next request could cost up to "

@@ -20,6 +20,7 @@ import dspy
 from dagster import ConfigurableResource
 from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
 from dspy.clients.execution import execute, finalize, prepare
+from dspy.clients.lm import _is_openai_reasoning_model
 from dspy.lm15 import ProviderError, Request, Response, RouterConfig, TransportError
 from dspy.utils.callback import with_callbacks
 from dspy.utils.exceptions import (
@@ -32,11 +33,13 @@ from dspy.utils.exceptions import (
 )
 
 from lsl_dagster import sim
+from lsl_dagster.cache import endpoint_scope
 from lsl_dagster.formats import note_finish_reasons
 from lsl_dagster.ledger import Meter
-from lsl_dagster.models import ExperimentSpec, ModelSpec, Price
+from lsl_dagster.models import FAMILIES, ExperimentSpec, ModelSpec, Price
 
-OPENROUTER_URL = "https://openrouter.ai/api/v1"
+# Prices come from the price map packaged with DSPy; never fetched over the network at run time.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
 
 
 class ConfigError(ValueError):
@@ -48,18 +51,32 @@ class ProviderUnavailable(BaseException):
     dspy.Evaluate score a failed example as 0: an outage must stop the stage, not read as wrong answers."""
 
 
+class AccessDenied(ProviderUnavailable):
+    """401/402/403: a wrong key or an exhausted account. Retrying cannot help and may cost: the step
+    stops at once, with no retry by DSPy or Dagster."""
+
+
 # Errors that mean "the provider is not serving us" once DSPy's retries are spent. Others (a request
 # too long for the context window, unparseable output) stay failures of that one example.
-_OUTAGES = (LMAuthError, LMBillingError, LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError)
+_OUTAGES = (LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError)
+_DENIED = (LMAuthError, LMBillingError)
 
 
 class MeteredLM(dspy.LM):
     """dspy.LM whose exhausted retries end the stage (ProviderUnavailable) instead of one example, and
+    whose calls are cached under its endpoint as well as the request (see cache.endpoint_scope), and
     which notes each reply's finish_reason (fresh or cached) for the evaluation's format accounting."""
+
+    endpoint: str = ""
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         try:
-            return self._call(prompt, messages=messages, **kwargs)
+            with endpoint_scope(self.endpoint):
+                return self._call(prompt, messages=messages, **kwargs)
+        except _DENIED as exc:
+            denied = AccessDenied(f"access denied by {self.model}: {type(exc).__name__}: {exc}")
+            self.engine.meter.halt(denied)
+            raise denied from exc
         except _OUTAGES as exc:
             unavailable = ProviderUnavailable(
                 f"provider unavailable: {self.model}: {type(exc).__name__}: {exc}"
@@ -114,17 +131,28 @@ class MeteredEngine:
             try:
                 response = self.inner.complete(request)
             except ProviderError as exc:
+                garbled = type(exc) is ProviderError and getattr(exc, "status", None) == 200
                 self.meter.settle(
-                    model, worst, ok=False, latency_s=time.perf_counter() - start, error=str(exc)[:200]
+                    model,
+                    worst,
+                    ok=False,
+                    latency_s=time.perf_counter() - start,
+                    error=str(exc)[:200],
+                    **_maybe_billed(worst, garbled or isinstance(exc, TimeoutError)),
                 )
-                if type(exc) is ProviderError and getattr(exc, "status", None) == 200:
+                if garbled:
                     # HTTP 200 with a body that is not a completion (truncated, garbled): a transport
                     # fault, which DSPy retries; unclassified provider errors it would not.
                     raise TransportError(f"malformed response body from {model}") from exc
                 raise
             except BaseException as exc:
                 self.meter.settle(
-                    model, worst, ok=False, latency_s=time.perf_counter() - start, error=type(exc).__name__
+                    model,
+                    worst,
+                    ok=False,
+                    latency_s=time.perf_counter() - start,
+                    error=type(exc).__name__,
+                    **_maybe_billed(worst, isinstance(exc, TimeoutError)),
                 )
                 raise
             cost, source = self._cost(response)
@@ -149,6 +177,14 @@ class MeteredEngine:
             close()
 
 
+def _maybe_billed(worst: float | None, billed: bool) -> dict[str, Any]:
+    """A call that timed out or came back garbled may still have been billed: it counts at its
+    worst-case cost (as spend, so budgets hold), flagged as an estimate."""
+    if not billed:
+        return {}
+    return {"cost_usd": worst, "cost_source": "worst_case" if worst is not None else "unknown"}
+
+
 class Provider(ABC):
     @abstractmethod
     def price(self, spec: ModelSpec) -> Price | None: ...
@@ -159,13 +195,25 @@ class Provider(ABC):
     def check(self, spec: ModelSpec, *, need_price: bool) -> None:
         """Everything that would make the first call fail, checked before any call."""
         var = spec.key_env
-        if var is not None and not os.environ.get(var):
+        if var is not None and not key_from_env(spec):
             raise ConfigError(f"{spec.model} needs an API key: set the environment variable {var}")
         if need_price and self.price(spec) is None:
             raise ConfigError(
                 f"max_cost_usd is set but no price is known for {spec.model}: add "
                 "`price: {input_per_mtok: ..., output_per_mtok: ...}` to its model entry"
             )
+        if _is_openai_reasoning_model(spec.model) and (spec.temperature != 1.0 or spec.max_tokens < 16000):
+            # DSPy refuses these settings when the LM is built; say what to write before anything runs.
+            raise ConfigError(
+                f"{spec.model} is a reasoning model: set `temperature: 1` and `max_tokens: 16000` (or more) "
+                f"in its model entry (it has temperature {spec.temperature}, max_tokens {spec.max_tokens})"
+            )
+
+
+def key_from_env(spec: ModelSpec) -> str | None:
+    """The key this model's endpoint may receive (see ModelSpec.key_env), read at call time."""
+    names = (spec.api_key_env,) if spec.api_key_env else spec.family.key_vars if spec.default_endpoint else ()
+    return next((os.environ[name] for name in names if os.environ.get(name)), None)
 
 
 class SimProvider(Provider):
@@ -183,38 +231,39 @@ class SimProvider(Provider):
         super().check(spec, need_price=need_price)
 
 
-class HttpProvider(Provider):
-    """OpenRouter and OpenAI-compatible servers, through DSPy's native (lm15) engine."""
+def packaged_price(spec: ModelSpec) -> Price | None:
+    """The model's price from DSPy's packaged price snapshot (LiteLLM's map), never fetched at run time.
+    Only for the provider's own endpoint: a model name on someone else's server has no list price."""
+    if not spec.default_endpoint or spec.family.price_namespace is None:
+        return None
+    from dspy.clients.model_metadata import model_info
 
-    def __init__(self, provider: str, default_url: str | None):
-        self.provider = provider
-        self.default_url = default_url
+    info = model_info(spec.family.price_namespace, spec.model.split("/", 1)[1])
+    prices = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+    if not all(isinstance(p, int | float) for p in prices):
+        return None
+    return Price(input_per_mtok=prices[0] * 1e6, output_per_mtok=prices[1] * 1e6)
+
+
+class HttpProvider(Provider):
+    """Every HTTP provider family, through DSPy's native (lm15) engine: OpenAI chat completions (OpenAI,
+    OpenRouter, Ollama, any OpenAI-compatible server), Anthropic messages, Gemini generateContent."""
 
     def price(self, spec: ModelSpec) -> Price | None:
-        if spec.price is not None or self.provider != "openrouter":
-            return spec.price
-        # DSPy's packaged price snapshot; never fetched over the network at run time.
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
-        from dspy.clients.model_metadata import model_info
-
-        info = model_info("openrouter", spec.model.split("/", 1)[1])
-        prices = info.get("input_cost_per_token"), info.get("output_cost_per_token")
-        if not all(isinstance(p, int | float) for p in prices):
-            return None
-        return Price(input_per_mtok=prices[0] * 1e6, output_per_mtok=prices[1] * 1e6)
+        return spec.price or packaged_price(spec)
 
     def engine(self, spec: ModelSpec, seed: int) -> Any:
-        lm15_provider = "openrouter" if self.provider == "openrouter" else "openai-chat"
-        key = os.environ.get(spec.key_env) if spec.key_env else None
+        family = spec.family
         config = RouterConfig(
-            # An OpenAI-compatible server without auth still gets a placeholder bearer token.
-            api_keys={lm15_provider: key or "not-needed"},
-            base_urls={lm15_provider: spec.api_base or self.default_url},
+            # Only the key this endpoint may receive (key_from_env); a keyless server gets a placeholder,
+            # never another provider's key. env={}: lm15 must not look keys up by itself.
+            api_keys={family.lm15: key_from_env(spec) or "not-needed"},
+            base_urls={family.lm15: spec.endpoint},
             timeouts=timeouts_for(spec.timeout_s),
             env={},
         )
         engine = LM15Engine(config, model_type="chat")
-        if lm15_provider == "openai-chat" and urlsplit(spec.api_base or "").hostname != "api.openai.com":
+        if family.lm15 == "openai-chat" and urlsplit(spec.endpoint).hostname != "api.openai.com":
             return BothTokenLimits(engine)
         return engine
 
@@ -245,11 +294,7 @@ class BothTokenLimits:
         self.inner.close()
 
 
-PROVIDERS: dict[str, Provider] = {
-    "sim": SimProvider(),
-    "openrouter": HttpProvider("openrouter", OPENROUTER_URL),
-    "openai": HttpProvider("openai", None),
-}
+PROVIDERS: dict[str, Provider] = {"sim": SimProvider(), **{name: HttpProvider() for name in FAMILIES}}
 
 
 class LanguageModels(ConfigurableResource):
@@ -263,12 +308,15 @@ class LanguageModels(ConfigurableResource):
 
     def check(self, spec: ExperimentSpec) -> None:
         for model in (spec.large_model, spec.small_model):
-            PROVIDERS[model.provider].check(model, need_price=spec.max_cost_usd is not None)
+            self.check_model(model, need_price=spec.max_cost_usd is not None)
+
+    def check_model(self, spec: ModelSpec, *, need_price: bool) -> None:
+        PROVIDERS[spec.provider].check(spec, need_price=need_price)
 
     def lm(self, spec: ModelSpec, meter: Meter, seed: int) -> dspy.LM:
         provider = PROVIDERS[spec.provider]
         engine = MeteredEngine(provider.engine(spec, seed), spec, meter, provider.price(spec))
-        return MeteredLM(
+        lm = MeteredLM(
             spec.model,
             engine=engine,
             temperature=spec.temperature,
@@ -276,3 +324,5 @@ class LanguageModels(ConfigurableResource):
             num_retries=self.num_retries,
             cache=True,
         )
+        lm.endpoint = spec.endpoint
+        return lm

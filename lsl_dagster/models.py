@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _SLUG = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-PROVIDERS = ("sim", "openrouter", "openai")
+
+
+class Family(NamedTuple):
+    """A provider family as DSPy spells it (the model string's prefix)."""
+
+    lm15: str  # DSPy's native engine's provider id: the wire format and auth scheme
+    default_url: str  # the provider's own endpoint, used when the model entry has no api_base
+    key_vars: tuple[str, ...]  # its conventional key variables, first set wins; () for keyless servers
+    price_namespace: str | None  # where DSPy's packaged price map lists it
+
+
+FAMILIES: dict[str, Family] = {
+    "openai": Family("openai-chat", "https://api.openai.com/v1", ("OPENAI_API_KEY",), "openai"),
+    "anthropic": Family("anthropic", "https://api.anthropic.com/v1", ("ANTHROPIC_API_KEY",), "anthropic"),
+    "gemini": Family(
+        "gemini",
+        "https://generativelanguage.googleapis.com/v1beta",
+        ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+        "gemini",
+    ),
+    "openrouter": Family("openrouter", "https://openrouter.ai/api/v1", ("OPENROUTER_API_KEY",), "openrouter"),
+    "ollama_chat": Family("ollama", "http://localhost:11434/v1", (), None),
+}
+PROVIDERS = ("sim", *FAMILIES)
 
 
 def check_slug(value: str) -> str:
@@ -56,10 +80,11 @@ class ModelSpec(Strict):
     @classmethod
     def _known_provider(cls, value: str) -> str:
         provider, _, name = value.partition("/")
-        if provider not in PROVIDERS or not name:
+        if provider not in PROVIDERS or not name or (provider == "openrouter" and "/" not in name):
             raise ValueError(
-                f"model {value!r} must look like sim/<name>, openrouter/<org>/<model> or openai/<name> "
-                "(with api_base for an OpenAI-compatible server)"
+                f"model {value!r} must be spelled as DSPy spells it: openai/<model>, anthropic/<model>, "
+                "gemini/<model>, openrouter/<org>/<model>, ollama_chat/<model>, or sim/<tier> "
+                "(any OpenAI-compatible server: openai/<model> with api_base)"
             )
         return value
 
@@ -73,14 +98,21 @@ class ModelSpec(Strict):
             )
         return value
 
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"api_base {value!r} must be an http(s) URL, e.g. http://127.0.0.1:8080/v1")
+        return value.rstrip("/") if value else value
+
     @model_validator(mode="after")
     def _reachable(self) -> ModelSpec:
-        if self.provider == "openai" and not self.api_base:
-            raise ValueError(f"{self.model}: an openai/<name> model needs api_base (the server's /v1 URL)")
         if self.provider == "sim":
             from lsl_dagster.sim import tier_name  # sim imports this module
 
             tier_name(self.model)
+            if self.api_base:
+                raise ValueError(f"{self.model}: the in-process simulator takes no api_base")
         return self
 
     @property
@@ -92,11 +124,33 @@ class ModelSpec(Strict):
         return self.provider == "sim"
 
     @property
+    def family(self) -> Family:
+        return FAMILIES[self.provider]
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go: api_base, else the provider's own endpoint ("sim" in process)."""
+        if self.simulated:
+            return "sim"
+        return self.api_base or self.family.default_url
+
+    @property
+    def default_endpoint(self) -> bool:
+        """True when requests go to the provider's own endpoint (no api_base, or api_base equal to it)."""
+        return not self.simulated and self.endpoint == self.family.default_url
+
+    @property
     def key_env(self) -> str | None:
-        """The variable the key is read from; None when no key is needed."""
+        """The variable the key is read from; None when no key is sent.
+
+        A key goes only where it belongs: the provider's conventional variable (OPENAI_API_KEY, ...) only to
+        the provider's own endpoint; a custom api_base gets a key only when api_key_env names one.
+        """
         if self.api_key_env:
             return self.api_key_env
-        return "OPENROUTER_API_KEY" if self.provider == "openrouter" else None
+        if self.simulated or not self.default_endpoint or not self.family.key_vars:
+            return None
+        return next((v for v in self.family.key_vars if os.environ.get(v)), self.family.key_vars[0])
 
 
 Optimizer = Literal["miprov2", "gepa", "bootstrap_rs"]
@@ -205,7 +259,7 @@ class ModelUsage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = 0.0
-    cost_source: Literal["provider", "price_table", "mixed", "unknown", "none"] = "none"
+    cost_source: Literal["provider", "price_table", "worst_case", "mixed", "unknown", "none"] = "none"
     latency_s: float = 0.0
 
     @property
@@ -335,6 +389,8 @@ class CampaignSpec(Strict):
     seeds: list[int] = Field(min_length=1)
     # Every other experiment setting, shared by all cells (validated when the grid is expanded).
     experiment: dict[str, Any] = {}
+    # A hard cap on what all the campaign's experiments together may spend (each may have its own too).
+    max_cost_usd: float | None = Field(default=None, gt=0)
 
 
 class Interval(Strict):

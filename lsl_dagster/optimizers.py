@@ -331,6 +331,11 @@ def run_optimizer(
     except BudgetExhausted:
         meter.wait_idle()
         if best.program is None:
+            if meter.cost_stopped:
+                # A capped experiment always ends with a comparison: a stage whose share of the cap ran
+                # out before any candidate was validated keeps the program it started from.
+                reason = f"{meter.stop_reason}; no candidate validated yet, kept the starting program"
+                return Optimized(student, None, None, reason)
             raise
         program, stop_reason = best.program, meter.stop_reason
     except AdapterParseError as exc:

@@ -39,6 +39,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lsl_dagster.sim import LABEL, TIERS, Reply, respond, tier_name
+from lsl_dagster.sim_dialects import (
+    GEMINI_PATH,
+    KEY_HEADERS,
+    MESSAGES_PATHS,
+    DialectError,
+    parse_gemini,
+    parse_messages,
+    render_gemini,
+    render_messages,
+)
 
 DIALECTS = ("openai", "llama-cpp")
 FAULT_KINDS = ("429", "500", "502", "503", "hang", "malformed", "reset")
@@ -189,6 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in CHAT_PATHS:
             self._chat(raw)
+        elif path in MESSAGES_PATHS or GEMINI_PATH.fullmatch(path):
+            self._dialect(raw, path)
         elif not self._authorized():
             return
         elif path == "/reset":
@@ -231,10 +243,51 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, value: object, headers: Mapping[str, str] | None = None) -> None:
         self._send(status, json.dumps(value).encode(), headers)
 
+    def _dialect(self, raw: bytes, path: str) -> None:
+        """Anthropic messages or Gemini generateContent: the same sim models in another wire format
+        (no fault injection; the OpenAI route has that)."""
+        sim = self.server.sim
+        n = sim._begin()
+        gemini = GEMINI_PATH.fullmatch(path)
+        dialect = "gemini" if gemini else "anthropic"
+        try:
+            sim._record_headers(self.headers)
+            given = self.headers.get(KEY_HEADERS[dialect], "")
+            if sim.api_key is not None and not hmac.compare_digest(given.encode(), sim.api_key.encode()):
+                sim._count("rejected")
+                self._json(401, {"error": {"type": "authentication_error", "message": "invalid api key"}})
+                return
+            try:
+                body = json.loads(raw)
+                if gemini:
+                    model = gemini["model"]
+                    system, turns, temperature = parse_gemini(body)
+                else:
+                    model, system, turns, temperature = parse_messages(body)
+                tier = tier_name(model)
+            except DialectError as exc:
+                raise RequestError(exc.status, str(exc)) from None
+            except ValueError as exc:
+                raise RequestError(400 if isinstance(exc, json.JSONDecodeError) else 404, str(exc)) from None
+            if sim.latency_s > 0 and sim._stop.wait(sim.latency_s):
+                self._drop()
+                return
+            reply = respond(model, system, turns, sim.seed)
+            digest = hashlib.sha256(json.dumps([model, system, turns, sim.seed]).encode()).hexdigest()
+            sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
+            sim._record_repeat(digest, temperature, reply.input_tokens, reply.output_tokens, tier)
+            self._json(200, render_gemini(model, reply) if gemini else render_messages(n, model, reply))
+        except RequestError as exc:
+            sim._count("rejected")
+            self._json(exc.status, {"error": {"type": "invalid_request_error", "message": exc.message}})
+        finally:
+            sim._end()
+
     def _chat(self, raw: bytes) -> None:
         sim = self.server.sim
         n = sim._begin()
         try:
+            sim._record_headers(self.headers)
             if not self._authorized(count_as="rejected"):
                 return
             fault = sim.plan.fault_for(n)
@@ -271,6 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
             sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest, finish)
+            sim._record_repeat(digest, body.get("temperature"), reply.input_tokens, reply.output_tokens, tier)
             self._json(200, payload)
         except RequestError as exc:
             sim._count("rejected")
@@ -411,6 +465,11 @@ class SimServer:
             self.token_limits: dict[int | None, int] = {}
             # How often each distinct request (model, messages, seed) was answered: repeats are re-paid calls.
             self.served_requests: dict[str, int] = {}
+            # Answers to a request already answered, by the request's temperature, and what they cost.
+            self.repeats_by_temperature: dict[str, int] = {}
+            self.repeat_cost_usd = 0.0
+            # The credential headers each model request carried (tests check where keys went).
+            self.headers_seen: list[dict[str, str]] = []
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -518,6 +577,20 @@ class SimServer:
             self.prompt_tokens += prompt_tokens
             self.completion_tokens += completion_tokens
             self.cost_usd += TIERS[tier].price.cost(prompt_tokens, completion_tokens)
+
+    def _record_headers(self, headers: Mapping[str, str]) -> None:
+        seen = {name: headers[name] for name in KEY_HEADERS.values() if headers.get(name) is not None}
+        with self._lock:
+            self.headers_seen.append(seen)
+
+    def _record_repeat(
+        self, digest: str, temperature: Any, prompt_tokens: int, completion_tokens: int, tier: str
+    ) -> None:
+        with self._lock:
+            if self.served_requests[digest] > 1:
+                key = str(temperature)
+                self.repeats_by_temperature[key] = self.repeats_by_temperature.get(key, 0) + 1
+                self.repeat_cost_usd += TIERS[tier].price.cost(prompt_tokens, completion_tokens)
 
     def _completion(
         self, n: int, model: str, tier: str, reply: Reply, finish: str = "stop"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,12 +13,14 @@ from typing import Literal
 import dspy
 from dagster import ConfigurableResource
 
-from lsl_dagster.cache import stage_cache
-from lsl_dagster.experiments import load_experiment
+from lsl_dagster.cache import experiment_cache
+from lsl_dagster.campaign_budget import campaign_allowance
+from lsl_dagster.experiments import campaigns, load_experiment
 from lsl_dagster.files import atomic_write_text
 from lsl_dagster.ledger import CallLog, Meter, spent_usd
 from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import ExperimentSpec, Ledger, ModelSpec
+from lsl_dagster.models import CampaignSpec, ExperimentSpec, Ledger, ModelSpec
+from lsl_dagster.plan import check, forecast
 from lsl_dagster.tasks import Task, load_task
 
 log = logging.getLogger(__name__)
@@ -72,16 +74,18 @@ class Workspace(ConfigurableResource):
     ) -> Iterator[StageRun]:
         """Run one stage of an experiment.
 
-        Keys and prices are checked before any call. One stage of an experiment runs at a time (a file
-        lock), so the experiment's max_cost_usd holds across processes: the stage may spend what the
-        call log says is left. What the stage paid since it last completed (a crashed attempt) is part
-        of its usage; those responses replay from the stage's cache for free. The ledger is written
-        when the stage ends, also when it fails.
+        Keys, prices and the cost cap's allocation are checked before any call. One stage of an
+        experiment runs at a time (a file lock), so the experiment's max_cost_usd holds across
+        processes: the stage may spend its share of the cap, within what the call log says is left (and
+        within what its campaign's max_cost_usd has left, see campaign_budget). What the stage paid
+        since it last completed (a crashed attempt) is part of its usage; those responses, and any
+        request another stage already paid for, replay from the experiment's response cache for free.
+        The ledger is written when the stage ends, also when it fails.
         """
         models.check(spec)
         run_dir = self.run_dir(spec.experiment_id)
         run_dir.mkdir(parents=True, exist_ok=True)
-        with (run_dir / ".lock").open("w") as lock:
+        with (run_dir / ".lock").open("w") as lock, ExitStack() as held:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -96,12 +100,26 @@ class Workspace(ConfigurableResource):
                     else:
                         prior.append(record)
             calls = [r for r in records if "event" not in r]
-            allowance = None if spec.max_cost_usd is None else max(0.0, spec.max_cost_usd - spent_usd(calls))
+            allowance = self._allowance(spec, name, calls, prior)
+            campaign = self._capped_campaign(spec.experiment_id)
+            if campaign is not None:
+                capped, experiments = campaign
+                assert capped.max_cost_usd is not None
+                allowance = held.enter_context(
+                    campaign_allowance(
+                        Path(self.runs_dir),
+                        capped.campaign,
+                        capped.max_cost_usd,
+                        experiments,
+                        f"{spec.experiment_id}--{name}",
+                        allowance,
+                    )
+                )
             call_log = CallLog(run_dir / "calls.jsonl")
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
             run = StageRun(spec, meter, models)
             try:
-                with stage_cache(run_dir / "cache" / name, meter):
+                with experiment_cache(run_dir, meter):
                     yield run
                 meter.wait_idle()
                 call_log.append({"stage": name, "event": MATERIALIZED})
@@ -113,6 +131,29 @@ class Workspace(ConfigurableResource):
                 atomic_write_text(
                     run_dir / "ledgers" / f"{name}.json", meter.ledger().model_dump_json(indent=2)
                 )
+
+    def _capped_campaign(self, experiment_id: str) -> tuple[CampaignSpec, list[str]] | None:
+        """The campaign with its own max_cost_usd that this experiment belongs to, with its experiments."""
+        for campaign, specs in campaigns(Path(self.data_dir)).values():
+            if campaign.max_cost_usd is not None and experiment_id in specs:
+                return campaign, sorted(specs)
+        return None
+
+    def _allowance(
+        self, spec: ExperimentSpec, name: str, calls: list[dict], prior: list[dict]
+    ) -> float | None:
+        """What the stage may still spend: its share of max_cost_usd (allocated up front by the plan, so
+        the evaluations always have theirs) less what its earlier attempts spent, and never more than the
+        cap has left. Raises ConfigError, before any call, when the cap cannot cover the evaluations."""
+        if spec.max_cost_usd is None:
+            return None
+        left = max(0.0, spec.max_cost_usd - spent_usd(calls))
+        plan = forecast(spec, self.task(spec.task))
+        check(plan)
+        share = plan.share(name)
+        if share is None:
+            return left
+        return min(left, max(0.0, share - spent_usd(prior)))
 
     def saved_ledger(self, experiment_id: str, name: str) -> Ledger | None:
         path = self.run_dir(experiment_id) / "ledgers" / f"{name}.json"

@@ -8,15 +8,12 @@ import json
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg2
 import pytest
 import yaml
 from dagster import (
@@ -31,6 +28,7 @@ from dagster import (
 from lsl_dagster.definitions import build_definitions
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.sim_server import SimServer
+from lsl_dagster_tests.cluster import ServiceMissing, postgres_database
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -146,27 +144,12 @@ def sim_server() -> Iterator[SimServer]:
         yield server
 
 
-# The machine's PostgreSQL server (running before the session and in CI); LSL_TEST_POSTGRES points elsewhere.
-POSTGRES_SERVER = os.environ.get("LSL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh database on the machine's PostgreSQL server for one test, dropped after it. A server that
     cannot be reached fails the test that needs it: nothing is skipped."""
-    server = urlsplit(POSTGRES_SERVER)
-    name = f"lsl_test_{uuid.uuid4().hex[:12]}"
     try:
-        admin = psycopg2.connect(POSTGRES_SERVER, connect_timeout=10)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"no PostgreSQL server at {server.hostname}:{server.port} ({exc}); set LSL_TEST_POSTGRES")
-    admin.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(server._replace(path=f"/{name}"))
-        with admin.cursor() as cursor:
-            # FORCE: a run or daemon a failed test left behind must not keep the database alive.
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.close()
+        with postgres_database() as url:
+            yield url
+    except ServiceMissing as exc:
+        pytest.fail(str(exc))

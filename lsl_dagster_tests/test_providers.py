@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 from lsl_dagster.models import Comparison, EvaluationResult, PromptCandidate
+from lsl_dagster.plan import forecast
 from lsl_dagster.sim import TIERS
 from lsl_dagster.sim_server import SimServer
+from lsl_dagster.workspace import Workspace
 from lsl_dagster_tests.conftest import Lab
 
 SECRET = "sk-test-4f1c2a9e7d3b-do-not-leak"
@@ -129,13 +131,13 @@ def test_a_budget_too_small_for_any_candidate_fails_clearly(lab: Lab):
 
 
 def test_max_cost_usd_is_never_exceeded(lab: Lab, sim_server: SimServer):
-    cap = 0.12
-    lab.write(
-        "capped",
-        large_model=_http(sim_server, "large", api_key_env=None),
-        max_cost_usd=cap,
-        evaluation={"limit": 200},
-    )
+    spec = {"large_model": _http(sim_server, "large", api_key_env=None), "evaluation": {"limit": 200}}
+    lab.write("capped", **spec)
+    workspace = Workspace(data_dir=str(lab.data_dir))
+    plan = forecast(workspace.experiment("capped"), workspace.task("arithmetic"))
+    # The evaluations' worst case is reserved up front; the optimizers get a sliver of the cap.
+    cap = plan.evaluations_worst_usd + 0.12
+    lab.write("capped", **spec, max_cost_usd=cap)
     result = lab.run("capped", raise_on_error=False)
     calls = [r for r in _calls(lab, "capped") if r["ok"]]
     over_http = sum(r["cost_usd"] for r in calls if r["model"] == "openai/sim-large")

@@ -1,16 +1,27 @@
-"""Scale is configuration: the same code on a Postgres-backed instance with the multiprocess executor."""
+"""Scale is configuration: the same code on a Postgres-backed instance, with the multiprocess executor
+or with steps on Celery workers."""
 
 import json
+import os
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import yaml
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
 from dagster_postgres import PostgresRunStorage
 
+from lsl_dagster.assets import POOL
 from lsl_dagster.cli import STAGES
-from lsl_dagster_tests.conftest import Lab
+from lsl_dagster.experiments import experiment_ids, load_experiment
+from lsl_dagster.sim_server import SimServer
+from lsl_dagster_tests.cluster import CeleryWorkers
+from lsl_dagster_tests.conftest import FAST, Lab, make_lab
+from lsl_dagster_tests.test_resume import _outputs, _stage_calls
 
 
 def test_an_experiment_on_postgres_with_the_multiprocess_executor(
@@ -50,3 +61,198 @@ def test_an_experiment_on_postgres_with_the_multiprocess_executor(
     scores = {row[2]: row[3] for row in rows}
     assert scores == {arm["arm"]: f"{arm['score']:.3f}" for arm in comparison["arms"]}
     assert set(scores) == {"baseline", "lsl", "budget_matched"}
+
+
+# The steps that call LLMs (pool "lsl_llm") and the stage name their calls are logged under.
+LLM_STEPS = {
+    "stage1_prompt": "stage1",
+    "stage2_hardened_prompt": "stage2",
+    "budget_matched_prompt": "budget_matched",
+    "baseline_evaluation": "baseline_evaluation",
+    "stage3_evaluation": "stage3_evaluation",
+    "budget_matched_evaluation": "budget_matched_evaluation",
+}
+POOL_LIMIT, MAX_CONCURRENCY = 2, 3
+# A campaign's settings shared by its experiments: FAST's, minus what the grid sets.
+SHARED = {k: v for k, v in FAST.items() if k not in ("task", "large_model", "small_model", "seed")}
+
+
+def _postgres_home(path: Path, postgres_url: str) -> Path:
+    path.mkdir()
+    settings = {
+        "storage": {"postgres": {"postgres_url": postgres_url}},
+        "telemetry": {"enabled": False},
+        "concurrency": {"pools": {"default_limit": POOL_LIMIT}},
+    }
+    (path / "dagster.yaml").write_text(yaml.safe_dump(settings))
+    # Create the schema and the pool's limit once, as a deployment does: runs starting together on a
+    # fresh database would race to insert the pool's default limit (a unique-key violation).
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    command = [dagster, "instance", "concurrency", "set", POOL, str(POOL_LIMIT)]
+    subprocess.run(command, env={**os.environ, "DAGSTER_HOME": str(path)}, check=True, capture_output=True)
+    return path
+
+
+def _celery_steps(instance: DagsterInstance) -> list[tuple[str, str, str, bool]]:
+    """(experiment, step, worker, finished) for every step a Celery worker started, from the event log."""
+    steps = []
+    for run in instance.get_runs():
+        logs = instance.all_logs(
+            run.run_id, of_type={DagsterEventType.ENGINE_EVENT, DagsterEventType.STEP_SUCCESS}
+        )
+        succeeded = {e.step_key for e in logs if e.dagster_event_type == DagsterEventType.STEP_SUCCESS}
+        for entry in logs:
+            event = entry.dagster_event
+            if event is None or event.event_type != DagsterEventType.ENGINE_EVENT:
+                continue
+            worker = event.engine_event_data.metadata.get("Celery worker")
+            if worker is not None:
+                partition = run.tags["dagster/partition"]
+                steps.append((partition, entry.step_key, worker.value, entry.step_key in succeeded))
+    return steps
+
+
+class InFlight:
+    """Requests in flight across several servers, and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = self.max = 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.now += n
+            self.max = max(self.max, self.now)
+
+
+class GaugedSimServer(SimServer):
+    def __init__(self, gauge: InFlight, **settings: Any):
+        super().__init__(**settings)
+        self.gauge = gauge
+
+    def _begin(self) -> int:
+        self.gauge.add(1)
+        return super()._begin()
+
+    def _end(self) -> None:
+        super()._end()
+        self.gauge.add(-1)
+
+
+def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
+    lab: Lab, tmp_path: Path, postgres_url: str
+):
+    """Six experiments on the Postgres instance, steps on two Celery workers; one worker is killed -9
+    mid-step and its step finishes on the other, paying for no request twice."""
+    home = _postgres_home(tmp_path / "postgres_home", postgres_url)
+    # One server per experiment, so each server's counts are one experiment's calls (experiments of a
+    # campaign send some identical requests); in flight is also counted across all of them.
+    gauge = InFlight()
+    servers = [GaugedSimServer(gauge, latency_s=0.03).start() for _ in range(6)]
+    retired: list[SimServer] = []
+    (lab.data_dir / "campaigns").mkdir()
+    pairs = []
+    for n, server in enumerate(servers):
+        http = {"api_base": server.url, "max_concurrency": MAX_CONCURRENCY}
+        large, small = {"model": "openai/sim-large", **http}, {"model": "openai/sim-small", **http}
+        pairs.append({"name": f"p{n}", "large_model": large, "small_model": small})
+    campaign = {
+        "campaign": "wide",
+        "tasks": ["arithmetic"],
+        "model_pairs": pairs,
+        "seeds": [0],
+        "experiment": SHARED,
+    }
+    (lab.data_dir / "campaigns" / "wide.yaml").write_text(yaml.safe_dump(campaign))
+    ids = experiment_ids(lab.data_dir)
+    assert len(ids) == 6
+
+    workers = CeleryWorkers(lab.env(DAGSTER_HOME=str(home)), tmp_path / "workers")
+    runs: dict[str, subprocess.Popen] = {}
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        killed_node, survivor = workers.start("w1"), workers.start("w2")
+        for experiment in ids:
+            runs[experiment] = subprocess.Popen(
+                lab.materialize_command(experiment),
+                env=workers.env,
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / f"{experiment}.log").open("w"),
+            )
+        # Wait until w1 is well into an LLM step, then take it away (kill -9 of the worker and its pool).
+        deadline = time.monotonic() + 300
+        while True:
+            assert time.monotonic() < deadline, "no LLM step got going on w1"
+            assert all(p.poll() is None for p in runs.values()), "a run ended before w1 could be killed"
+            busy = [
+                (experiment, step)
+                for experiment, step, worker, finished in _celery_steps(instance)
+                if worker == killed_node and step in LLM_STEPS and not finished
+            ]
+            if any(_stage_calls(lab, e, LLM_STEPS[s]) >= 10 for e, s in busy):
+                break
+            time.sleep(0.1)
+        # Freeze the provider first so what is in flight on w1 is never answered (never paid): a reply in
+        # the instant before a real crash would be paid again (at most max_concurrency calls).
+        for server in servers:
+            server.freeze()
+        time.sleep(0.3)
+        interrupted = {
+            (experiment, step)
+            for experiment, step, worker, finished in _celery_steps(instance)
+            if worker == killed_node and step in LLM_STEPS and not finished
+        }
+        workers.kill("w1")
+        # What w1 had in flight is dropped unanswered: its experiments' servers restart on the same port
+        # (counts add up below); the others answer what they held.
+        hit = {load_experiment(lab.data_dir, e).large_model.api_base for e, _ in interrupted}
+        for n, server in enumerate(servers):
+            if server.url in hit:
+                server.stop()
+                retired.append(server)
+                servers[n] = GaugedSimServer(gauge, latency_s=0.03, port=server.port).start()
+            else:
+                server.release()
+        for experiment, process in runs.items():
+            assert process.wait(600) == 0, (tmp_path / f"{experiment}.log").read_text()[-3000:]
+    finally:
+        for process in runs.values():
+            if process.poll() is None:
+                process.kill()
+        workers.close()
+        for server in servers:
+            server.stop()
+
+    # The campaign completed, recorded in the Postgres registry.
+    for experiment in ids:
+        assert lab.output(experiment, "comparison")["experiment_id"] == experiment
+    comparisons = AssetRecordsFilter(asset_key=AssetKey("comparison"), asset_partitions=ids)
+    assert (
+        sorted(r.partition_key for r in instance.fetch_materializations(comparisons, limit=100).records)
+        == ids
+    )
+    # Both workers took steps; each step killed on w1 finished on w2.
+    steps = _celery_steps(instance)
+    assert {worker for _, _, worker, _ in steps} == {killed_node, survivor}
+    assert interrupted
+    for experiment, step in interrupted:
+        assert (experiment, step, survivor, True) in steps
+    # The lsl_llm pool held across both workers (4 worker slots, 2 pool slots): at most 2 LLM steps, each
+    # with max_concurrency calls in flight; more than one step's worth shows they did run side by side.
+    assert MAX_CONCURRENCY < gauge.max <= POOL_LIMIT * MAX_CONCURRENCY
+
+    # Each interrupted experiment paid for exactly the requests an uninterrupted run pays for, and
+    # concluded the same.
+    for experiment in {e for e, _ in interrupted}:
+        with make_lab(tmp_path / f"ref-{experiment}") as reference, SimServer().start() as ref_server:
+            spec = load_experiment(lab.data_dir, experiment).model_dump(mode="json")
+            ref_spec = {k: v for k, v in spec.items() if k != "experiment_id"}
+            for role in ("large_model", "small_model"):
+                ref_spec[role] = {**spec[role], "api_base": ref_server.url}
+            reference.write("ref", **ref_spec)
+            assert reference.run("ref").success
+        served: Counter[str] = Counter()
+        for server in (s for s in [*retired, *servers] if s.url == spec["large_model"]["api_base"]):
+            served.update(server.served_requests)
+        assert served == ref_server.served_requests
+        assert _outputs(lab, experiment) == _outputs(reference, "ref")
