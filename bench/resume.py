@@ -11,6 +11,7 @@ the server answers is recorded, so repaid calls are counted exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -28,9 +29,11 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from lsl_dagster.cli import STAGES
 from lsl_dagster.sim import TIERS
+from lsl_dagster.sim_keys import data_dir_keys
 from lsl_dagster.sim_server import SimServer
 
 ASSETS = list(STAGES)  # the stage assets
+KEYS = data_dir_keys(Path(__file__).resolve().parent.parent / "data")  # what the sim server plays
 LATENCY_S = 0.01
 QUICK = {
     "stage1": {"optimizer": "miprov2", "max_calls": 80},
@@ -46,7 +49,7 @@ def experiment(port: int, quick: bool) -> dict[str, Any]:
     base = f"http://127.0.0.1:{port}/v1"
     for role, tier in (("large_model", "large"), ("small_model", "small")):
         # The sim tier's price, so that max_cost_usd holds as it does on sim/<tier>.
-        price = TIERS[tier].price.model_dump()
+        price = dataclasses.asdict(TIERS[tier].price)
         spec[role] = {"model": f"openai/sim-{tier}", "api_base": base, "price": price}
     return spec
 
@@ -96,13 +99,13 @@ class Result:
 
 def once(root: Path, quick: bool) -> Result:
     lab = make_lab(root)
-    with SimServer(latency_s=LATENCY_S).start() as server:
+    with SimServer(latency_s=LATENCY_S, answer_keys=KEYS).start() as server:
         lab.write_experiment("reference", experiment(server.port, quick))
         reference_s, _ = run_command(materialize("reference"), lab.env())
         reference = Counter(server.served_requests)
     stage2 = stage_calls(lab, "reference", "stage2")
 
-    first = SimServer(latency_s=LATENCY_S).start()
+    first = SimServer(latency_s=LATENCY_S, answer_keys=KEYS).start()
     lab.write_experiment("killed", experiment(first.port, quick))
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -130,7 +133,7 @@ def once(root: Path, quick: bool) -> Result:
     assert "marked failed, pool slots freed" in status, status
     done = materialized(lab, "killed")
     missing = [asset for asset in ASSETS if asset not in done]
-    with SimServer(latency_s=LATENCY_S, port=first.port).start() as second:
+    with SimServer(latency_s=LATENCY_S, port=first.port, answer_keys=KEYS).start() as second:
         resume_s, _ = run_command(materialize("killed", ",".join(["experiment_file", *missing])), lab.env())
         resumed = Counter(second.served_requests)
     paid = Counter(first.served_requests) + resumed

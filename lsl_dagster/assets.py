@@ -10,6 +10,7 @@ from pathlib import Path
 from dagster import (
     AssetExecutionContext,
     AssetIn,
+    AssetObservation,
     AssetsDefinition,
     DataVersion,
     DataVersionsByPartition,
@@ -26,6 +27,7 @@ from dagster import (
 
 from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
+from lsl_dagster.campaigns import transfer_matrix as transfer_matrix_of
 from lsl_dagster.experiments import ExperimentError, spec_versions
 from lsl_dagster.ledger import BudgetExhausted
 from lsl_dagster.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
@@ -33,12 +35,22 @@ from lsl_dagster.metadata import (
     campaign_metadata,
     comparison_metadata,
     evaluation_metadata,
+    hardening_metadata,
     ledger_metadata,
+    matrix_metadata,
     prompt_metadata,
 )
-from lsl_dagster.models import CampaignSummary, Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
+from lsl_dagster.models import (
+    CampaignSummary,
+    Comparison,
+    EvaluationResult,
+    ExperimentSpec,
+    PromptCandidate,
+    TransferMatrix,
+)
 from lsl_dagster.optimizers import OptimizerOutputError
-from lsl_dagster.plots import campaign_figure
+from lsl_dagster.plan import forecast
+from lsl_dagster.plots import campaign_figure, matrix_figure
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
 
@@ -105,6 +117,19 @@ def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict
     return ledger_metadata(ledger) if ledger is not None else {}
 
 
+def _plan_metadata(workspace: Workspace, experiment_id: str) -> dict:
+    try:
+        spec = workspace.experiment(experiment_id)
+        task = workspace.task(spec.task)
+    except (ExperimentError, TaskDataError):
+        return {}  # the stages report an invalid file; the observation only versions it
+    plan = forecast(spec, task)
+    metadata: dict = {key: value for key, value in plan.metadata().items() if value is not None}
+    if plan.refusal:
+        metadata["plan_refusal"] = plan.refusal
+    return metadata
+
+
 def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
     @observable_source_asset(partitions_def=partitions, group_name=GROUP)
     def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
@@ -114,6 +139,15 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         # event log with the square of a campaign's size.
         keys = [context.partition_key] if context.has_partition_key else partitions.get_partition_keys()
         versions = spec_versions(Path(workspace.data_dir), keys)
+        if context.has_partition_key:
+            # The forecast (lsl plan) of the experiment about to run, logged before its versioned observation.
+            metadata = _plan_metadata(workspace, context.partition_key)
+            if metadata:
+                context.log_event(
+                    AssetObservation(
+                        asset_key=context.asset_key, partition=context.partition_key, metadata=metadata
+                    )
+                )
         return DataVersionsByPartition({key: DataVersion(version) for key, version in versions.items()})
 
     # Every stage reads the experiment file, so each depends on it: editing the file marks them all stale.
@@ -145,7 +179,8 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         spec, task = _load(workspace, context.partition_key)
         with _stage(context, workspace, language_models, spec, "stage2", spec.stage2.max_calls) as run:
             candidate = stages.stage2_harden(spec, task, stage1_prompt, run)
-        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+        metadata = {**prompt_metadata(candidate, task, spec), **hardening_metadata(stage1_prompt, candidate)}
+        return Output(candidate, metadata=metadata)
 
     @asset(pool=POOL, **common)
     def budget_matched_prompt(
@@ -200,15 +235,18 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
     ) -> Output[Comparison]:
         """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
         spec, _ = _load(workspace, context.partition_key)
-        result = stages.compare(
-            spec,
-            stage1=stage1_prompt,
-            stage2=stage2_hardened_prompt,
-            budget_matched=budget_matched_prompt,
-            baseline_evaluation=baseline_evaluation,
-            stage3_evaluation=stage3_evaluation,
-            budget_matched_evaluation=budget_matched_evaluation,
-        )
+        try:
+            result = stages.compare(
+                spec,
+                stage1=stage1_prompt,
+                stage2=stage2_hardened_prompt,
+                budget_matched=budget_matched_prompt,
+                baseline_evaluation=baseline_evaluation,
+                stage3_evaluation=stage3_evaluation,
+                budget_matched_evaluation=budget_matched_evaluation,
+            )
+        except stages.InconsistentArms as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
         return Output(result, metadata=comparison_metadata(result, spec))
 
     return [
@@ -243,4 +281,21 @@ def build_campaign_assets(campaigns: dict[str, list[str]]) -> list[AssetsDefinit
         campaign_figure(summary, plot)
         return Output(summary, metadata=campaign_metadata(summary))
 
-    return [campaign_summary]
+    @asset(
+        partitions_def=StaticPartitionsDefinition(sorted(campaigns)),
+        group_name=CAMPAIGN_GROUP,
+        code_version=CODE_VERSION,
+        ins={"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
+    )
+    def transfer_matrix(
+        context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
+    ) -> Output[TransferMatrix]:
+        """For which (large, small) model pairs does hardening transfer? Rows = large models, columns =
+        small models; each cell LSL - baseline and LSL - budget-matched across the pair's tasks, optimizers
+        and seeds, with 95% t-intervals and Holm-adjusted p-values, as a table and a heat map."""
+        plot = workspace.run_dir(context.partition_key) / "transfer_matrix.png"
+        matrix = transfer_matrix_of(context.partition_key, comparisons, str(plot))
+        matrix_figure(matrix, plot)
+        return Output(matrix, metadata=matrix_metadata(matrix))
+
+    return [campaign_summary, transfer_matrix]

@@ -18,6 +18,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._time import get_current_datetime
 
+from lsl_dagster import reports, storage
 from lsl_dagster.campaigns import CampaignError
 from lsl_dagster.evaluation import scores
 from lsl_dagster.experiments import campaigns, spec_versions
@@ -31,22 +32,23 @@ from lsl_dagster.launch import (
     unfinished_backfills,
     wait,
 )
+from lsl_dagster.metadata import interval_text
 from lsl_dagster.models import (
+    SIMULATED,
     ArmSummary,
     CampaignSummary,
     Comparison,
     EvaluationResult,
     FormatCounts,
-    Interval,
     PairedDifference,
+    TransferMatrix,
 )
 from lsl_dagster.plots import experiments_figure
 from lsl_dagster.sensors import DATA_VERSION_TAG
-from lsl_dagster.sim import LABEL
 from lsl_dagster.stats import paired_bootstrap_ci
 
 T = TypeVar("T", Comparison, EvaluationResult)
-Stored = dict[str, tuple[Comparison, Path]]  # experiment id -> its latest comparison and the file it is in
+Stored = dict[str, tuple[Comparison, str]]  # experiment id -> its latest comparison and where it is stored
 
 # The stage assets in pipeline order, with their column headers in `lsl status`.
 STAGES = {
@@ -67,7 +69,8 @@ COLUMNS = {
     **dict.fromkeys(["experiment_id", "task", "large_model", "small_model"], "string"),
     **{"simulated": "bool", "arm": "string", "score": "float64"},
     **dict.fromkeys(["n", "optimization_calls", "evaluation_calls"], "int64"),
-    **dict.fromkeys(["evaluation_cost_usd", "diff_vs_baseline", "ci_low", "ci_high", "mcnemar_p"], "float64"),
+    **dict.fromkeys(["evaluation_cost_usd", "diff_vs_baseline", "ci_low", "ci_high"], "float64"),
+    **{"test": "string", "p_value": "float64", "p_holm": "float64"},
     **{"verdict": "string", "total_calls": "int64", "total_cost_usd": "float64"},
     **dict.fromkeys(
         ["n_wrong", "n_unparseable", "n_truncated", "n_adapter_fallbacks", "n_provider_failures"], "int64"
@@ -75,6 +78,13 @@ COLUMNS = {
     "format_warning": "string",
     "stage2_unchanged": "string",
 }
+
+
+DIFFERENCE_FIELDS = {"ci_low", "ci_high", "test", "p_value", "p_holm", "verdict"}
+
+
+# Materialized per campaign after its experiments: the summary across seeds and the transfer matrix.
+CAMPAIGN_ASSETS = ("campaign_summary", "transfer_matrix")
 
 
 class CliError(Exception):
@@ -106,11 +116,12 @@ def _check_known(requested: Sequence[str], known: Sequence[str]) -> None:
         raise CliError(f"unknown experiment(s): {', '.join(unknown)} (known: {', '.join(known) or 'none'})")
 
 
-def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, Path]:
-    """An asset value from the file its materialization names (the IO manager's `path` metadata)."""
-    path = Path(record.asset_materialization.metadata["path"].value)
+def _load(model: type[T], record: dg.EventLogRecord, what: str) -> tuple[T, str]:
+    """An asset value from where its materialization says it is (the IO manager's `path` metadata: a file
+    or an s3:// object)."""
+    location = record.asset_materialization.metadata["path"].value
     try:
-        return model.model_validate_json(path.read_text(encoding="utf-8")), path
+        return model.model_validate_json(storage.read_text(location)), location
     except (OSError, ValueError) as exc:  # a missing, unreadable or invalid file
         raise CliError(f"cannot read {what} of {record.partition_key} named in the instance: {exc}") from None
 
@@ -207,6 +218,10 @@ def _cost(value: float | None) -> str:
     return "unknown" if value is None else f"${value:.4f}"
 
 
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def _ci(d: PairedDifference, sep: str = " ") -> str:
     return f"{d.diff:+.3f}{sep}[{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
 
@@ -233,8 +248,8 @@ def _format_lines(arm: ArmSummary) -> list[str]:
 
 def results_table(comparisons: Sequence[Comparison]) -> str:
     lines = [
-        f"{'experiment':<24} {'arm':<15} {'score':>6} {'n':>5}  {'vs baseline [95% CI]':<27} {'p':>8}  "
-        f"{'opt calls':>9} {'eval cost':>10} {'fmt fail':>8}"
+        f"{'experiment':<24} {'arm':<15} {'score':>6} {'n':>5}  {'vs baseline [95% CI]':<27} {'p':>8} "
+        f"{'Holm p':>8}  {'opt calls':>9} {'eval cost':>10} {'fmt fail':>8}"
     ]
     for comparison in comparisons:
         label = comparison.experiment_id + (" (sim)" if comparison.simulated else "")
@@ -242,10 +257,10 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
         for arm in comparison.arms:
             d = diffs.get(arm.arm)
             delta = _ci(d) if d else "-"
-            p = "-" if d is None or d.mcnemar_p is None else f"{d.mcnemar_p:.3g}"
+            p, p_holm = (_p(d.p_value), _p(d.p_holm)) if d else ("-", "-")
             calls = "-" if arm.optimization_calls is None else str(arm.optimization_calls)
             lines.append(
-                f"{label:<24} {arm.arm:<15} {arm.score:>6.3f} {arm.n:>5}  {delta:<27} {p:>8}  "
+                f"{label:<24} {arm.arm:<15} {arm.score:>6.3f} {arm.n:>5}  {delta:<27} {p:>8} {p_holm:>8}  "
                 f"{calls:>9} {_cost(arm.cost_usd):>10} {_format_share(arm):>8}"
             )
         lines += [f"    {d.verdict}" for d in comparison.differences]
@@ -256,16 +271,22 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
             )
         lines += [line for arm in comparison.arms for line in _format_lines(arm)]
     if any(c.simulated for c in comparisons):
-        lines.append(f"(sim) = {LABEL}")
+        lines.append(f"(sim) = {SIMULATED}")
     return "\n".join(lines)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     with _instance() as instance:
         stored = latest_comparisons(instance, args.experiments)
+        changes = reports.prompt_changes(instance, list(stored)) if args.prompts else None
     print(results_table([comparison for comparison, _ in stored.values()]))
-    for experiment_id, (_, path) in stored.items():
-        print(f"{experiment_id}: assets, predictions and call log in {path.parent}")
+    for experiment_id, (_, location) in stored.items():
+        if storage.is_remote(location):
+            print(f"{experiment_id}: assets in {storage.parent(location)}")
+        else:
+            print(f"{experiment_id}: assets, predictions and call log in {storage.parent(location)}")
+    if changes is not None:
+        print(f"\n{changes}")
     return 0
 
 
@@ -285,7 +306,7 @@ def export_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
                     "evaluation_calls": arm.calls,
                     "evaluation_cost_usd": arm.cost_usd,
                     "diff_vs_baseline": None if d is None else d.diff,
-                    **(d.model_dump(include={"ci_low", "ci_high", "mcnemar_p", "verdict"}) if d else {}),
+                    **(d.model_dump(include=DIFFERENCE_FIELDS) if d else {}),
                     "total_calls": sum(ledger.calls for ledger in c.usage.values()),
                     "total_cost_usd": None if None in costs else sum(costs),
                 }
@@ -351,11 +372,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def campaign_table(summary: CampaignSummary) -> str:
     """Per cell: each arm's mean score and LSL's differences, with 95% CIs across seeds."""
 
-    def interval(value: Interval) -> str:
-        if value.ci_low is None or value.ci_high is None:
-            return f"{value.mean:+.3f}"
-        return f"{value.mean:+.3f} [{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
-
     cell = summary.cells[0]
     header = ["cell", "seeds", *cell.arms, *cell.differences]
     rows = [
@@ -363,7 +379,7 @@ def campaign_table(summary: CampaignSummary) -> str:
             f"{c.task}/{c.pair}/{c.optimizer}",
             str(len(c.experiments)),
             *(f"{v.mean:.3f}" for v in c.arms.values()),
-            *map(interval, c.differences.values()),
+            *map(interval_text, c.differences.values()),
         ]
         for c in summary.cells
     ]
@@ -372,7 +388,7 @@ def campaign_table(summary: CampaignSummary) -> str:
         "  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]
     ]
     if summary.simulated:
-        lines.append(LABEL)
+        lines.append(SIMULATED)
     return "\n".join(lines)
 
 
@@ -397,14 +413,14 @@ def cmd_campaign(args: argparse.Namespace) -> int:
             asset: [e for e in ids if table[e][asset] in ("missing", "stale", "failed")] for asset in STAGES
         }
         summary_key = dg.AssetKey("campaign_summary")
-        needed = (
-            any(todo.values())
-            or not instance.fetch_materializations(
-                dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
+        needed = any(todo.values()) or any(
+            not instance.fetch_materializations(
+                dg.AssetRecordsFilter(dg.AssetKey(asset), asset_partitions=[args.name]), limit=1
             ).records
+            for asset in CAMPAIGN_ASSETS
         )
         if needed:
-            todo["campaign_summary"] = [args.name]
+            todo.update({asset: [args.name] for asset in CAMPAIGN_ASSETS})
             with daemon(alive):
                 backfill_id = backfill(instance, graph, todo, title=title)
                 status = wait(instance, backfill_id, print)
@@ -416,10 +432,28 @@ def cmd_campaign(args: argparse.Namespace) -> int:
         record = instance.fetch_materializations(
             dg.AssetRecordsFilter(summary_key, asset_partitions=[args.name]), limit=1
         ).records[0]
-        path = Path(record.asset_materialization.metadata["path"].value)
-    summary = CampaignSummary.model_validate_json(path.read_text(encoding="utf-8"))
+        path = record.asset_materialization.metadata["path"].value
+        matrix, matrix_path = reports.latest(instance, "transfer_matrix", args.name, TransferMatrix)
+    summary = CampaignSummary.model_validate_json(storage.read_text(path))
     print(campaign_table(summary))
     print(f"{args.name}: summary in {path}, plot in {summary.plot_path}")
+    print(f"\n{reports.matrix_table(matrix)}")
+    print(f"{args.name}: transfer matrix in {matrix_path}, heat map in {matrix.plot_path}")
+    return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """The campaign's transfer matrix (large x small models) as materialized by `lsl campaign run`."""
+    with _instance() as instance:
+        _, data_dir, _ = _code_location()
+        if args.name not in (grids := campaigns(data_dir)):
+            raise CliError(f"unknown campaign {args.name!r} (known: {', '.join(grids) or 'none'})")
+        try:
+            matrix, path = reports.latest(instance, "transfer_matrix", args.name, TransferMatrix)
+        except reports.ReportError as exc:
+            raise CliError(f"{exc}: run `lsl campaign run {args.name}` first") from None
+    print(reports.matrix_table(matrix))
+    print(f"{args.name}: transfer matrix in {path}, heat map in {matrix.plot_path}")
     return 0
 
 
@@ -454,15 +488,21 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("experiments", nargs="+", help="experiment ids")
     plan.set_defaults(func=cmd_plan)
     campaign = sub.add_parser("campaign", help="run a campaign (data/campaigns/NAME.yaml) as a backfill")
-    campaign.add_argument("action", choices=["run"])
+    campaign.add_argument(
+        "action", choices=["run", "matrix"], help="run: backfill and summarize; matrix: the transfer matrix"
+    )
     campaign.add_argument("name", help="the campaign's name")
-    campaign.set_defaults(func=cmd_campaign)
+    campaign.set_defaults(func=lambda args: (cmd_matrix if args.action == "matrix" else cmd_campaign)(args))
     for name, (func, text) in commands.items():
         command = sub.add_parser(name, help=text, description=text)
         command.add_argument("experiments", nargs="*", help="experiment ids (default: all)")
         command.set_defaults(func=func)
         if name == "export":
             command.add_argument("--format", choices=["csv", "json", "parquet"], required=True)
+        if name == "results":
+            command.add_argument(
+                "--prompts", action="store_true", help="also show what Stage 2 changed in the Stage 1 prompt"
+            )
         if name in ("export", "plot"):
             command.add_argument("-o", "--output", type=Path, required=True, help="file to write")
     return parser
@@ -475,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Loading the code location warns about the Dagster beta APIs it uses: news for its authors.
             warnings.simplefilter("ignore", dg.BetaWarning)
             return args.func(args)
-    except (CliError, CampaignError) as exc:
+    except (CliError, CampaignError, reports.ReportError) as exc:
         print(f"lsl: {exc}", file=sys.stderr)
         return 2
 

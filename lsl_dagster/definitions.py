@@ -44,7 +44,9 @@ def build_definitions(
         resources={
             "workspace": Workspace(data_dir=str(data_dir), runs_dir=str(runs_dir)),
             "language_models": language_models or LanguageModels(),
-            "io_manager": PydanticJsonIOManager(runs_dir=str(runs_dir)),
+            # Asset outputs go to LSL_OUTPUTS_URL when set (s3://bucket/prefix: object storage every
+            # worker reaches), else beside the call log and predictions in the runs directory.
+            "io_manager": PydanticJsonIOManager(runs_dir=os.environ.get("LSL_OUTPUTS_URL") or str(runs_dir)),
         },
     )
 

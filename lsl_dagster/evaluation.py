@@ -79,10 +79,10 @@ def evaluate(
     n = errors = fallbacks = 0
     total = 0.0
     kinds: Counter[str] = Counter()
-    # Each dspy.Evaluate starts new threads, and the disk cache opens SQLite connections per thread;
-    # those of finished threads sit in reference cycles until collected, so their native memory would
-    # grow with the number of chunks. One collection per chunk frees them; freezing what existed before
-    # the evaluation keeps that collection ~1 ms instead of ~100 ms (bench/memory.py, throughput.py).
+    # Each dspy.Evaluate starts new threads; what finished threads leave in reference cycles (it was
+    # DSPy's per-thread disk-cache connections; the experiment cache now uses one) would grow with the
+    # number of chunks. One collection per chunk frees it; freezing what existed before the evaluation
+    # keeps that collection ~1 ms instead of ~100 ms (bench/memory.py, throughput.py).
     gc.freeze()
     try:
         callbacks = [*dspy.settings.get("callbacks", []), formats.FormatWatch()]

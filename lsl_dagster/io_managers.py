@@ -2,32 +2,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import get_args, get_origin
 
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import BaseModel
 
-from lsl_dagster.files import atomic_write_text
+from lsl_dagster import storage
 from lsl_dagster.models import check_slug
 
 
 class PydanticJsonIOManager(ConfigurableIOManager):
-    """Stores each partition at <runs_dir>/<experiment_id>/<asset>.json, written atomically."""
+    """Stores each partition at <runs_dir>/<experiment_id>/<asset>.json, replaced whole (atomically).
+    runs_dir is a directory or an s3:// URL (lsl_dagster.storage): outputs every worker reaches."""
 
     runs_dir: str
 
-    def _path(self, context: OutputContext | InputContext, partition: str) -> Path:
-        return Path(self.runs_dir) / check_slug(partition) / f"{'__'.join(context.asset_key.path)}.json"
+    def _location(self, context: OutputContext | InputContext, partition: str) -> str:
+        return storage.join(self.runs_dir, check_slug(partition), f"{'__'.join(context.asset_key.path)}.json")
 
     def handle_output(self, context: OutputContext, obj: BaseModel) -> None:
         if not isinstance(obj, BaseModel):
             raise TypeError(
                 f"{context.asset_key.to_user_string()} must return a Pydantic model, got {type(obj)}"
             )
-        path = self._path(context, context.asset_partition_key)
-        atomic_write_text(path, obj.model_dump_json(indent=2))
-        context.add_output_metadata({"path": MetadataValue.path(str(path))})
+        location = self._location(context, context.asset_partition_key)
+        storage.write_text(location, obj.model_dump_json(indent=2))
+        context.add_output_metadata({"path": MetadataValue.path(location)})
 
     def load_input(self, context: InputContext) -> BaseModel | dict[str, BaseModel]:
         """One partition as its model; several (a campaign's experiments) as dict[partition, model]."""
@@ -38,7 +38,7 @@ class PydanticJsonIOManager(ConfigurableIOManager):
             raise TypeError(f"inputs loaded by {type(self).__name__} must be annotated with a Pydantic model")
         partitions = context.asset_partition_keys if many else [context.asset_partition_key]
         loaded = {
-            key: model.model_validate_json(self._path(context, key).read_text(encoding="utf-8"))
+            key: model.model_validate_json(storage.read_text(self._location(context, key)))
             for key in partitions
         }
         return loaded if many else loaded[partitions[0]]

@@ -85,6 +85,7 @@ class _Usage:
     unpriced: int = 0
     latency: float = 0.0
     sources: frozenset[str] = frozenset()
+    simulated: bool = False
 
     def add(self, record: dict[str, Any]) -> None:
         if not record["ok"]:
@@ -94,6 +95,7 @@ class _Usage:
                 self.sources |= {record["cost_source"]}
             return
         self.calls += 1
+        self.simulated |= bool(record.get("simulated"))
         self.input_tokens += record["input_tokens"]
         self.output_tokens += record["output_tokens"]
         self.latency += record["latency_s"]
@@ -103,7 +105,7 @@ class _Usage:
             self.cost += record["cost_usd"]
         self.sources |= {record["cost_source"]}
 
-    def model_usage(self) -> ModelUsage:
+    def model_usage(self, simulated: bool = False) -> ModelUsage:
         known = self.sources - {"unknown"}
         source = (
             "none"
@@ -122,6 +124,7 @@ class _Usage:
             cost_usd=None if self.unpriced else round(self.cost, 10),
             cost_source=source,
             latency_s=round(self.latency, 6),
+            simulated=self.simulated or simulated,
         )
 
 
@@ -165,6 +168,7 @@ class Meter:
         self._in_flight = 0
         self._closed = False
         self._halted: BaseException | None = None
+        self._simulated: set[str] = set()
         for record in prior:
             self._usage.setdefault(record["model"], _Usage()).add(record)
 
@@ -247,6 +251,7 @@ class Meter:
         cost_source: str = "unknown",
         latency_s: float = 0.0,
         error: str | None = None,
+        simulated: bool = False,
     ) -> None:
         record = {
             "stage": self.stage,
@@ -258,6 +263,7 @@ class Meter:
             "cost_source": cost_source,
             "latency_s": round(latency_s, 6),
             "error": error,
+            "simulated": simulated,
             "t": round(time.time(), 3),
         }
         with self._lock:
@@ -269,6 +275,12 @@ class Meter:
             self._lock.notify_all()
         if self._log is not None:
             self._log.append(record)
+
+    def simulated_models(self, models: Iterable[str]) -> None:
+        """Models a simulator answered for earlier in the experiment: a stage served from the cache alone
+        still knows its responses were simulated."""
+        with self._lock:
+            self._simulated.update(models)
 
     def cache_hit(self, model: str) -> None:
         """A repeat of a request made earlier in this attempt: free and not counted against max_calls."""
@@ -287,6 +299,9 @@ class Meter:
                 max_calls=self.max_calls,
                 budget_used=self._used,
                 cost_allowance_usd=self.cost_allowance_usd,
-                by_model={model: usage.model_usage() for model, usage in sorted(self._usage.items())},
+                by_model={
+                    model: usage.model_usage(simulated=model in self._simulated)
+                    for model, usage in sorted(self._usage.items())
+                },
                 stop_reason=self.stop_reason,
             )

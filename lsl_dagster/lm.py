@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +38,11 @@ from lsl_dagster.cache import endpoint_scope
 from lsl_dagster.formats import note_finish_reasons
 from lsl_dagster.ledger import Meter
 from lsl_dagster.models import FAMILIES, ExperimentSpec, ModelSpec, Price
+from lsl_dagster.sim_keys import answer_key
+from lsl_dagster.tasks import Task
+
+# Loads the experiment's task; only the sim reads it (its answer key), and only when it is used.
+TaskLoader = Callable[[], Task]
 
 # Prices come from the price map packaged with DSPy; never fetched over the network at run time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
@@ -156,6 +162,8 @@ class MeteredEngine:
                 )
                 raise
             cost, source = self._cost(response)
+            # A simulator says so in its reply, whatever the model is called or however it is served.
+            simulated = (response.provider_data or {}).get("system_fingerprint") == sim.FINGERPRINT
             self.meter.settle(
                 model,
                 worst,
@@ -165,6 +173,7 @@ class MeteredEngine:
                 cost_usd=cost,
                 cost_source=source,
                 latency_s=time.perf_counter() - start,
+                simulated=simulated,
             )
         return response
 
@@ -190,7 +199,7 @@ class Provider(ABC):
     def price(self, spec: ModelSpec) -> Price | None: ...
 
     @abstractmethod
-    def engine(self, spec: ModelSpec, seed: int) -> Any: ...
+    def engine(self, spec: ModelSpec, seed: int, task: TaskLoader | None = None) -> Any: ...
 
     def check(self, spec: ModelSpec, *, need_price: bool) -> None:
         """Everything that would make the first call fail, checked before any call."""
@@ -217,11 +226,16 @@ def key_from_env(spec: ModelSpec) -> str | None:
 
 
 class SimProvider(Provider):
-    def price(self, spec: ModelSpec) -> Price | None:
-        return spec.price or sim.TIERS[sim.tier_name(spec.model)].price
+    """The offline simulator (a test double): given the experiment's task, it reads the gold labels."""
 
-    def engine(self, spec: ModelSpec, seed: int) -> Any:
-        return sim.SimEngine(spec.model, seed)
+    def price(self, spec: ModelSpec) -> Price | None:
+        if spec.price is not None:
+            return spec.price
+        rate = sim.TIERS[sim.tier_name(spec.model)].price
+        return Price(input_per_mtok=rate.input_per_mtok, output_per_mtok=rate.output_per_mtok)
+
+    def engine(self, spec: ModelSpec, seed: int, task: TaskLoader | None = None) -> Any:
+        return sim.SimEngine(spec.model, seed, answer_key(task()) if task is not None else None)
 
     def check(self, spec: ModelSpec, *, need_price: bool) -> None:
         try:
@@ -252,7 +266,7 @@ class HttpProvider(Provider):
     def price(self, spec: ModelSpec) -> Price | None:
         return spec.price or packaged_price(spec)
 
-    def engine(self, spec: ModelSpec, seed: int) -> Any:
+    def engine(self, spec: ModelSpec, seed: int, task: TaskLoader | None = None) -> Any:
         family = spec.family
         config = RouterConfig(
             # Only the key this endpoint may receive (key_from_env); a keyless server gets a placeholder,
@@ -313,9 +327,9 @@ class LanguageModels(ConfigurableResource):
     def check_model(self, spec: ModelSpec, *, need_price: bool) -> None:
         PROVIDERS[spec.provider].check(spec, need_price=need_price)
 
-    def lm(self, spec: ModelSpec, meter: Meter, seed: int) -> dspy.LM:
+    def lm(self, spec: ModelSpec, meter: Meter, seed: int, task: TaskLoader | None = None) -> dspy.LM:
         provider = PROVIDERS[spec.provider]
-        engine = MeteredEngine(provider.engine(spec, seed), spec, meter, provider.price(spec))
+        engine = MeteredEngine(provider.engine(spec, seed, task), spec, meter, provider.price(spec))
         lm = MeteredLM(
             spec.model,
             engine=engine,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from typing import Annotated, Any, Literal, NamedTuple
@@ -35,6 +36,9 @@ FAMILIES: dict[str, Family] = {
     "ollama_chat": Family("ollama", "http://localhost:11434/v1", (), None),
 }
 PROVIDERS = ("sim", *FAMILIES)
+# The offline simulator's tiers (lsl_dagster.sim, reached only through the LM layer) and its label.
+SIM_TIERS = ("large", "medium", "small", "tiny")
+SIMULATED = "SIMULATED (sim models are a deterministic test double, not real LLMs)"
 
 
 def check_slug(value: str) -> str:
@@ -108,9 +112,9 @@ class ModelSpec(Strict):
     @model_validator(mode="after")
     def _reachable(self) -> ModelSpec:
         if self.provider == "sim":
-            from lsl_dagster.sim import tier_name  # sim imports this module
-
-            tier_name(self.model)
+            if self.model.split("/", 1)[1] not in SIM_TIERS:
+                known = ", ".join(f"sim/{tier}" for tier in SIM_TIERS)
+                raise ValueError(f"unknown sim model {self.model!r}: known tiers are {known}")
             if self.api_base:
                 raise ValueError(f"{self.model}: the in-process simulator takes no api_base")
         return self
@@ -210,8 +214,24 @@ class ExperimentSpec(Strict):
     def simulated(self) -> bool:
         return self.large_model.simulated or self.small_model.simulated
 
+    @property
+    def version(self) -> SpecVersion:
+        from lsl_dagster import CODE_VERSION
+
+        return SpecVersion(spec_hash=self.spec_hash, code_version=CODE_VERSION)
+
     def model(self, role: Literal["large", "small"]) -> ModelSpec:
         return self.large_model if role == "large" else self.small_model
+
+
+class SpecVersion(Strict):
+    """What an output was made from: the validated experiment spec and the code that ran it."""
+
+    spec_hash: str
+    code_version: str
+
+    def __str__(self) -> str:
+        return f"spec {self.spec_hash}, code {self.code_version}"
 
 
 class PredictorPrompt(Strict):
@@ -226,6 +246,8 @@ class Provenance(Strict):
     model: str
     seed: int
     spec_hash: str
+    # None in outputs made before the code version was recorded: they never pair with current ones.
+    code_version: str | None = None
     parent: str | None = None
     # Validation scores of the program the optimizer started from and of the best one it found.
     start_val_score: float | None = None
@@ -247,6 +269,19 @@ class PromptCandidate(Strict):
     ledger: Ledger
     simulated: bool
 
+    @property
+    def version(self) -> SpecVersion | None:
+        p = self.provenance
+        if p.code_version is None:
+            return None
+        return SpecVersion(spec_hash=p.spec_hash, code_version=p.code_version)
+
+    @property
+    def digest(self) -> str:
+        """Identity of the prompt itself (what an evaluation of it records), not of its bookkeeping."""
+        prompt = {name: p.model_dump(mode="json") for name, p in sorted(self.predictors.items())}
+        return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
 
 class ModelUsage(BaseModel):
     """What one model cost in one stage. cost_usd is None when any paid call had no known price."""
@@ -261,6 +296,8 @@ class ModelUsage(BaseModel):
     cost_usd: float | None = 0.0
     cost_source: Literal["provider", "price_table", "worst_case", "mixed", "unknown", "none"] = "none"
     latency_s: float = 0.0
+    # A response said it came from a simulator (the sim server's `system_fingerprint`), whatever the name.
+    simulated: bool = False
 
     @property
     def requests(self) -> int:
@@ -296,6 +333,10 @@ class Ledger(BaseModel):
         costs = [u.cost_usd for u in self.by_model.values()]
         return None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
 
+    @property
+    def simulated(self) -> bool:
+        return any(u.simulated for u in self.by_model.values())
+
 
 class FormatCounts(Strict):
     """How an arm's rows failed (`error_kind` in the predictions JSONL). Provider failures (e.g. a prompt
@@ -323,6 +364,9 @@ class EvaluationResult(FormatCounts):
     predictions_path: str
     ledger: Ledger
     simulated: bool
+    # What the arm was made from (None in outputs made before versions were recorded: never paired).
+    version: SpecVersion | None = None
+    prompt_digest: str | None = None
 
 
 class ArmSummary(FormatCounts):
@@ -341,7 +385,11 @@ class PairedDifference(Strict):
     diff: float
     ci_low: float
     ci_high: float
-    mcnemar_p: float | None
+    # Exact McNemar for 0/1 scores, else a paired t-test; None where the test is undefined.
+    test: Literal["mcnemar_exact", "paired_t"]
+    p_value: float | None
+    # Holm-adjusted across the experiment's differences: what the verdict uses.
+    p_holm: float | None
     verdict: str
 
 
@@ -354,6 +402,7 @@ class Comparison(Strict):
     differences: list[PairedDifference]
     usage: dict[str, Ledger]
     simulated: bool
+    version: SpecVersion
     # Why Stage 2 left the Stage 1 prompt unchanged, when it did: then LSL equals the baseline by
     # construction and their difference says nothing about hardening.
     stage2_unchanged: str | None = None
@@ -398,6 +447,10 @@ class Interval(Strict):
     ci_low: float | None
     ci_high: float | None
     n: int
+    # For differences: one-sample t-test of mean 0 across replicates, and its Holm adjustment across
+    # every difference of the campaign (summary) or of the matrix.
+    p_value: float | None = None
+    p_holm: float | None = None
 
 
 class CellSummary(Strict):
@@ -418,3 +471,27 @@ class CampaignSummary(Strict):
     cells: list[CellSummary]
     plot_path: str
     simulated: bool
+
+
+class MatrixCell(Strict):
+    """One (large, small) pair of a campaign: LSL's differences pooled over its tasks, optimizers and
+    seeds, each experiment one replicate."""
+
+    large_model: str
+    small_model: str
+    experiments: list[str]
+    differences: dict[str, Interval]
+
+
+class TransferMatrix(Strict):
+    """Rows = large models, columns = small models: does hardening on the small one transfer?"""
+
+    campaign: Slug
+    large_models: list[str]
+    small_models: list[str]
+    cells: list[MatrixCell]
+    plot_path: str
+    simulated: bool
+
+    def cell(self, large: str, small: str) -> MatrixCell | None:
+        return next((c for c in self.cells if (c.large_model, c.small_model) == (large, small)), None)

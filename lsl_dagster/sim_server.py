@@ -8,7 +8,10 @@ connections), injected deterministically by a `FaultPlan`. Stdlib only.
     with SimServer(faults={2: "429"}).start() as server:
         httpx.post(f"{server.url}/chat/completions", json={"model": "sim-large", "messages": [...]})
 
-or from a shell: `python -m lsl_dagster.sim_server --port 8765`.
+or from a shell: `python -m lsl_dagster.sim_server --port 8765 --data-dir data`.
+
+The sim knows no task by itself: given answer keys (`answer_keys=`, or every task under `--data-dir`),
+it plays those tasks' examples with its task-agnostic model of skill (see `lsl_dagster.sim`).
 
 `SimServer(dialect="llama-cpp")` answers like llama-cpp-python's server with a small model that never
 emits its end-of-sequence token: it ignores `max_completion_tokens`, reads only `max_tokens`, and without
@@ -36,9 +39,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from lsl_dagster.sim import LABEL, TIERS, Reply, respond, tier_name
+from lsl_dagster.models import SIMULATED
+from lsl_dagster.sim import FINGERPRINT, SIMULATED_HEADER, TIERS, AnswerKey, Reply, respond, tier_name
 from lsl_dagster.sim_dialects import (
     GEMINI_PATH,
     KEY_HEADERS,
@@ -49,6 +54,8 @@ from lsl_dagster.sim_dialects import (
     render_gemini,
     render_messages,
 )
+from lsl_dagster.sim_keys import data_dir_keys
+from lsl_dagster.tasks import TaskDataError
 
 DIALECTS = ("openai", "llama-cpp")
 FAULT_KINDS = ("429", "500", "502", "503", "hang", "malformed", "reset")
@@ -272,11 +279,12 @@ class _Handler(BaseHTTPRequestHandler):
             if sim.latency_s > 0 and sim._stop.wait(sim.latency_s):
                 self._drop()
                 return
-            reply = respond(model, system, turns, sim.seed)
+            reply = respond(model, system, turns, sim.seed, keys=sim.answer_keys)
             digest = hashlib.sha256(json.dumps([model, system, turns, sim.seed]).encode()).hexdigest()
             sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest)
             sim._record_repeat(digest, temperature, reply.input_tokens, reply.output_tokens, tier)
-            self._json(200, render_gemini(model, reply) if gemini else render_messages(n, model, reply))
+            rendered = render_gemini(model, reply) if gemini else render_messages(n, model, reply)
+            self._json(200, {**rendered, "system_fingerprint": FINGERPRINT}, {SIMULATED_HEADER: "1"})
         except RequestError as exc:
             sim._count("rejected")
             self._json(exc.status, {"error": {"type": "invalid_request_error", "message": exc.message}})
@@ -319,13 +327,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop()
                 return
             seed = sim.seed if seed is None else seed
-            reply, finish = sim._generate(sim._styled(n, respond(model, system, messages, seed)), body)
+            reply, finish = sim._generate(n, model, system, messages, seed, body)
             payload = sim._completion(n, model, tier, reply, finish)
             # Counted before the write, so a client that reads the reply and then the stats sees it.
             digest = hashlib.sha256(json.dumps([model, system, messages, seed]).encode()).hexdigest()
             sim._record_served(reply.input_tokens, reply.output_tokens, tier, digest, finish)
             sim._record_repeat(digest, body.get("temperature"), reply.input_tokens, reply.output_tokens, tier)
-            self._json(200, payload)
+            self._json(200, payload, {SIMULATED_HEADER: "1"})
         except RequestError as exc:
             sim._count("rejected")
             self._json(exc.status, _error_body(exc.message, exc.type, exc.code))
@@ -390,6 +398,7 @@ class SimServer:
         dialect: str = "openai",
         context_tokens: int | None = None,
         unformatted_rate: float = 0.0,
+        answer_keys: Sequence[AnswerKey] = (),
     ):
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"refusing to bind the sim server to non-loopback host {host!r}")
@@ -401,6 +410,8 @@ class SimServer:
         if not 0.0 <= unformatted_rate <= 1.0:
             raise ValueError(f"unformatted_rate must be in [0, 1], got {unformatted_rate}")
         self.unformatted_rate = unformatted_rate
+        # The gold labels the sim may read (it is a test double): without them it knows no task.
+        self.answer_keys = tuple(answer_keys)
         self.host, self.port, self.seed = host, port, seed
         self.latency_s, self.report_cost, self.api_key = latency_s, report_cost, api_key
         self.plan = FaultPlan(dict(faults or {}), fault_rate, tuple(fault_kinds), fault_seed)
@@ -541,13 +552,20 @@ class SimServer:
         prose = "Sure! " + " ".join(re.sub(r"\[\[ ## \w+ ## \]\]|[{}\[\]\"]", " ", reply.text).split())
         return Reply(prose, reply.input_tokens, max(1, -(-len(prose) // 4)))
 
-    def _generate(self, reply: Reply, body: dict[str, Any]) -> tuple[Reply, str]:
-        """The reply and its finish_reason under the request's output-token limit.
+    def _generate(
+        self, n: int, model: str, system: str | None, messages: list[tuple[str, str]], seed: int, body: dict
+    ) -> tuple[Reply, str]:
+        """The sim's reply (to the n-th request) and its finish_reason under the output-token limit.
 
         In the llama-cpp dialect the model does not stop by itself (as small GGUF models behind
         llama-cpp-python often do not): it repeats itself until the limit, or until the context is full.
         """
         limit = self._limit(body)
+        # The sim stops at the limit itself; llama-cpp's small model ignores it (it is repeated below).
+        openai = self.dialect == "openai"
+        reply = respond(
+            model, system, messages, seed, keys=self.answer_keys, max_tokens=limit if openai else None
+        )
         if self.context_tokens is not None and reply.input_tokens > self.context_tokens:
             raise RequestError(
                 400,
@@ -557,6 +575,7 @@ class SimServer:
             )
         with self._lock:
             self.token_limits[limit] = self.token_limits.get(limit, 0) + 1
+        reply = self._styled(n, reply)
         if self.context_tokens is not None and self.dialect == "llama-cpp":
             room = max(1, self.context_tokens - reply.input_tokens)
             length = room if limit is None else min(limit, room)
@@ -565,7 +584,7 @@ class SimServer:
             return Reply(text=text, input_tokens=reply.input_tokens, output_tokens=length), "length"
         if limit is not None and reply.output_tokens > limit:
             return Reply(reply.text[: 4 * limit], reply.input_tokens, limit), "length"
-        return reply, "stop"
+        return reply, reply.finish_reason
 
     def _record_served(
         self, prompt_tokens: int, completion_tokens: int, tier: str, digest: str, finish: str = "stop"
@@ -607,7 +626,7 @@ class SimServer:
             "object": "chat.completion",
             "created": 0,
             "model": model,
-            "system_fingerprint": "sim",
+            "system_fingerprint": FINGERPRINT,
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": finish}
             ],
@@ -627,7 +646,7 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m lsl_dagster.sim_server",
-        description=f"Serve the sim models as an OpenAI-compatible API on 127.0.0.1. {LABEL}.",
+        description=f"Serve the sim models as an OpenAI-compatible API on 127.0.0.1. {SIMULATED}.",
     )
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     parser.add_argument("--seed", type=int, default=0, help="default seed when a request has none")
@@ -651,6 +670,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--unformatted-rate", type=float, default=0.0, help="share of replies that ignore the output format"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="answer the tasks under DATA_DIR/tasks (the sim reads their gold labels; else it knows none)",
     )
     parser.add_argument(
         "--api-key-env",
@@ -679,12 +703,13 @@ def main(argv: list[str] | None = None) -> int:
             dialect=args.dialect,
             context_tokens=args.context,
             unformatted_rate=args.unformatted_rate,
+            answer_keys=data_dir_keys(args.data_dir) if args.data_dir else (),
         )
         server.start()
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TaskDataError) as exc:
         print(f"sim server: {exc}", file=sys.stderr)
         return 2
-    print(f"sim server ({LABEL}) listening on {server.url}", flush=True)
+    print(f"sim server ({SIMULATED}) listening on {server.url}", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

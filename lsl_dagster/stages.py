@@ -67,6 +67,7 @@ def _optimize(
         model=spec.model(role).model,
         seed=spec.seed,
         spec_hash=spec.spec_hash,
+        code_version=spec.version.code_version,
         parent=None if parent is None else parent.provenance.stage,
         start_val_score=result.start_val_score,
         val_score=result.val_score,
@@ -74,7 +75,8 @@ def _optimize(
         unparseable_replies=result.unparseable_replies,
     )
     ledger = run.meter.ledger()
-    candidate = capture(result.program, task, spec.experiment_id, provenance, ledger, spec.simulated)
+    simulated = spec.simulated or ledger.simulated
+    candidate = capture(result.program, task, spec.experiment_id, provenance, ledger, simulated)
     if parent is None:
         return candidate
     unchanged = candidate.predictors == parent.predictors
@@ -152,6 +154,7 @@ def evaluate_on_large(
             threads=run.threads("large"),
             out=out,
         )
+    ledger = run.meter.ledger()
     return EvaluationResult(
         experiment_id=spec.experiment_id,
         arm=arm,
@@ -162,8 +165,63 @@ def evaluate_on_large(
         n_errors=totals.n_errors,
         **totals.format_counts().model_dump(),
         predictions_path=str(out),
-        ledger=run.meter.ledger(),
-        simulated=spec.simulated,
+        ledger=ledger,
+        simulated=spec.simulated or candidate.simulated or ledger.simulated,
+        version=spec.version,
+        prompt_digest=candidate.digest,
+    )
+
+
+class InconsistentArms(ValueError):
+    """The comparison's inputs were not all made from the current experiment spec and code."""
+
+
+# Each stage asset and the stage assets it was made from (the asset graph, as far as consistency goes).
+MADE_FROM = {
+    "stage1_prompt": (),
+    "stage2_hardened_prompt": ("stage1_prompt",),
+    "budget_matched_prompt": ("stage1_prompt", "stage2_hardened_prompt"),
+    "baseline_evaluation": ("stage1_prompt",),
+    "stage3_evaluation": ("stage2_hardened_prompt",),
+    "budget_matched_evaluation": ("budget_matched_prompt",),
+}
+EVALUATED = {
+    "baseline_evaluation": "stage1_prompt",
+    "stage3_evaluation": "stage2_hardened_prompt",
+    "budget_matched_evaluation": "budget_matched_prompt",
+}
+
+
+def check_consistent(
+    spec: ExperimentSpec, prompts: dict[str, PromptCandidate], evaluations: dict[str, EvaluationResult]
+) -> None:
+    """Refuse to pair arms that were not all made from the current spec version (spec hash + code
+    version), or an evaluation of a prompt other than the current one; name every asset to re-run."""
+    current = spec.version
+    problems: dict[str, str] = {}
+    for name, prompt in prompts.items():
+        if prompt.version != current:
+            problems[name] = f"made from {prompt.version or 'an unrecorded version'}"
+    for name, result in evaluations.items():
+        if result.version != current:
+            problems[name] = f"made from {result.version or 'an unrecorded version'}"
+        elif result.prompt_digest != prompts[EVALUATED[name]].digest:
+            problems[name] = f"evaluated another {EVALUATED[name]} than the current one"
+    if not problems:
+        return
+    # Whatever was made from an asset that must be re-run must be re-run too (MADE_FROM is in order).
+    rerun: list[str] = []
+    for asset, upstream in MADE_FROM.items():
+        if asset in problems or any(u in rerun for u in upstream):
+            problems.setdefault(asset, "made from an asset that must be re-run")
+            rerun.append(asset)
+    lines = "\n".join(f"  - {asset}: {problems[asset]}" for asset in rerun)
+    raise InconsistentArms(
+        f"comparison of {spec.experiment_id} refuses to pair arms made from different versions of the "
+        f"experiment (current: {current}):\n{lines}\n"
+        f"Re-materialize {', '.join(rerun)} and then comparison (UI: Materialize stale; shell: dagster "
+        f"asset materialize -m lsl_dagster.definitions --select '{','.join([*rerun, 'comparison'])}' "
+        f"--partition {spec.experiment_id})."
     )
 
 
@@ -178,8 +236,18 @@ def compare(
     budget_matched_evaluation: EvaluationResult,
 ) -> Comparison:
     """The consolidated result: each arm's score and optimization budget, every stage's usage, and paired
-    differences with a 95% bootstrap CI and an exact McNemar p-value (binary metrics), LSL against both
-    baselines."""
+    differences (LSL against both baselines, and the two baselines) with a 95% bootstrap CI, a paired test
+    (exact McNemar for binary metrics) and its Holm adjustment across the three, which the verdict uses.
+    Refuses (InconsistentArms) unless every input was made from the current spec version."""
+    check_consistent(
+        spec,
+        {"stage1_prompt": stage1, "stage2_hardened_prompt": stage2, "budget_matched_prompt": budget_matched},
+        {
+            "baseline_evaluation": baseline_evaluation,
+            "stage3_evaluation": stage3_evaluation,
+            "budget_matched_evaluation": budget_matched_evaluation,
+        },
+    )
     evaluations = {
         "baseline": baseline_evaluation,
         "lsl": stage3_evaluation,
@@ -211,7 +279,7 @@ def compare(
         )
         for arm, result in evaluations.items()
     ]
-    differences = []
+    raw = []
     for arm, baseline in (("lsl", "baseline"), ("budget_matched", "baseline"), ("lsl", "budget_matched")):
         base, other = per_example[baseline], per_example[arm]
         if base.keys() != other.keys():
@@ -220,23 +288,25 @@ def compare(
         ids = sorted(i for i in base if base[i] is not None and other[i] is not None)
         a, b = [base[i] for i in ids], [other[i] for i in ids]
         diff, low, high = stats.paired_bootstrap_ci(a, b, seed=spec.seed)
-        p = (
-            stats.mcnemar_exact_p([x == 1 for x in a], [x == 1 for x in b])
-            if stats.is_binary(a + b)
-            else None
+        test, p = stats.paired_test(a, b)
+        raw.append((arm, baseline, len(ids), diff, low, high, test, p))
+    adjusted = stats.holm([p for *_, p in raw])
+    differences = [
+        PairedDifference(
+            arm=arm,
+            baseline=baseline,
+            n=n,
+            diff=diff,
+            ci_low=low,
+            ci_high=high,
+            test=test,
+            p_value=p,
+            p_holm=p_holm,
+            verdict=stats.verdict(diff, low, high, p_holm, label=arm, baseline=baseline),
         )
-        differences.append(
-            PairedDifference(
-                arm=arm,
-                baseline=baseline,
-                n=len(ids),
-                diff=diff,
-                ci_low=low,
-                ci_high=high,
-                mcnemar_p=p,
-                verdict=stats.verdict(diff, low, high, p, label=arm, baseline=baseline),
-            )
-        )
+        for (arm, baseline, n, diff, low, high, test, p), p_holm in zip(raw, adjusted, strict=True)
+    ]
+    inputs = [stage1, stage2, budget_matched, *evaluations.values()]
     return Comparison(
         experiment_id=spec.experiment_id,
         task=spec.task,
@@ -245,6 +315,7 @@ def compare(
         arms=arms,
         differences=differences,
         usage=usage,
-        simulated=spec.simulated,
+        simulated=spec.simulated or any(i.simulated for i in inputs),
+        version=spec.version,
         stage2_unchanged=stage2.provenance.stop_reason if stage2.provenance.unchanged else None,
     )

@@ -1,29 +1,51 @@
-"""Paired statistics for comparing two arms scored on the same test examples."""
+"""Paired statistics for comparing arms scored on the same test examples, and intervals across replicates.
+
+Everything here delegates to reviewed implementations: `scipy.stats` (bootstrap, binomtest,
+ttest_rel, ttest_1samp, t) and `statsmodels` (Holm's step-down adjustment).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
 
-# Upper bound on entries in one resample index matrix: 2**21 int64 indices plus the gathered float64
-# differences is ~32 MB, so n=20,000 × 10,000 resamples stays well under 50 MB.
-_CHUNK_ENTRIES = 2**21
+# Upper bound on entries in one batch of resamples: scipy materializes the resampled index matrix and
+# both gathered arms (int64 + 2 x float64) plus their difference, ~32 bytes per entry, so 2**20 entries
+# keep a bootstrap of n=20,000 examples under ~40 MB whatever n_resamples is.
+_BATCH_ENTRIES = 2**20
+
+Test = Literal["mcnemar_exact", "paired_t"]
 
 
-def _bootstrap_means(d: np.ndarray, n_resamples: int, seed: int, chunk_entries: int) -> np.ndarray:
-    n = d.size
-    rows_per_chunk = max(1, chunk_entries // n)
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples, dtype=np.float64)
-    # Drawing whole rows sequentially from one generator yields the same index stream for any chunk size,
-    # so the result does not depend on chunk_entries.
-    for start in range(0, n_resamples, rows_per_chunk):
-        k = min(rows_per_chunk, n_resamples - start)
-        idx = rng.integers(0, n, size=(k, n))
-        means[start : start + k] = d[idx].mean(axis=1)
-    return means
+Scores = Sequence[float] | np.ndarray
+
+
+def _paired(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:
+    a_arr = np.asarray(a, dtype=np.float64)
+    b_arr = np.asarray(b, dtype=np.float64)
+    if a_arr.ndim != 1 or b_arr.ndim != 1:
+        raise ValueError("a and b must be one-dimensional")
+    if a_arr.shape != b_arr.shape:
+        raise ValueError(f"a and b must have equal length, got {a_arr.size} and {b_arr.size}")
+    if a_arr.size == 0:
+        raise ValueError("a and b must be non-empty")
+    if not (np.all(np.isfinite(a_arr)) and np.all(np.isfinite(b_arr))):
+        raise ValueError("a and b must be finite")
+    return a_arr, b_arr
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(b - a, axis=axis)
+
+
+def batch_size(n: int) -> int:
+    """Resamples per vectorized batch, so that memory is bounded for any number of examples."""
+    return max(1, _BATCH_ENTRIES // max(1, n))
 
 
 def paired_bootstrap_ci(
@@ -34,51 +56,68 @@ def paired_bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float, float]:
-    """Return (mean(b - a), ci_low, ci_high) from a paired percentile bootstrap over examples."""
-    a_arr = np.asarray(a, dtype=np.float64)
-    b_arr = np.asarray(b, dtype=np.float64)
-    if a_arr.ndim != 1 or b_arr.ndim != 1:
-        raise ValueError("a and b must be one-dimensional")
-    if a_arr.shape != b_arr.shape:
-        raise ValueError(f"a and b must have equal length, got {a_arr.size} and {b_arr.size}")
-    if a_arr.size == 0:
-        raise ValueError("a and b must be non-empty")
+    """(mean(b - a), ci_low, ci_high): scipy's paired percentile bootstrap over examples.
+
+    Percentile rather than BCa: BCa needs a jackknife over all n examples (n^2 work at n=20,000) and is
+    undefined when every difference is equal (e.g. one arm right on every example).
+    """
+    a_arr, b_arr = _paired(a, b)
     if n_resamples < 1000:
         raise ValueError(f"n_resamples must be >= 1000, got {n_resamples}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     d = b_arr - a_arr
-    if not np.all(np.isfinite(d)):
-        raise ValueError("a and b must be finite")
-
-    means = _bootstrap_means(d, n_resamples, seed, _CHUNK_ENTRIES)
-    tail = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(means, [tail, 1.0 - tail])
-    return float(d.mean()), float(lo), float(hi)
+    diff = float(d.mean())
+    if np.all(d == d[0]):  # every resample has the same mean; scipy would warn of degenerate data
+        return diff, diff, diff
+    result = sps.bootstrap(
+        (a_arr, b_arr),
+        _mean_difference,
+        paired=True,
+        vectorized=True,
+        n_resamples=n_resamples,
+        batch=batch_size(d.size),
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return diff, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def mcnemar_exact_p(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> float:
-    """Exact two-sided McNemar p-value: binomial test on the discordant pairs."""
+    """Exact two-sided McNemar p-value: scipy's binomial test of the discordant pairs against p=1/2."""
     a_arr = np.asarray(a_correct, dtype=bool)
     b_arr = np.asarray(b_correct, dtype=bool)
     if a_arr.shape != b_arr.shape:
         raise ValueError(f"a_correct and b_correct must have equal length, got {a_arr.size} and {b_arr.size}")
     b01 = int(np.count_nonzero(~a_arr & b_arr))
     b10 = int(np.count_nonzero(a_arr & ~b_arr))
-    return _binom_two_sided_p(b01, b10)
-
-
-def _binom_two_sided_p(b01: int, b10: int) -> float:
-    n = b01 + b10
-    if n == 0:
+    if b01 + b10 == 0:  # no discordant pair: no evidence either way
         return 1.0
-    k = min(b01, b10)
-    # Log-space keeps 2**-n and comb(n, i) representable for n in the hundreds of thousands.
-    log_norm = math.lgamma(n + 1) - n * math.log(2.0)
-    log_terms = [log_norm - math.lgamma(i + 1) - math.lgamma(n - i + 1) for i in range(k + 1)]
-    peak = max(log_terms)
-    log_cdf = peak + math.log(math.fsum(math.exp(t - peak) for t in log_terms))
-    return min(1.0, 2.0 * math.exp(log_cdf))
+    return float(sps.binomtest(b01, b01 + b10, 0.5).pvalue)
+
+
+def paired_test(a: Scores, b: Scores) -> tuple[Test, float | None]:
+    """The paired test that fits the scores: exact McNemar for 0/1 scores; otherwise scipy's paired t-test
+    (graded scores in [0, 1] over tens to thousands of examples: their mean difference is near normal)."""
+    a_arr, b_arr = _paired(a, b)
+    if is_binary(a_arr) and is_binary(b_arr):
+        return "mcnemar_exact", mcnemar_exact_p(a_arr == 1.0, b_arr == 1.0)
+    d = b_arr - a_arr
+    if np.all(d == d[0]):  # zero variance: the t statistic is undefined, not evidence
+        return "paired_t", 1.0 if d[0] == 0 else None
+    return "paired_t", float(sps.ttest_rel(b_arr, a_arr).pvalue)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values (statsmodels), over the p-values that exist; None stays None."""
+    present = [i for i, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    if present:
+        corrected = multipletests([p_values[i] for i in present], method="holm")[1]
+        for i, value in zip(present, corrected, strict=True):
+            adjusted[i] = float(value)
+    return adjusted
 
 
 def is_binary(scores: Sequence[float] | np.ndarray) -> bool:
@@ -91,47 +130,57 @@ def verdict(
     diff: float,
     ci_low: float,
     ci_high: float,
-    p: float | None,
+    p_adjusted: float | None,
     *,
     alpha: float = 0.05,
     label: str = "LSL",
     baseline: str = "baseline",
     confidence: float = 0.95,
 ) -> str:
-    """Plain-language verdict that only claims a difference when the CI excludes 0."""
+    """Plain-language verdict. A difference is claimed only when the CI excludes 0 AND the multiplicity-
+    adjusted (Holm) p-value is below alpha; with no p-value (a single replicate) nothing is claimed."""
     ci = f"{confidence * 100:.3g}% CI [{ci_low:+.3f}, {ci_high:+.3f}]"
-    if ci_low > 0:
-        text = f"{label} beats {baseline} by {diff:+.3f} ({ci})"
-    elif ci_high < 0:
-        text = f"{label} is worse than {baseline} by {diff:+.3f} ({ci})"
-    else:
+    if ci_low <= 0 <= ci_high:
         return f"No significant difference between {label} and {baseline} ({ci} includes 0)"
-    if p is not None and p >= alpha:
-        text += f"; McNemar p={p:.3g} does not confirm it at alpha={alpha:g}"
-    return text
-
-
-# Two-sided 95% Student-t quantiles for 1..30 degrees of freedom (t_{0.975, df}).
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+    if p_adjusted is None:
+        return f"No verdict on {label} vs {baseline}: {diff:+.3f} ({ci}) has no p-value to adjust"
+    held = "beats" if ci_low > 0 else "is worse than"
+    if p_adjusted >= alpha:
+        return (
+            f"No significant difference between {label} and {baseline} after Holm adjustment: "
+            f"{diff:+.3f} ({ci}), Holm p={p_adjusted:.3g} >= {alpha:g}"
+        )
+    return f"{label} {held} {baseline} by {diff:+.3f} ({ci}, Holm p={p_adjusted:.3g})"
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float | None, float | None]:
-    """Mean and 95% Student-t interval across independent replicates (e.g. seeds); no interval for n < 2.
-
-    Across a handful of seeds a bootstrap is degenerate; the t interval is the honest (wide) one.
+    """Mean and 95% Student-t interval (scipy) across independent replicates (e.g. seeds); no interval
+    for n < 2. Across a handful of seeds a bootstrap is degenerate; the t interval is the honest (wide) one.
     """
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
-        raise ValueError("mean_ci95 needs a non-empty 1-D sequence of finite numbers")
+    x = _replicates(values)
     mean = float(x.mean())
     if x.size < 2:
         return mean, None, None
-    df = x.size - 1
-    # Beyond 30 degrees of freedom the normal quantile plus its first Cornish-Fisher term is within 1e-3.
-    t = _T975[df - 1] if df <= 30 else 1.959964 + (1.959964**3 + 1.959964) / (4 * df)
-    half = t * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return mean, mean - half, mean + half
+    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+    if sem == 0.0:  # identical replicates: scipy's t with scale 0 is undefined
+        return mean, mean, mean
+    low, high = sps.t.interval(0.95, x.size - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)
+
+
+def one_sample_p(values: Sequence[float]) -> float | None:
+    """Two-sided p of mean = 0 across replicates (scipy's one-sample t-test, matching the t interval);
+    None for fewer than 2 replicates or identical nonzero ones (where the t statistic is undefined)."""
+    x = _replicates(values)
+    if x.size < 2:
+        return None
+    if np.all(x == x[0]):  # zero variance: the t statistic is undefined, not evidence
+        return 1.0 if x[0] == 0 else None
+    return float(sps.ttest_1samp(x, 0.0).pvalue)
+
+
+def _replicates(values: Sequence[float]) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError("needs a non-empty 1-D sequence of finite numbers")
+    return x

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,7 +19,7 @@ from lsl_dagster.campaign_budget import campaign_allowance
 from lsl_dagster.experiments import campaigns, load_experiment
 from lsl_dagster.files import atomic_write_text
 from lsl_dagster.ledger import CallLog, Meter, spent_usd
-from lsl_dagster.lm import LanguageModels
+from lsl_dagster.lm import LanguageModels, TaskLoader
 from lsl_dagster.models import CampaignSpec, ExperimentSpec, Ledger, ModelSpec
 from lsl_dagster.plan import check, forecast
 from lsl_dagster.tasks import Task, load_task
@@ -35,13 +36,14 @@ class StageRun:
     spec: ExperimentSpec
     meter: Meter
     models: LanguageModels
+    task: TaskLoader | None = None
     _lms: dict[ModelSpec, dspy.LM] = field(default_factory=dict)
 
     def lm(self, role: Literal["large", "small"]) -> dspy.LM:
         # One LM per model and stage, so its max_concurrency holds however many roles it plays.
         spec = self.spec.model(role)
         if spec not in self._lms:
-            self._lms[spec] = self.models.lm(spec, self.meter, self.spec.seed)
+            self._lms[spec] = self.models.lm(spec, self.meter, self.spec.seed, self.task)
         return self._lms[spec]
 
     def threads(self, role: Literal["large", "small"]) -> int:
@@ -117,7 +119,8 @@ class Workspace(ConfigurableResource):
                 )
             call_log = CallLog(run_dir / "calls.jsonl")
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
-            run = StageRun(spec, meter, models)
+            meter.simulated_models({r["model"] for r in calls if r.get("simulated")})
+            run = StageRun(spec, meter, models, functools.partial(self.task, spec.task))
             try:
                 with experiment_cache(run_dir, meter):
                     yield run

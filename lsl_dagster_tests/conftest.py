@@ -27,6 +27,8 @@ from dagster import (
 
 from lsl_dagster.definitions import build_definitions
 from lsl_dagster.lm import LanguageModels
+from lsl_dagster.sim import AnswerKey
+from lsl_dagster.sim_keys import data_dir_keys
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.cluster import ServiceMissing, postgres_database
 
@@ -138,9 +140,14 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
 
 
+def shipped_keys() -> list[AnswerKey]:
+    """The sim's answer keys for the shipped tasks (the labs copy them): what a sim server plays."""
+    return data_dir_keys(PROJECT / "data")
+
+
 @pytest.fixture
 def sim_server() -> Iterator[SimServer]:
-    with SimServer().start() as server:
+    with SimServer(answer_keys=shipped_keys()).start() as server:
         yield server
 
 

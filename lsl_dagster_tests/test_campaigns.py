@@ -8,14 +8,28 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    define_asset_job,
+)
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
 
+from lsl_dagster.assets import CAMPAIGN_GROUP
 from lsl_dagster.campaigns import CampaignError
+from lsl_dagster.cli import main
 from lsl_dagster.experiments import campaigns, experiment_ids, load_experiment
+from lsl_dagster.models import SIMULATED as LABEL
+from lsl_dagster.models import Comparison, TransferMatrix
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import FAST, PROJECT, Lab
+from lsl_dagster_tests.conftest import FAST, PROJECT, Lab, shipped_keys
 
 PAIRS = [
     {"name": "l-s", "large_model": {"model": "sim/large"}, "small_model": {"model": "sim/small"}},
@@ -33,14 +47,22 @@ def _write(lab: Lab, name: str, **overrides) -> Path:
 
 def test_the_shipped_campaign_expands_into_readable_experiment_ids():
     ((campaign, specs),) = [v for k, v in campaigns(PROJECT / "data").items() if k == "grid-sim-01"]
-    assert len(specs) == 12 == len(campaign.tasks) * len(campaign.model_pairs) * len(campaign.seeds)
-    spec = specs["grid-sim-01--word_sort--large-tiny--miprov2--s2"]
-    assert (spec.task, spec.small_model.model, spec.seed, spec.stage1.optimizer) == (
+    assert len(specs) == 16 == len(campaign.tasks) * len(campaign.model_pairs) * len(campaign.seeds)
+    spec = specs["grid-sim-01--word_sort--medium-tiny--miprov2--s1"]
+    assert (spec.task, spec.large_model.model, spec.small_model.model, spec.seed, spec.stage1.optimizer) == (
         "word_sort",
+        "sim/medium",
         "sim/tiny",
-        2,
+        1,
         "miprov2",
     )
+    # A transfer matrix of at least two large by two small models.
+    larges = {p.large_model.model for p in campaign.model_pairs}
+    smalls = {p.small_model.model for p in campaign.model_pairs}
+    assert len(larges) >= 2 and len(smalls) >= 2
+    assert {(p.large_model.model, p.small_model.model) for p in campaign.model_pairs} == {
+        (large, small) for large in larges for small in smalls
+    }
     assert spec.stage1.max_calls == 120  # the shared settings reach every cell
     assert set(specs) <= set(experiment_ids(PROJECT / "data"))
 
@@ -103,7 +125,7 @@ def test_campaign_runs_as_a_backfill_survives_a_kill_and_matches_its_experiments
             }
         )
     )
-    with SimServer(latency_s=0.01).start() as server:
+    with SimServer(latency_s=0.01, answer_keys=shipped_keys()).start() as server:
         http = {"api_base": server.url, "max_concurrency": 3}
         pairs = [
             {
@@ -158,6 +180,12 @@ def test_campaign_runs_as_a_backfill_survives_a_kill_and_matches_its_experiments
     )
     summary = json.loads(summary_path.read_text())
     assert Path(summary["plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The same backfill produced the transfer matrix (one large x two small models); the command shows it.
+    heat_map = Path(second.stdout.split("heat map in ")[1].split()[0])
+    assert heat_map.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "transfer matrix of campaign grid" in second.stdout
+    header = next(line for line in second.stdout.splitlines() if line.startswith("lsl - budget_matched"))
+    assert header.split()[3:] == ["openai/sim-small", "openai/sim-tiny"]
     for cell in summary["cells"]:
         experiments = [
             json.loads((lab.runs_dir / e / "comparison.json").read_text()) for e in cell["experiments"]
@@ -171,3 +199,95 @@ def test_campaign_runs_as_a_backfill_survives_a_kill_and_matches_its_experiments
             for c in experiments
         ]
         assert cell["differences"]["lsl - baseline"]["mean"] == pytest.approx(sum(lsl) / 2)
+
+
+def _shipped_pairs() -> list[dict]:
+    ((campaign, _),) = [v for k, v in campaigns(PROJECT / "data").items() if k == "grid-sim-01"]
+    return [pair.model_dump(exclude_defaults=True) for pair in campaign.model_pairs]
+
+
+# Tiny budgets: the matrix needs many experiments, not good ones.
+TINY = {
+    "stage1": {"max_calls": 30},
+    "stage2": {"max_calls": 24},
+    "data": {"train": 6, "val": 4},
+    "evaluation": {"split": "test", "limit": 16},
+}
+
+
+def test_transfer_matrix_of_the_shipped_pairs_is_produced_plotted_and_shown(
+    lab: Lab, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    _write(lab, "mx", model_pairs=_shipped_pairs(), seeds=[0, 1], experiment=TINY)
+    ids = experiment_ids(lab.data_dir)
+    assert len(ids) == 8
+    for experiment in ids:
+        assert lab.run(experiment).success
+    defs = lab.defs()
+    # The campaign group as the UI materializes it: one partition (the campaign) of both campaign assets.
+    job = define_asset_job("campaign", selection=AssetSelection.groups(CAMPAIGN_GROUP))
+    campaign_defs = Definitions(assets=list(defs.assets), resources=defs.resources, jobs=[job])
+    result = campaign_defs.resolve_job_def("campaign").execute_in_process(
+        partition_key="mx", instance=lab.instance
+    )
+    assert result.success
+
+    matrix = TransferMatrix.model_validate(lab.output("mx", "transfer_matrix"))
+    comparisons = {e: Comparison.model_validate(lab.output(e, "comparison")) for e in ids}
+    assert matrix.large_models == ["sim/large", "sim/medium"]
+    assert matrix.small_models == ["sim/small", "sim/tiny"]
+    assert len(matrix.cells) == 4 and matrix.simulated
+    raw, adjusted = [], []
+    for cell in matrix.cells:
+        pair = (cell.large_model, cell.small_model)
+        mine = [c for c in comparisons.values() if (c.large_model, c.small_model) == pair]
+        assert sorted(cell.experiments) == sorted(c.experiment_id for c in mine) and len(mine) == 2
+        for name in ("lsl - baseline", "lsl - budget_matched"):
+            diffs = [next(d.diff for d in c.differences if f"{d.arm} - {d.baseline}" == name) for c in mine]
+            value = cell.differences[name]
+            assert value.mean == pytest.approx(sum(diffs) / 2)
+            if diffs[0] != diffs[1]:
+                low, high = sps.t.interval(0.95, 1, loc=np.mean(diffs), scale=sps.sem(diffs))
+                assert (value.ci_low, value.ci_high) == pytest.approx((low, high))
+                assert value.p_value == pytest.approx(sps.ttest_1samp(diffs, 0.0).pvalue)
+            raw.append(value.p_value)
+            adjusted.append(value.p_holm)
+    # Holm over every cell and difference of the matrix, beside the raw p-values.
+    present = [i for i, p in enumerate(raw) if p is not None]
+    assert present
+    want = multipletests([raw[i] for i in present], method="holm")[1]
+    assert [adjusted[i] for i in present] == pytest.approx(list(want))
+
+    metadata = lab.metadata("mx", "transfer_matrix")
+    assert Path(metadata["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| large \\ small | sim/small | sim/tiny |" in metadata["matrix"]
+    assert "Holm p=" in metadata["matrix"] and LABEL in metadata["matrix"]
+    summary = lab.metadata("mx", "campaign_summary")
+    assert "Holm p=" in summary["cells"].records[0].data["lsl - baseline"]
+
+    for name, value in lab.env().items():
+        if name in ("DAGSTER_HOME", "LSL_DATA_DIR", "LSL_RUNS_DIR"):
+            monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    assert main(["campaign", "matrix", "mx"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("lsl - baseline"))
+    assert header.split() == ["lsl", "-", "baseline", "sim/small", "sim/tiny"]
+    large_row = lines[lines.index(header) + 1]
+    cell = matrix.cell("sim/large", "sim/small").differences["lsl - baseline"]
+    assert large_row.startswith("sim/large") and f"{cell.mean:+.3f}" in large_row
+    assert f"heat map in {matrix.plot_path}" in out and LABEL in out
+
+
+def test_matrix_view_of_an_unrun_campaign_says_what_to_do(
+    lab: Lab, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    _write(lab, "idle")
+    for name, value in lab.env().items():
+        if name in ("DAGSTER_HOME", "LSL_DATA_DIR", "LSL_RUNS_DIR"):
+            monkeypatch.setenv(name, value)
+    assert main(["campaign", "matrix", "idle"]) == 2
+    assert "run `lsl campaign run idle` first" in capsys.readouterr().err
+    assert main(["campaign", "matrix", "nope"]) == 2
+    assert "unknown campaign 'nope'" in capsys.readouterr().err

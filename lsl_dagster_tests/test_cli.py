@@ -65,7 +65,7 @@ def expected_rows(comparison: dict) -> list[dict]:
                 "evaluation_calls": arm["calls"],
                 "evaluation_cost_usd": arm["cost_usd"],
                 "diff_vs_baseline": d.get("diff"),
-                **{k: d.get(k) for k in ("ci_low", "ci_high", "mcnemar_p", "verdict")},
+                **{k: d.get(k) for k in ("ci_low", "ci_high", "test", "p_value", "p_holm", "verdict")},
                 "total_calls": sum(ledger.calls for ledger in c.usage.values()),
                 "total_cost_usd": sum(ledger.cost_usd for ledger in c.usage.values()),
                 **{k: arm[k] for k in ("n_wrong", "n_unparseable", "n_truncated", "n_adapter_fallbacks")},

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster import AssetKey, AssetRecordsFilter
 
 from lsl_dagster import stages
 from lsl_dagster.lm import LanguageModels
@@ -130,6 +131,14 @@ def test_lsl_plan_forecasts_every_stage_without_calling_a_model(lab: Lab, sim_se
         assert stage in rows
     assert rows["stage1"][1] == "80" and rows["baseline_evaluation"][1] == "40"
     assert rows["total"][1] == str(80 + 60 + 140 + 3 * 40)
+    # The same numbers are metadata of the experiment file's observation.
+    assert lab.run("planned", ["experiment_file"]).success
+    filter_ = AssetRecordsFilter(asset_key=AssetKey("experiment_file"), asset_partitions=["planned"])
+    observed = [
+        r.asset_observation.metadata for r in lab.instance.fetch_observations(filter_, limit=10).records
+    ]
+    plan = next(m for m in observed if "plan_calls" in m)
+    assert plan["plan_calls"].value == 400 and plan["plan_stage1_calls"].value == 80
     assert sim_server.stats()["requests"] == 0  # a forecast, not a run
 
 

@@ -19,10 +19,10 @@ from dagster import (
 
 from lsl_dagster.definitions import build_definitions
 from lsl_dagster.lm import LanguageModels
+from lsl_dagster.models import SIMULATED as LABEL
 from lsl_dagster.models import Comparison, EvaluationResult, PromptCandidate
-from lsl_dagster.sim import LABEL
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import PROJECT, Lab
+from lsl_dagster_tests.conftest import PROJECT, Lab, shipped_keys
 
 ASSETS = [
     "stage1_prompt",
@@ -133,7 +133,7 @@ def test_reexecution_from_failure_keeps_finished_assets(lab: Lab, monkeypatch: p
         stage1_mtime = (lab.runs_dir / "exp-c" / "stage1_prompt.json").stat().st_mtime_ns
         first_run_id = first.run_id
 
-    with SimServer(port=port).start() as server:
+    with SimServer(port=port, answer_keys=shipped_keys()).start() as server:
         options = ReexecutionOptions.from_failure(first_run_id, instance)
         with execute_job(
             job, instance, tags={"dagster/partition": "exp-c"}, reexecution_options=options

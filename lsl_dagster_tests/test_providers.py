@@ -10,7 +10,7 @@ from lsl_dagster.plan import forecast
 from lsl_dagster.sim import TIERS
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster.workspace import Workspace
-from lsl_dagster_tests.conftest import Lab
+from lsl_dagster_tests.conftest import Lab, shipped_keys
 
 SECRET = "sk-test-4f1c2a9e7d3b-do-not-leak"
 
@@ -36,7 +36,7 @@ def _calls(lab: Lab, experiment_id: str) -> list[dict]:
 @pytest.fixture
 def keyed_server(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SIM_SERVER_KEY", SECRET)
-    with SimServer(api_key=SECRET, latency_s=0.002).start() as server:
+    with SimServer(api_key=SECRET, latency_s=0.002, answer_keys=shipped_keys()).start() as server:
         yield server
 
 

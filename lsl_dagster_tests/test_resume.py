@@ -12,7 +12,7 @@ from dagster import AssetKey, AssetRecordsFilter
 
 from lsl_dagster.cli import STAGES, main
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import Lab, make_lab
+from lsl_dagster_tests.conftest import Lab, make_lab, shipped_keys
 
 STAGE_ASSETS = list(STAGES)  # the stage assets
 PORT_SERVER_SEED = 0
@@ -83,7 +83,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 @pytest.fixture
 def reference(lab: Lab) -> tuple[dict, dict[str, int]]:
     """An uninterrupted run: its outputs and how often the server answered each distinct request."""
-    with SimServer(seed=PORT_SERVER_SEED, latency_s=0.005).start() as server:
+    with SimServer(seed=PORT_SERVER_SEED, latency_s=0.005, answer_keys=shipped_keys()).start() as server:
         lab.write("ref", **_spec(server.port))
         assert lab.run("ref").success
         return _outputs(lab, "ref"), dict(server.served_requests)
@@ -100,7 +100,7 @@ def test_kill_9_mid_stage_then_resume(
 ):
     expected, paid_once = reference
     name = f"kill-{stage.replace('_', '-')}"
-    first = SimServer(seed=PORT_SERVER_SEED, latency_s=0.01).start()
+    first = SimServer(seed=PORT_SERVER_SEED, latency_s=0.01, answer_keys=shipped_keys()).start()
     lab.write(name, **_spec(first.port))
     process = subprocess.Popen(
         lab.materialize_command(name), env=lab.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -134,7 +134,7 @@ def test_kill_9_mid_stage_then_resume(
 
     # Resume the way a user would: materialize what is missing.
     missing = [a for a in STAGE_ASSETS if a not in done_before]
-    with SimServer(seed=PORT_SERVER_SEED, port=first.port).start() as second:
+    with SimServer(seed=PORT_SERVER_SEED, port=first.port, answer_keys=shipped_keys()).start() as second:
         assert lab.run(name, ["experiment_file", *missing]).success
     for asset in done_before:  # finished assets were not recomputed
         assert lab.materializations(name, asset) == 1

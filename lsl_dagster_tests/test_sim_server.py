@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from lsl_dagster.sim import TIERS, respond
+from lsl_dagster.sim import TIERS, AnswerKey, respond
 from lsl_dagster.sim_server import FAULT_KINDS, MODEL_IDS, FaultPlan, SimServer, main
 
 SYSTEM = (
@@ -22,6 +22,8 @@ SYSTEM = (
 )
 QUESTION = "[[ ## question ## ]]\nSam has 5 apples. He buys 3 more. How many apples does Sam have?"
 SECRET = "sk-sim-test-4f9d2c1e8b7a"
+# The gold label the sim may read for QUESTION: with it the sim plays the example, seed by seed.
+KEY = AnswerKey([({"question": QUESTION.split("\n", 1)[1]}, {"answer": "8"})])
 
 
 def chat(model: str = "sim-large", question: str = QUESTION, **extra: object) -> dict:
@@ -47,7 +49,7 @@ def wait_idle(server: SimServer) -> None:
 
 
 def test_completion_matches_respond_and_prices_usage(client):
-    with SimServer(seed=3).start() as server:
+    with SimServer(seed=3, answer_keys=[KEY]).start() as server:
         body = chat("sim-medium")
         # Content parts and the default seed: the server must pass the same inputs to `respond`.
         parts = (QUESTION[:20], QUESTION[20:])
@@ -55,7 +57,7 @@ def test_completion_matches_respond_and_prices_usage(client):
         r = post(client, server, body)
         assert r.status_code == 200
         data = r.json()
-        expected = respond("sim-medium", SYSTEM, [("user", QUESTION)], seed=3)
+        expected = respond("sim-medium", SYSTEM, [("user", QUESTION)], seed=3, keys=[KEY], max_tokens=256)
         assert data["object"] == "chat.completion"
         assert data["model"] == "sim-medium"
         assert data["created"] == 0
@@ -71,10 +73,17 @@ def test_completion_matches_respond_and_prices_usage(client):
         assert usage["cost"] == pytest.approx(cost)
 
         # An explicit seed in the request overrides the server's default; every model spelling works.
-        reseeded = respond("medium", SYSTEM, [("user", QUESTION)], seed=11)
-        assert reseeded.text != expected.text  # so the check below can tell the seeds apart
+        # A seed whose reply differs, so the check below can tell the seeds apart.
+        other, reseeded = next(
+            (seed, reply)
+            for seed in range(4, 100)
+            if (
+                reply := respond("medium", SYSTEM, [("user", QUESTION)], seed, keys=[KEY], max_tokens=256)
+            ).text
+            != expected.text
+        )
         for model in ("sim/medium", "medium", "sim-medium"):
-            r = post(client, server, chat(model, seed=11))
+            r = post(client, server, chat(model, seed=other))
             assert r.json()["choices"][0]["message"]["content"] == reseeded.text
 
         stats = server.stats()

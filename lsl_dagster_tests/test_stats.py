@@ -4,38 +4,25 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from scipy import stats as sps
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
 
 from lsl_dagster import stats
-from lsl_dagster.stats import is_binary, mcnemar_exact_p, paired_bootstrap_ci, verdict
+from lsl_dagster.stats import (
+    holm,
+    is_binary,
+    mcnemar_exact_p,
+    mean_ci95,
+    one_sample_p,
+    paired_bootstrap_ci,
+    paired_test,
+    verdict,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # Reference implementations: slow and obviously correct.
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _reference_quantile(sorted_values: list[float], q: float) -> float:
-    # numpy's default "linear" method: interpolate at position q * (N - 1).
-    h = q * (len(sorted_values) - 1)
-    lo = math.floor(h)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (h - lo) * (sorted_values[hi] - sorted_values[lo])
-
-
-def _reference_bootstrap(a, b, n_resamples, confidence, seed):
-    d = [float(y) - float(x) for x, y in zip(a, b, strict=True)]
-    n = len(d)
-    rng = np.random.default_rng(seed)
-    means = []
-    for _ in range(n_resamples):
-        row = rng.integers(0, n, size=n)
-        means.append(math.fsum(d[int(i)] for i in row) / n)
-    means.sort()
-    tail = (1 - confidence) / 2
-    return (
-        math.fsum(d) / n,
-        _reference_quantile(means, tail),
-        _reference_quantile(means, 1 - tail),
-    )
 
 
 def _reference_mcnemar(b01: int, b10: int) -> float:
@@ -64,47 +51,42 @@ def _pairs(b01: int, b10: int, n00: int = 3, n11: int = 4) -> tuple[list[bool], 
 
 @pytest.mark.parametrize(
     ("n", "seed", "confidence"),
-    [(1, 0, 0.95), (7, 1, 0.95), (7, 2, 0.9), (500, 3, 0.95), (500, 4, 0.99)],
+    [(2, 0, 0.95), (7, 1, 0.95), (7, 2, 0.9), (500, 3, 0.95), (500, 4, 0.99)],
 )
-def test_bootstrap_matches_reference(n, seed, confidence):
+def test_bootstrap_is_scipys_paired_bootstrap(n, seed, confidence):
+    # Resampling pairs of scores is resampling their differences: scipy's one-sample bootstrap of b - a
+    # with the same generator draws the same indices and must give the same interval.
     data_rng = np.random.default_rng(1000 + seed)
     a = data_rng.normal(size=n)
     b = a + data_rng.normal(0.1, 1.0, size=n)
     got = paired_bootstrap_ci(a, b, n_resamples=1000, confidence=confidence, seed=seed)
-    want = _reference_bootstrap(a, b, 1000, confidence, seed)
-    assert got == pytest.approx(want, abs=1e-12, rel=0)
+    want = sps.bootstrap(
+        (b - a,),
+        np.mean,
+        n_resamples=1000,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    assert got == pytest.approx(((b - a).mean(), want.low, want.high), abs=1e-12, rel=0)
 
 
-def test_bootstrap_matches_reference_binary_scores():
+def test_bootstrap_binary_scores_match_scipy():
     data_rng = np.random.default_rng(5)
-    a = (data_rng.random(60) < 0.5).astype(float).tolist()
-    b = (data_rng.random(60) < 0.7).astype(float).tolist()
-    got = paired_bootstrap_ci(a, b, n_resamples=2000, seed=11)
-    assert got == pytest.approx(_reference_bootstrap(a, b, 2000, 0.95, 11), abs=1e-12, rel=0)
+    a = (data_rng.random(60) < 0.5).astype(float)
+    b = (data_rng.random(60) < 0.7).astype(float)
+    want = sps.bootstrap(
+        (b - a,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(11)
+    ).confidence_interval
+    assert paired_bootstrap_ci(a, b, n_resamples=2000, seed=11)[1:] == pytest.approx((want.low, want.high))
 
 
-def test_numpy_row_blocks_form_one_stream():
-    # The chunk-invariance of the bootstrap rests on this property of numpy's Generator.
-    for n in (1, 7, 13, 500):
-        whole = np.random.default_rng(9).integers(0, n, size=(12, n))
-        rng = np.random.default_rng(9)
-        blocks = np.concatenate([rng.integers(0, n, size=(k, n)) for k in (1, 3, 5, 2, 1)])
-        np.testing.assert_array_equal(whole, blocks)
-
-
-@pytest.mark.parametrize("n", [1, 7, 500])
-def test_bootstrap_means_chunk_invariant(n):
-    d = np.random.default_rng(n).normal(size=n)
-    full = stats._bootstrap_means(d, 1000, 42, chunk_entries=10**9)
-    for chunk_entries in (1, n, 3 * n + 1, 10 * n):
-        np.testing.assert_array_equal(stats._bootstrap_means(d, 1000, 42, chunk_entries), full)
-
-
-def test_bootstrap_result_chunk_invariant(monkeypatch):
+def test_bootstrap_result_does_not_depend_on_the_batch(monkeypatch):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=301), rng.normal(size=301)
     default = paired_bootstrap_ci(a, b, n_resamples=1500, seed=3)
-    monkeypatch.setattr(stats, "_CHUNK_ENTRIES", 301 * 4 + 7)
+    monkeypatch.setattr(stats, "_BATCH_ENTRIES", 301 * 4 + 7)
+    assert stats.batch_size(301) == 4
     assert paired_bootstrap_ci(a, b, n_resamples=1500, seed=3) == default
 
 
@@ -157,7 +139,7 @@ def test_bootstrap_n20000_bounded_memory():
     [
         ([1.0, 2.0], [1.0], {}),
         ([], [], {}),
-        ([1.0], [2.0], {"n_resamples": 999}),
+        ([1.0, 0.0], [2.0, 1.0], {"n_resamples": 999}),
         ([1.0], [2.0], {"confidence": 0.0}),
         ([1.0], [2.0], {"confidence": 1.0}),
         ([1.0], [2.0], {"confidence": 1.5}),
@@ -181,6 +163,15 @@ def test_bootstrap_rejects_bad_input(a, b, kwargs):
 )
 def test_mcnemar_known_values(b01, b10, expected):
     assert mcnemar_exact_p(*_pairs(b01, b10)) == pytest.approx(expected, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize(("b01", "b10"), [(1, 9), (10, 25), (17, 18), (0, 6), (40, 3)])
+def test_mcnemar_matches_statsmodels_exact(b01, b10):
+    n00, n11 = 5, 7
+    table = [[n00, b01], [b10, n11]]  # rows: a wrong / right; columns: b wrong / right
+    assert mcnemar_exact_p(*_pairs(b01, b10, n00=n00, n11=n11)) == pytest.approx(
+        mcnemar(table, exact=True).pvalue, rel=1e-12
+    )
 
 
 def test_mcnemar_matches_exact_formula():
@@ -241,24 +232,25 @@ def test_verdict_no_win_unless_ci_excludes_zero(diff, lo, hi):
 
 def test_verdict_beats():
     text = verdict(0.031, 0.0101, 0.052, 0.01, label="MIPRO", baseline="zero-shot")
-    assert text == "MIPRO beats zero-shot by +0.031 (95% CI [+0.010, +0.052])"
+    assert text == "MIPRO beats zero-shot by +0.031 (95% CI [+0.010, +0.052], Holm p=0.01)"
 
 
-def test_verdict_beats_but_mcnemar_disagrees():
+def test_verdict_uses_the_adjusted_p():
+    # The CI excludes 0, but after Holm's adjustment the test does not: no claim.
     text = verdict(0.031, 0.0101, 0.052, 0.08)
-    assert text.startswith("LSL beats baseline by +0.031 (95% CI [+0.010, +0.052])")
-    assert "McNemar" in text
-    assert "does not confirm" in text
+    assert "beats" not in text
+    assert text.startswith("No significant difference between LSL and baseline after Holm adjustment")
+    assert "Holm p=0.08" in text
 
 
-def test_verdict_beats_without_p():
-    assert "McNemar" not in verdict(0.031, 0.0101, 0.052, None)
+def test_verdict_without_p_claims_nothing():
+    text = verdict(0.031, 0.0101, 0.052, None)
+    assert "beats" not in text and "no p-value" in text
 
 
 @pytest.mark.parametrize(("diff", "lo", "hi"), [(-0.05, -0.08, -0.02), (-0.5, -0.6, -1e-6)])
 def test_verdict_worse(diff, lo, hi):
     text = verdict(diff, lo, hi, 0.001)
-    assert "worse" in text
     assert "beats" not in text
     assert text.startswith("LSL is worse than baseline")
 
@@ -267,16 +259,52 @@ def test_verdict_confidence_label():
     assert "90% CI" in verdict(0.0, -0.1, 0.1, None, confidence=0.9)
 
 
-def test_mean_ci95_matches_the_t_interval():
-    from lsl_dagster.stats import mean_ci95
+# ---------------------------------------------------------------------------------------------------------
+# Holm, the paired test, intervals across replicates
+# ---------------------------------------------------------------------------------------------------------
 
+
+def test_holm_known_case():
+    # Holm's step-down by hand: sorted p (0.005, 0.01, 0.03, 0.04) times (4, 3, 2, 1), made monotone.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.01, None, 0.04]) == pytest.approx([0.02, None, 0.04])
+    assert holm([None]) == [None]
+
+
+def test_holm_matches_statsmodels_and_never_lowers_a_p():
+    p = np.random.default_rng(3).random(12) ** 3
+    adjusted = holm(list(p))
+    assert adjusted == pytest.approx(list(multipletests(p, method="holm")[1]))
+    assert all(q >= r for q, r in zip(adjusted, p, strict=True))
+
+
+def test_paired_test_picks_mcnemar_for_binary_and_the_paired_t_otherwise():
+    rng = np.random.default_rng(8)
+    a, b = (rng.random(80) < 0.4).astype(float), (rng.random(80) < 0.6).astype(float)
+    b01, b10 = int(np.sum((a == 0) & (b == 1))), int(np.sum((a == 1) & (b == 0)))
+    assert paired_test(a, b) == ("mcnemar_exact", pytest.approx(sps.binomtest(b01, b01 + b10).pvalue))
+    x, y = rng.random(80), rng.random(80)
+    assert paired_test(x, y) == ("paired_t", pytest.approx(sps.ttest_rel(y, x).pvalue))
+    assert paired_test([0.5, 0.2], [0.5, 0.2]) == ("paired_t", 1.0)
+
+
+def test_mean_ci95_is_scipys_t_interval():
     mean, low, high = mean_ci95([0.70, 0.74, 0.72])
-    # mean 0.72, sd 0.02, t(2) = 4.303: half width 4.303 * 0.02 / sqrt(3)
+    # mean 0.72, sd 0.02, t(2) = 4.303 (the textbook table): half width 4.303 * 0.02 / sqrt(3)
     assert mean == pytest.approx(0.72)
-    assert high - mean == pytest.approx(4.303 * 0.02 / math.sqrt(3))
+    assert high - mean == pytest.approx(4.303 * 0.02 / math.sqrt(3), rel=1e-4)
     assert mean - low == pytest.approx(high - mean)
+    values = np.random.default_rng(4).normal(0.1, 0.05, size=37)
+    want = sps.t.interval(0.95, 36, loc=values.mean(), scale=sps.sem(values))
+    assert mean_ci95(values)[1:] == pytest.approx(want, rel=1e-12)
     assert mean_ci95([0.5]) == (0.5, None, None)
-    big = mean_ci95([0.0, 1.0] * 50)  # df = 99: close to the normal interval
-    assert big[2] - big[0] == pytest.approx(1.984 * 0.5025 / 10, rel=2e-3)
+    assert mean_ci95([0.3, 0.3]) == (0.3, 0.3, 0.3)
     with pytest.raises(ValueError):
         mean_ci95([])
+
+
+def test_one_sample_p_is_scipys_t_test():
+    values = [0.02, 0.05, -0.01, 0.04]
+    assert one_sample_p(values) == pytest.approx(sps.ttest_1samp(values, 0.0).pvalue)
+    assert one_sample_p([0.1]) is None
+    assert one_sample_p([0.0, 0.0]) == 1.0
