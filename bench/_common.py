@@ -199,7 +199,7 @@ def materialize(experiment_id: str, select: str = "group:lsl") -> list[str]:
 def starting_candidate(spec: Any, task: Any) -> Any:
     """The task's unoptimized program as a PromptCandidate, what an evaluation benchmark evaluates."""
     from lsl_dagster.models import Ledger, Provenance
-    from lsl_dagster.program import capture, task_program
+    from lsl_dagster.program import capture
 
     provenance = Provenance(
         stage="bench",
@@ -209,5 +209,5 @@ def starting_candidate(spec: Any, task: Any) -> Any:
         spec_hash=spec.spec_hash,
     )
     return capture(
-        task_program(task), task, spec.experiment_id, provenance, Ledger(stage="bench"), spec.simulated
+        task.program(), task, spec.experiment_id, provenance, Ledger(stage="bench"), spec.simulated
     )

@@ -66,7 +66,7 @@ def _prompt_checks(asset: str, partitions: PartitionsDefinition) -> list[AssetCh
         """No few-shot demo is an evaluation example (compared by input content, not by id)."""
         spec = workspace.experiment(context.partition_key)
         task = workspace.task(spec.task)
-        fields = list(task.definition.inputs)
+        fields = task.input_fields
         held_out = {
             tuple(e.inputs[f] for f in fields)
             for e in task.examples(spec.evaluation.split, spec.evaluation.limit)

@@ -17,8 +17,7 @@ from lsl_dagster import formats
 from lsl_dagster.files import atomic_writer
 from lsl_dagster.models import FormatCounts
 from lsl_dagster.optimizers import metric_for
-from lsl_dagster.program import to_dspy
-from lsl_dagster.tasks import Example, Task
+from lsl_dagster.tasks import Example, Task, to_dspy
 
 # Examples in flight per dspy.Evaluate call: large enough to keep every thread busy, small enough that
 # memory does not grow with the test set.
@@ -77,7 +76,6 @@ def evaluate(
     """Score `program` (run under the current dspy.context LM) on `examples`; rows go to `out` (JSONL)."""
     metric = metric_for(task)
     guarded = Guarded(program)
-    output = task.definition.output
     n = errors = fallbacks = 0
     total = 0.0
     kinds: Counter[str] = Counter()
@@ -106,8 +104,8 @@ def evaluate(
                     row = {
                         "example_id": example.id,
                         "inputs": example.inputs,
-                        "gold": example.answer,
-                        "prediction": get(output),
+                        "gold": example.labels,
+                        "prediction": {f: _text(prediction, f) for f in task.label_fields},
                         "score": scored,
                         "error": error,
                         "error_kind": kind,
@@ -139,6 +137,11 @@ def scores(path: Path) -> dict[str, float | None]:
     """Per-example scores of an evaluation, by example id; None for a provider failure (not scored)."""
     with path.open(encoding="utf-8") as rows:
         return {row["example_id"]: row["score"] for row in map(json.loads, rows)}
+
+
+def _text(prediction: Any, field: str) -> str | None:
+    value = prediction.get(field) if hasattr(prediction, "get") else None
+    return None if value is None else str(value)
 
 
 def _batched(items: Iterable[Example], size: int) -> Iterator[list[Example]]:

@@ -179,6 +179,8 @@ class DataSpec(Strict):
 
     train: int = Field(default=40, ge=2)
     val: int = Field(default=30, ge=2)
+    # Which train and dev examples are drawn; the experiment's seed when omitted. The test split is fixed.
+    seed: int | None = Field(default=None, ge=0)
 
 
 class EvaluationSpec(Strict):

@@ -14,7 +14,8 @@ from dspy.utils.exceptions import AdapterParseError
 from lsl_dagster.formats import FormatWatch
 from lsl_dagster.ledger import BudgetExhausted, Meter
 from lsl_dagster.lm import ConfigError
-from lsl_dagster.tasks import Task, feedback, score
+from lsl_dagster.metrics import call_metric, neutral_feedback
+from lsl_dagster.tasks import Task
 
 MAX_BOOTSTRAPPED_DEMOS = 3
 MAX_LABELED_DEMOS = 2
@@ -22,29 +23,33 @@ REFLECTION_MINIBATCH = 3
 
 
 def metric_for(task: Task) -> Callable[..., float]:
-    definition = task.definition
+    """The task's metric as DSPy's optimizers and Evaluate call it: a number."""
 
     def metric(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
-        return score(
-            definition.metric, example[definition.output], str(getattr(prediction, definition.output, ""))
-        )
+        return call_metric(task.metric, example, prediction, trace).score
 
     return metric
 
 
 def feedback_metric_for(task: Task) -> Callable[..., dspy.Prediction]:
-    """GEPA's metric: the score plus text saying what went wrong, which the reflection model reads."""
-    definition = task.definition
+    """GEPA's metric: the score plus the text its reflection model reads, per predictor when GEPA asks
+    (pred_name). The feedback is the task metric's own; when it gives none, a task-agnostic account of
+    the inputs and of expected vs got per output field."""
 
     def metric(
         gold: dspy.Example, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
-    ):
-        gold_answer = gold[definition.output]
-        predicted = str(getattr(pred, definition.output, ""))
-        return dspy.Prediction(
-            score=score(definition.metric, gold_answer, predicted),
-            feedback=feedback(definition.metric, gold_answer, predicted),
+    ) -> dspy.Prediction:
+        result = call_metric(task.metric, gold, pred, trace, pred_name, pred_trace)
+        feedback = result.feedback or neutral_feedback(
+            gold,
+            pred,
+            inputs=task.input_fields,
+            labels=task.label_fields,
+            score_value=result.score,
+            pred_name=pred_name,
+            pred_trace=pred_trace,
         )
+        return dspy.Prediction(score=result.score, feedback=feedback)
 
     return metric
 
@@ -122,20 +127,22 @@ class GepaLog:
         return ", ".join(parts)
 
 
-def check_gepa_budget(stage: str, max_calls: int | None, valset_size: int) -> None:
+def check_gepa_budget(stage: str, max_calls: int | None, valset_size: int, calls_per_run: int = 1) -> None:
     """Refuse, before any call, a GEPA budget that cannot produce one validated proposal: GEPA first
     evaluates the starting prompt on the dev set, then per proposal runs a minibatch with the current
     prompt, one reflection call and the minibatch with the proposal, and adopts a proposal only after it
-    is evaluated on the whole dev set. Anything less is a run that cannot change the prompt."""
-    proposal = 2 * REFLECTION_MINIBATCH + 1
-    needed = 2 * valset_size + proposal
+    is evaluated on the whole dev set. Anything less is a run that cannot change the prompt. One run of
+    the program calls each of its predictors (`calls_per_run`)."""
+    proposal = 2 * REFLECTION_MINIBATCH * calls_per_run + 1
+    valset_calls = valset_size * calls_per_run
+    needed = 2 * valset_calls + proposal
     if max_calls is not None and max_calls < needed:
         raise ConfigError(
             f"{stage}: max_calls={max_calls} cannot buy one GEPA proposal: evaluating the starting prompt on "
-            f"the {valset_size} dev examples takes {valset_size} calls, one proposal {proposal} "
-            f"(2 minibatches of {REFLECTION_MINIBATCH} + 1 reflection) and validating it {valset_size} more, "
+            f"the {valset_size} dev examples takes {valset_calls} calls, one proposal {proposal} (2 "
+            f"minibatches of {REFLECTION_MINIBATCH} + 1 reflection) and validating it {valset_calls} more, "
             f"{needed} in all. Raise {stage}.max_calls to at least {needed} (a few proposals need "
-            f"~{needed + 3 * (proposal + valset_size)}) or lower data.val; nothing was called."
+            f"~{needed + 3 * (proposal + valset_calls)}) or lower data.val; nothing was called."
         )
 
 
@@ -146,9 +153,10 @@ class OptimizerOutputError(Exception):
 class BudgetStopper:
     """Stops GEPA between iterations when the stage's calls cannot cover one more typical iteration."""
 
-    def __init__(self, meter: Meter, valset_size: int):
+    def __init__(self, meter: Meter, valset_size: int, calls_per_run: int = 1):
         self.meter = meter
-        self.iteration_calls = 2 * REFLECTION_MINIBATCH + 1 + valset_size
+        # Two minibatch runs of the program and one on the valset, plus a reflection call per predictor.
+        self.iteration_calls = (2 * REFLECTION_MINIBATCH + valset_size + 1) * calls_per_run
 
     def __call__(self, gepa_state: Any) -> bool:
         remaining = self.meter.remaining_calls()
@@ -232,6 +240,7 @@ def _gepa(
     threads,
     meter,
     best,
+    calls_per_run,
     gepa_log,
     **_: Any,
 ):
@@ -243,7 +252,10 @@ def _gepa(
         add_format_failure_as_feedback=True,
         num_threads=threads,
         seed=seed,
-        gepa_kwargs={"stop_callbacks": [BudgetStopper(meter, len(valset))], "callbacks": [best, gepa_log]},
+        gepa_kwargs={
+            "stop_callbacks": [BudgetStopper(meter, len(valset), calls_per_run)],
+            "callbacks": [best, gepa_log],
+        },
     )
     return optimizer.compile(student, trainset=trainset, valset=valset)
 
@@ -288,8 +300,9 @@ def run_optimizer(
     parse a model's output (e.g. MIPROv2's instruction proposals) returns the best candidate so far, or
     fails with OptimizerOutputError naming the stage, the model, its unparseable share and what to change.
     """
+    calls_per_run = max(1, len(student.named_predictors()))
     if name == "gepa":
-        check_gepa_budget(stage, meter.max_calls, len(valset))
+        check_gepa_budget(stage, meter.max_calls, len(valset), calls_per_run)
     best = BestSoFar(student, len(valset))
     watch = FormatWatch()
     gepa_log = GepaLog()
@@ -305,12 +318,14 @@ def run_optimizer(
                 feedback_metric=feedback_metric_for(task),
                 prompt_lm=prompt_lm,
                 task_lm=task_lm,
-                # The whole budget, not what is left: a resumed stage must plan as it first did.
-                budget=meter.max_calls or 10**6,
+                # The whole budget, not what is left: a resumed stage must plan as it first did. The
+                # optimizers plan in program runs, and one run of the program calls each predictor.
+                budget=(meter.max_calls or 10**6) // calls_per_run,
                 seed=seed,
                 threads=threads,
                 meter=meter,
                 best=best,
+                calls_per_run=calls_per_run,
                 gepa_log=gepa_log,
             )
     except BudgetExhausted:

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from lsl_dagster.lm import PROVIDERS, ConfigError
 from lsl_dagster.models import ExperimentSpec, ModelSpec, Price
 from lsl_dagster.optimizers import MAX_BOOTSTRAPPED_DEMOS, MAX_LABELED_DEMOS
-from lsl_dagster.program import task_program
 from lsl_dagster.tasks import Example, Task
 
 EVALUATIONS = ("baseline_evaluation", "stage3_evaluation", "budget_matched_evaluation")
@@ -88,18 +87,24 @@ def _prompt_chars(task: Task) -> tuple[int, int]:
     examples = list(task.examples("train", 20)) or list(task.examples("dev", 20))
 
     def size(example: Example) -> int:
-        return sum(map(len, example.inputs.values())) + len(example.answer)
+        return sum(map(len, example.inputs.values())) + sum(map(len, example.labels.values()))
 
     ranked = sorted(examples, key=size)
     typical, longest = ranked[len(ranked) // 2], ranked[-1]
-    output = task.definition.output
     n_demos = MAX_BOOTSTRAPPED_DEMOS + MAX_LABELED_DEMOS
 
     def chars(example: Example, reasoning: int) -> int:
-        demo = {**example.inputs, output: example.answer, "reasoning": "x" * reasoning}
+        # A predictor's fields that are not the program's (e.g. retrieved context) are sized like all of
+        # the example's inputs together: a proxy, as their values exist only when the program runs.
+        proxy = " ".join(example.inputs.values())
         most = 0
-        for _, predictor in task_program(task).named_predictors():
-            messages = dspy.ChatAdapter().format(predictor.signature, [demo] * n_demos, dict(example.inputs))
+        for _, predictor in task.program().named_predictors():
+            values = {
+                f: example.inputs.get(f, example.labels.get(f, proxy)) for f in predictor.signature.fields
+            }
+            demo = {**values, "reasoning": "x" * reasoning}
+            inputs = {f: values[f] for f in predictor.signature.input_fields}
+            messages = dspy.ChatAdapter().format(predictor.signature, [demo] * n_demos, inputs)
             most = max(most, sum(len(str(m.get("content", ""))) for m in messages))
         return most
 
@@ -134,7 +139,7 @@ def _stage(stage: str, calls: int, specs: list[ModelSpec], chars: int) -> StageF
 def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
     """Every stage's calls, tokens and cost, and its share of max_cost_usd. Reads no model."""
     chars = _prompt_chars(task)
-    predictors = len(task_program(task).named_predictors())
+    predictors = len(task.program().named_predictors())
     split = spec.evaluation.split
     examples = (
         task.sizes[split] if spec.evaluation.limit is None else min(spec.evaluation.limit, task.sizes[split])

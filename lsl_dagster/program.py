@@ -1,4 +1,5 @@
-"""The task program and its prompt: build it from a task, capture it as a PromptCandidate, rebuild it."""
+"""A task program's prompt: capture every predictor's state as a PromptCandidate, rebuild the program from
+it, render it. Works for any program: DSPy's own per-predictor state (dump_state / load_state) carries it."""
 
 from __future__ import annotations
 
@@ -7,25 +8,28 @@ from typing import Any
 import dspy
 
 from lsl_dagster.models import Ledger, PredictorPrompt, PromptCandidate, Provenance
-from lsl_dagster.tasks import Example, Task
+from lsl_dagster.tasks import Task
 
 
-def task_program(task: Task) -> dspy.Module:
-    """The unoptimized program: chain of thought over the task's signature and plain instructions."""
-    definition = task.definition
-    fields: dict[str, Any] = {name: dspy.InputField(desc=desc) for name, desc in definition.inputs.items()}
-    fields[definition.output] = dspy.OutputField(desc=definition.output_description)
-    return dspy.ChainOfThought(dspy.Signature(fields, definition.instructions))
+class ProgramMismatch(ValueError):
+    """A stored prompt does not fit the task's program (its predictors were renamed, added or removed)."""
 
 
-def to_dspy(example: Example, task: Task) -> dspy.Example:
-    record = {**example.inputs, task.definition.output: example.answer, "example_id": example.id}
-    return dspy.Example(**record).with_inputs(*task.definition.inputs)
+def _demo(demo: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in demo.items() if not key.startswith("dspy_")}
 
 
-def _demo(demo: Any) -> dict[str, Any]:
-    record = demo.toDict() if hasattr(demo, "toDict") else dict(demo)
-    return {key: value for key, value in record.items() if not key.startswith("dspy_")}
+def predictor_prompt(predictor: dspy.Predict) -> PredictorPrompt:
+    state = predictor.dump_state()
+    signature = state["signature"]
+    return PredictorPrompt(
+        instructions=signature["instructions"],
+        field_descriptions={
+            name: field["description"]
+            for name, field in zip(predictor.signature.fields, signature["fields"], strict=True)
+        },
+        demos=[_demo(demo) for demo in state["demos"]],
+    )
 
 
 def capture(
@@ -36,20 +40,10 @@ def capture(
     ledger: Ledger,
     simulated: bool,
 ) -> PromptCandidate:
-    predictors = {}
-    for name, predictor in program.named_predictors():
-        signature = predictor.signature
-        predictors[name] = PredictorPrompt(
-            instructions=signature.instructions,
-            field_descriptions={
-                field: info.json_schema_extra.get("desc", "") for field, info in signature.fields.items()
-            },
-            demos=[_demo(demo) for demo in predictor.demos],
-        )
     return PromptCandidate(
         experiment_id=experiment_id,
         task=task.name,
-        predictors=predictors,
+        predictors={name: predictor_prompt(p) for name, p in program.named_predictors()},
         provenance=provenance,
         ledger=ledger,
         simulated=simulated,
@@ -57,21 +51,30 @@ def capture(
 
 
 def rebuild(candidate: PromptCandidate, task: Task) -> dspy.Module:
-    """A runnable program with the candidate's instructions, field descriptions and demos."""
-    program = task_program(task)
-    for name, predictor in program.named_predictors():
+    """The task's program, freshly built, with each predictor's captured state loaded into it."""
+    program = task.program()
+    predictors = dict(program.named_predictors())
+    if set(predictors) != set(candidate.predictors):
+        raise ProgramMismatch(
+            f"the stored prompt of {candidate.experiment_id} has predictors {sorted(candidate.predictors)} "
+            f"but task {task.name!r} now builds {sorted(predictors)}"
+        )
+    for name, predictor in predictors.items():
         prompt = candidate.predictors[name]
-        signature = predictor.signature.with_instructions(prompt.instructions)
-        for field, desc in prompt.field_descriptions.items():
-            if field in signature.fields:
-                signature = signature.with_updated_fields(field, desc=desc)
-        predictor.signature = signature
+        state = predictor.dump_state()
+        state["signature"]["instructions"] = prompt.instructions
+        for field, saved in zip(predictor.signature.fields, state["signature"]["fields"], strict=True):
+            saved["description"] = prompt.field_descriptions.get(field, saved["description"])
+        # The experiment's models run every predictor, whatever LM the program's author pinned.
+        state["lm"] = None
+        state["demos"] = []
+        predictor.load_state(state)
         predictor.demos = [dspy.Example(**demo) for demo in prompt.demos]
     return program
 
 
 def render(candidate: PromptCandidate, task: Task) -> str:
-    """The literal messages the model receives, as markdown (inputs shown as {placeholders})."""
+    """The literal messages each predictor sends, as markdown (inputs shown as {placeholders})."""
     program = rebuild(candidate, task)
     adapter = dspy.ChatAdapter()
     sections = []

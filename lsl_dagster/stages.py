@@ -20,15 +20,18 @@ from lsl_dagster.models import (
     Provenance,
 )
 from lsl_dagster.optimizers import run_optimizer
-from lsl_dagster.program import capture, rebuild, task_program, to_dspy
-from lsl_dagster.tasks import Task
+from lsl_dagster.program import capture, rebuild
+from lsl_dagster.tasks import Task, to_dspy
 from lsl_dagster.workspace import StageRun
 
 
 def optimizer_sets(spec: ExperimentSpec, task: Task) -> tuple[list[dspy.Example], list[dspy.Example]]:
-    """Optimizers train on the train split and validate on the dev split; the test split is never seen."""
-    train = [to_dspy(e, task) for e in task.examples("train", spec.data.train)]
-    val = [to_dspy(e, task) for e in task.examples("dev", spec.data.val)]
+    """Optimizers train on the train split and validate on the dev split; the test split is never seen.
+    Which train and dev examples is drawn by the experiment's seed, so that variance across seeds includes
+    the data's."""
+    seed = spec.seed if spec.data.seed is None else spec.data.seed
+    train = [to_dspy(e, task) for e in task.sample("train", spec.data.train, seed)]
+    val = [to_dspy(e, task) for e in task.sample("dev", spec.data.val, seed)]
     return train, val
 
 
@@ -93,7 +96,7 @@ def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCa
         run,
         stage="stage1",
         optimizer=spec.stage1.optimizer,
-        student=task_program(task),
+        student=task.program(),
         role="large",
         reflection=spec.stage1.prompt_model,
         parent=None,
@@ -127,7 +130,7 @@ def budget_matched_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> 
         run,
         stage="budget_matched",
         optimizer=spec.stage1.optimizer,
-        student=task_program(task),
+        student=task.program(),
         role="large",
         reflection=spec.stage1.prompt_model,
         parent=None,

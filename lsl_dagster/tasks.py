@@ -1,55 +1,137 @@
-"""Tasks: definitions, JSONL splits validated line by line, the generated arithmetic task, metrics."""
+"""Tasks: a DSPy program, a metric and data. data/tasks/<task>/task.yaml names them.
+
+A task is either declarative (input fields, output fields, instructions and a built-in metric: the program
+is a ChainOfThought over that signature) or a researcher's own program and metric, named by import path
+(`program: program:build`, `metric: program:metric`) and resolved with the task directory importable.
+Data comes from JSONL, CSV, Parquet or a saved Hugging Face dataset, one file per split or one pool split
+by seed, mapped onto the program's fields by `columns`. Everything is checked when the task loads, before
+any paid call: every row, split disjointness (by id and by input content), the program and the metric.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import random
-import re
-import string
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from types import ModuleType
+from typing import Any, Literal
 
+import dspy
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lsl_dagster.datasource import DataFileError, Format, Row, file_format, rows
+from lsl_dagster.metrics import BUILTIN_METRICS, builtin_metric, call_metric
 
 SPLITS = ("train", "dev", "test")
-Metric = Literal["exact_match", "numeric", "contains", "f1"]
 
 
 class TaskDataError(ValueError):
-    """A task file or dataset line is malformed; the message names file and line."""
+    """A task file, its program or metric, or a data row is malformed; the message says where."""
 
 
-class Generator(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+class Generator(_Strict):
     name: Literal["arithmetic"]
     seed: int = 0
     sizes: dict[str, int] = Field(default_factory=lambda: {"train": 500, "dev": 500, "test": 100_000})
 
 
-class TaskDef(BaseModel):
-    """data/tasks/<task>/task.yaml: the program's signature and how answers are scored."""
+class DataDef(_Strict):
+    """Where a task's examples come from: one file per split, or one pool split by `seed`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Format | None = None  # from the file name when omitted (.jsonl, .csv, .parquet, a directory)
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    pool: str | None = None
+    # Fractions of the pool per split (summing to 1); each row's split is a hash of (seed, its id), so the
+    # assignment is stable, streamable and independent of the experiment's seed: the test set stays fixed.
+    split: dict[Literal["train", "dev", "test"], float] | None = None
+    seed: int = 0
+    # Program field -> column, for columns named differently from the program's fields.
+    columns: dict[str, str] = {}
+    id: str = "id"  # the id column; rows without one get "<split>-<row>" (stable: predictions pair by id)
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> DataDef:
+        files = [self.train, self.dev, self.test]
+        if self.pool is None:
+            if None in files:
+                raise ValueError("data needs train, dev and test files, or a pool with a split")
+            if self.split is not None:
+                raise ValueError("data.split applies to a pool")
+        else:
+            if any(f is not None for f in files):
+                raise ValueError("data has either train/dev/test files or a pool, not both")
+            if not self.split or set(self.split) != set(SPLITS):
+                raise ValueError("data.split must give a fraction for each of train, dev and test")
+            if any(v <= 0 for v in self.split.values()) or abs(sum(self.split.values()) - 1) > 1e-9:
+                raise ValueError("data.split fractions must be positive and sum to 1 (no row is dropped)")
+        return self
+
+
+class TaskDef(_Strict):
+    """data/tasks/<task>/task.yaml."""
 
     name: str
-    instructions: str
+    # "module:function" returning a dspy.Module; omitted for a declarative task.
+    program: str | None = None
+    # A built-in metric name, or "module:function" (example, prediction, trace=None) -> float or
+    # dspy.Prediction(score=..., feedback=...).
+    metric: str
+    instructions: str | None = None
     inputs: dict[str, str] = Field(min_length=1)
-    output: str
+    # The gold output fields (labels): `outputs` for several, `output` (+ description) for one.
+    outputs: dict[str, str] = {}
+    output: str | None = None
     output_description: str = ""
-    metric: Metric
+    data: DataDef = DataDef(train="train.jsonl", dev="dev.jsonl", test="test.jsonl")
     generator: Generator | None = None
+
+    @field_validator("inputs", "outputs", mode="before")
+    @classmethod
+    def _names_or_descriptions(cls, value: Any) -> Any:
+        # A list of names is enough for a program task: its own signatures describe the fields.
+        return dict.fromkeys(value, "") if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskDef:
+        if (self.output is None) == (not self.outputs):
+            raise ValueError("give the label fields as `outputs` (a list or mapping) or as one `output`")
+        if self.program is None and not self.instructions:
+            raise ValueError("a declarative task (no `program`) needs `instructions`")
+        if self.program is not None and self.instructions:
+            raise ValueError("`instructions` apply to declarative tasks; a program carries its own")
+        if ":" not in self.metric and self.metric not in BUILTIN_METRICS:
+            raise ValueError(
+                f"metric {self.metric!r} is neither built in ({', '.join(BUILTIN_METRICS)}) "
+                "nor an import path module:function"
+            )
+        overlap = set(self.inputs) & set(self.labels)
+        if overlap:
+            raise ValueError(f"fields {sorted(overlap)} are both inputs and outputs")
+        return self
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.outputs) if self.outputs else {self.output: self.output_description}  # type: ignore[dict-item]
 
 
 @dataclass(frozen=True)
 class Example:
     id: str
     inputs: dict[str, str]
-    answer: str
+    labels: dict[str, str]  # the gold output fields
 
 
 class Task:
@@ -58,73 +140,237 @@ class Task:
     def __init__(self, definition: TaskDef, directory: Path):
         self.definition = definition
         self.directory = directory
-        self.sizes = {split: self._validate(split) for split in SPLITS}
+        self.path = directory / "task.yaml"
+        self.input_fields = list(definition.inputs)
+        self.label_fields = list(definition.labels)
+        self._build = self._resolve("program", definition.program) if definition.program else None
+        self.metric: Callable[..., Any] = (
+            self._resolve("metric", definition.metric)
+            if ":" in definition.metric
+            else builtin_metric(definition.metric, self.label_fields)  # type: ignore[arg-type]
+        )
+        self.sizes = self._validate()
+        self._check_program()
 
     @property
     def name(self) -> str:
         return self.definition.name
 
+    # --- the program -------------------------------------------------------------------------------
+    def program(self) -> dspy.Module:
+        """A fresh, unoptimized instance of the task's program."""
+        if self._build is not None:
+            return self._build()
+        definition = self.definition
+        fields: dict[str, Any] = {
+            name: dspy.InputField(desc=desc) for name, desc in definition.inputs.items()
+        }
+        for name, desc in definition.labels.items():
+            fields[name] = dspy.OutputField(desc=desc)
+        return dspy.ChainOfThought(dspy.Signature(fields, definition.instructions))
+
+    def _resolve(self, what: str, target: str) -> Callable[..., Any]:
+        module_name, _, attr = target.partition(":")
+        if not module_name or not attr:
+            raise TaskDataError(f"{self.path}: {what} {target!r} must be an import path module:function")
+        try:
+            module = _import(module_name, self.directory)
+        except Exception as exc:
+            raise TaskDataError(
+                f"{self.path}: {what} {target!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})"
+            ) from None
+        value = getattr(module, attr, None)
+        if not callable(value):
+            raise TaskDataError(f"{self.path}: {what} {target!r}: {module_name} has no function {attr!r}")
+        return value
+
+    def _check_program(self) -> None:
+        """Build the program once and run the metric on the first dev example against its own gold labels:
+        no model is called, so a broken program or metric fails here, before anything is spent."""
+        where = f"{self.path}: program {self.definition.program or '(declarative)'}"
+        try:
+            program = self.program()
+        except Exception as exc:
+            raise TaskDataError(f"{where}: build failed ({type(exc).__name__}: {exc})") from None
+        if not isinstance(program, dspy.Module):
+            raise TaskDataError(f"{where}: returned {type(program).__name__}, not a dspy.Module")
+        if not program.named_predictors():
+            raise TaskDataError(f"{where}: the program has no predictors, so there is no prompt to optimize")
+        first = next(self.examples("dev", 1))
+        gold = dspy.Prediction(**first.labels)
+        try:
+            call_metric(self.metric, to_dspy(first, self), gold)
+        except Exception as exc:
+            raise TaskDataError(
+                f"{self.path}: metric {self.definition.metric!r} failed on dev example {first.id!r} "
+                f"scored against its own labels ({type(exc).__name__}: {exc})"
+            ) from None
+
+    # --- the data ------------------------------------------------------------------------------------
     def examples(self, split: str, limit: int | None = None) -> Iterator[Example]:
+        """The split's examples in file order (the first `limit`), streamed."""
         count = self.sizes[split] if limit is None else min(limit, self.sizes[split])
+        if count <= 0:
+            return
         gen = self.definition.generator
         if gen is not None:
             for index in range(count):
                 yield arithmetic_example(gen.seed, split, index)
             return
-        with self._path(split).open(encoding="utf-8") as lines:
-            for lineno, line in enumerate(lines, start=1):
-                if lineno > count:
-                    return
-                yield self._parse(split, lineno, line)
+        for yielded, (_, example) in enumerate(self._split_examples(split), start=1):
+            yield example
+            if yielded >= count:
+                return
 
-    def _path(self, split: str) -> Path:
-        return self.directory / f"{split}.jsonl"
+    def sample(self, split: str, n: int, seed: int) -> list[Example]:
+        """`n` examples of the split drawn by `seed` (all of them, shuffled, when it has no more): the
+        experiment seed resamples the data, so variance across seeds includes the data's."""
+        size = self.sizes[split]
+        order = random.Random(f"{self.name}|{split}|{seed}").sample(range(size), min(n, size))
+        wanted = {index: position for position, index in enumerate(order)}
+        picked: list[Example | None] = [None] * len(order)
+        source = (
+            (arithmetic_example(self.definition.generator.seed, split, i) for i in range(size))
+            if self.definition.generator is not None
+            else (example for _, example in self._split_examples(split))
+        )
+        for index, example in enumerate(source):
+            if index in wanted:
+                picked[wanted[index]] = example
+        return [e for e in picked if e is not None]
 
-    def _validate(self, split: str) -> int:
+    def _file(self, name: str) -> tuple[Path, Format]:
+        path = self.directory / name
+        try:
+            return path, file_format(path, self.definition.data.format)
+        except DataFileError as exc:
+            raise TaskDataError(str(exc)) from None
+
+    def _split_examples(self, split: str) -> Iterator[tuple[Row, Example]]:
+        data = self.definition.data
+        if data.pool is None:
+            path, fmt = self._file(getattr(data, split))
+            source = rows(path, fmt)
+        else:
+            path, fmt = self._file(data.pool)
+            source = (row for row in rows(path, fmt) if self._pool_split(row) == split)
+        try:
+            for row in source:
+                yield row, self._parse(split if data.pool is None else "pool", row)
+        except DataFileError as exc:
+            raise TaskDataError(str(exc)) from None
+
+    def _pool_split(self, row: Row) -> str:
+        data = self.definition.data
+        draw = _uniform(f"{data.seed}|{self._id('pool', row)}")
+        cumulative = 0.0
+        for split in SPLITS:
+            cumulative += data.split[split]  # type: ignore[index]
+            if draw < cumulative:
+                return split
+        return SPLITS[-1]
+
+    def _id(self, prefix: str, row: Row) -> str:
+        value = row.record.get(self.definition.data.id)
+        return f"{prefix}-{row.number}" if value is None or value == "" else str(value)
+
+    def _parse(self, prefix: str, row: Row) -> Example:
+        columns = self.definition.data.columns
+        wanted = [*self.input_fields, *self.label_fields]
+        missing = [columns.get(f, f) for f in wanted if columns.get(f, f) not in row.record]
+        if missing:
+            raise TaskDataError(f"{row.where}: missing field(s) {missing}")
+        values = {}
+        for name in wanted:
+            column = columns.get(name, name)
+            value = row.record[column]
+            if value is None or isinstance(value, bool) or not isinstance(value, str | int | float):
+                shown = "empty" if value is None else type(value).__name__
+                raise TaskDataError(f"{row.where}: field {column!r} must be a string or number, not {shown}")
+            values[name] = str(value)
+        return Example(
+            id=self._id(prefix, row),
+            inputs={f: values[f] for f in self.input_fields},
+            labels={f: values[f] for f in self.label_fields},
+        )
+
+    def _validate(self) -> dict[str, int]:
+        """Read every split once: rows well formed, ids unique, and no example (by id or by input content)
+        in two splits."""
         gen = self.definition.generator
         if gen is not None:
-            return gen.sizes.get(split, 0)
-        path = self._path(split)
-        if not path.is_file():
-            raise TaskDataError(f"{path}: missing split file for task {self.name!r}")
-        seen: dict[str, int] = {}
-        count = 0
-        with path.open(encoding="utf-8") as lines:
-            for lineno, line in enumerate(lines, start=1):
-                example = self._parse(split, lineno, line)
-                if example.id in seen:
+            return {split: gen.sizes.get(split, 0) for split in SPLITS}
+        ids: dict[str, str] = {}
+        contents: dict[str, str] = {}
+        sizes = {}
+        for split in SPLITS:
+            count = 0
+            for row, example in self._split_examples(split):
+                count += 1
+                if example.id in ids:
                     raise TaskDataError(
-                        f"{path}:{lineno}: duplicate id {example.id!r} (first at line {seen[example.id]})"
+                        f"{row.where}: duplicate id {example.id!r} (first at {ids[example.id]})"
                     )
-                seen[example.id] = lineno
-                count = lineno
-        if count == 0:
-            raise TaskDataError(f"{path}: the split is empty")
-        return count
+                key = _content_key(example)
+                if key in contents and not contents[key].startswith(f"{split} "):
+                    raise TaskDataError(
+                        f"{row.where}: the same inputs as {contents[key]}: splits must be disjoint"
+                    )
+                # Test ids need remembering only to catch duplicates inside the test split itself.
+                ids[example.id] = row.where
+                if split != "test":
+                    contents.setdefault(key, f"{split} {row.where}")
+            if count == 0:
+                raise TaskDataError(f"{self.path}: the {split} split is empty")
+            sizes[split] = count
+        return sizes
 
-    def _parse(self, split: str, lineno: int, line: str) -> Example:
-        where = f"{self._path(split)}:{lineno}"
-        if not line.strip():
-            raise TaskDataError(f"{where}: empty line (every line must be one JSON object)")
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TaskDataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(record, dict):
-            raise TaskDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        fields = [*self.definition.inputs, self.definition.output]
-        missing = [name for name in fields if name not in record]
-        if missing:
-            raise TaskDataError(f"{where}: missing field(s) {missing}")
-        values = {}
-        for name in fields:
-            value = record[name]
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise TaskDataError(f"{where}: field {name!r} must be a string or number")
-            values[name] = str(value)
-        example_id = str(record.get("id", f"{split}-{lineno}"))
-        answer = values.pop(self.definition.output)
-        return Example(id=example_id, inputs=values, answer=answer)
+
+def _content_key(example: Example) -> str:
+    return hashlib.blake2b(json.dumps(example.inputs, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def _uniform(text: str) -> float:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+# Modules loaded from task directories, by file: two tasks may each have a program.py.
+_MODULES: dict[tuple[str, int], ModuleType] = {}
+
+
+def _import(module_name: str, directory: Path) -> ModuleType:
+    """`module_name` from the task directory when it is there (under a name unique to its file, with the
+    directory importable for its own imports), else as an installed module."""
+    relative = Path(*module_name.split("."))
+    local = next(
+        (
+            p
+            for p in (directory / relative.with_suffix(".py"), directory / relative / "__init__.py")
+            if p.is_file()
+        ),
+        None,
+    )
+    if local is None:
+        return importlib.import_module(module_name)
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    key = (str(local.resolve()), local.stat().st_mtime_ns)
+    if key not in _MODULES:
+        unique = (
+            f"lsl_task_{hashlib.sha256(key[0].encode()).hexdigest()[:12]}_{module_name.replace('.', '_')}"
+        )
+        spec = importlib.util.spec_from_file_location(unique, local)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[unique] = module
+        spec.loader.exec_module(module)
+        _MODULES[key] = module
+    return _MODULES[key]
+
+
+def to_dspy(example: Example, task: Task) -> dspy.Example:
+    record = {**example.inputs, **example.labels, "example_id": example.id}
+    return dspy.Example(**record).with_inputs(*task.input_fields)
 
 
 def load_task(name: str, tasks_dir: Path) -> Task:
@@ -141,7 +387,12 @@ def load_task(name: str, tasks_dir: Path) -> Task:
         )
     try:
         definition = TaskDef.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (yaml.YAMLError, ValidationError) as exc:
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise TaskDataError(f"{path}: {problems}") from None
+    except yaml.YAMLError as exc:
         raise TaskDataError(f"{path}: {exc}") from None
     if definition.name != name:
         raise TaskDataError(f"{path}: name {definition.name!r} does not match its directory {name!r}")
@@ -184,58 +435,4 @@ def arithmetic_example(seed: int, split: str, index: int) -> Example:
             total //= 2
             sentences.append(f"Then {name} gives half of them to a friend.")
     question = " ".join(sentences) + f" How many {item} does {name} have now?"
-    return Example(id=f"{split}-{index}", inputs={"question": question}, answer=str(total))
-
-
-# Metrics: each returns a score in [0, 1].
-def _normalize(text: str) -> str:
-    text = text.lower().strip()
-    text = text.translate(str.maketrans("", "", string.punctuation))
-    return " ".join(text.split())
-
-
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
-
-
-def _number(text: str) -> float | None:
-    found = _NUMBER.findall(text.replace(",", ""))
-    if not found:
-        return None
-    try:
-        return float(found[-1])
-    except ValueError:
-        return None
-
-
-def score(metric: Metric, gold: str, prediction: str) -> float:
-    if metric == "exact_match":
-        return float(_normalize(gold) == _normalize(prediction))
-    if metric == "numeric":
-        want, got = _number(gold), _number(prediction)
-        return float(want is not None and got is not None and abs(want - got) < 1e-6)
-    if metric == "contains":
-        return float(_normalize(gold) in _normalize(prediction))
-    gold_tokens, pred_tokens = _normalize(gold).split(), _normalize(prediction).split()
-    common = sum(min(gold_tokens.count(t), pred_tokens.count(t)) for t in set(gold_tokens))
-    if not common:
-        return 0.0
-    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
-
-
-def feedback(metric: Metric, gold: str, prediction: str) -> str:
-    """Text GEPA's reflection reads: what went wrong, in the terms a prompt could fix."""
-    if score(metric, gold, prediction) == 1.0:
-        return "Correct."
-    if not prediction.strip():
-        return (
-            f"The answer field was empty or could not be parsed (format error). The correct answer is {gold}."
-        )
-    if metric == "numeric" and _number(prediction) is None:
-        return f"The answer {prediction!r} is not a number (format error). The correct answer is {gold}."
-    if metric in ("exact_match", "f1"):
-        gold_words, pred_words = _normalize(gold).split(), _normalize(prediction).split()
-        if sorted(gold_words) != sorted(pred_words):
-            return f"Wrong: some words are missing or extra. Expected {gold!r}, got {prediction!r}."
-        return f"Wrong order: expected {gold!r}, got {prediction!r}."
-    return f"Wrong answer: expected {gold}, got {prediction}. A calculation step went wrong."
+    return Example(id=f"{split}-{index}", inputs={"question": question}, labels={"answer": str(total)})

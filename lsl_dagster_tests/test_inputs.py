@@ -60,21 +60,24 @@ def test_malformed_dataset_lines_are_reported_with_file_and_line(lab: Lab):
         "name: qa\ninstructions: Answer.\ninputs: {question: A question.}\n"
         "output: answer\nmetric: exact_match\n"
     )
-    good = '{"question": "q", "answer": "a"}\n'
-    (task_dir / "train.jsonl").write_text(good * 3)
-    (task_dir / "dev.jsonl").write_text(good + '{"question": "q2"}\n')
-    (task_dir / "test.jsonl").write_text(good + "{not json\n")
+
+    def good(q: str) -> str:
+        return f'{{"question": "{q}", "answer": "a"}}\n'
+
+    (task_dir / "train.jsonl").write_text(good("q1") + good("q2") + good("q3"))
+    (task_dir / "dev.jsonl").write_text(good("d1") + '{"question": "q2"}\n')
+    (task_dir / "test.jsonl").write_text(good("t1") + "{not json\n")
     with pytest.raises(TaskDataError, match=r"dev\.jsonl:2: missing field\(s\) \['answer'\]"):
         load_task("qa", lab.data_dir / "tasks")
-    (task_dir / "dev.jsonl").write_text(good + '{"id": "dev-x", "question": "q2", "answer": "b"}\n')
+    (task_dir / "dev.jsonl").write_text(good("d1") + '{"id": "dev-x", "question": "d2", "answer": "b"}\n')
     with pytest.raises(TaskDataError, match=r"test\.jsonl:2: invalid JSON"):
         load_task("qa", lab.data_dir / "tasks")
-    (task_dir / "test.jsonl").write_text(good + "\n" + good)
+    (task_dir / "test.jsonl").write_text(good("t1") + "\n" + good("t2"))
     with pytest.raises(TaskDataError, match=r"test\.jsonl:2: empty line"):
         load_task("qa", lab.data_dir / "tasks")
 
     # Through the pipeline: the stage fails naming the line, and no call is made.
-    (task_dir / "test.jsonl").write_text(good + "[1, 2]\n")
+    (task_dir / "test.jsonl").write_text(good("t1") + "[1, 2]\n")
     lab.write("qa-1", task="qa")
     result = lab.run("qa-1", raise_on_error=False)
     assert not result.success

@@ -16,7 +16,7 @@ from lsl_dagster import stages
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.models import Comparison, Ledger, PromptCandidate, Provenance
 from lsl_dagster.plan import forecast
-from lsl_dagster.program import capture, task_program
+from lsl_dagster.program import capture
 from lsl_dagster.sim import TIERS
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster.tasks import load_task
@@ -95,7 +95,7 @@ def test_an_evaluation_holds_few_file_descriptors(lab: Lab, threads: int):
     spec = workspace.experiment("fds")
     task = workspace.task(spec.task)
     provenance = Provenance(stage="t", optimizer="none", model="sim/large", seed=0, spec_hash=spec.spec_hash)
-    candidate = capture(task_program(task), task, "fds", provenance, Ledger(stage="t"), True)
+    candidate = capture(task.program(), task, "fds", provenance, Ledger(stage="t"), True)
     with workspace.stage(spec, "baseline_evaluation", LanguageModels(), None) as run:
         result = stages.evaluate_on_large(spec, task, candidate, "baseline", run, lab.runs_dir / "p.jsonl")
         held = [path for path in _open_files() if "responses.sqlite" in path]

@@ -200,7 +200,11 @@ def test_asset_checks_pass_on_a_sound_experiment_and_catch_tampering(lab: Lab):
     stage3.write_text("".join(json.dumps(row) + "\n" for row in rows))
     prompt_path = lab.runs_dir / "checked" / "stage1_prompt.json"
     prompt = json.loads(prompt_path.read_text())
-    leaked = {"question": rows[1]["inputs"]["question"], "answer": rows[1]["gold"], "example_id": "train-x"}
+    leaked = {
+        "question": rows[1]["inputs"]["question"],
+        "answer": rows[1]["gold"]["answer"],
+        "example_id": "train-x",
+    }
     prompt["predictors"]["predict"]["demos"].append(leaked)
     prompt_path.write_text(json.dumps(prompt))
 

@@ -23,7 +23,6 @@ from lsl_dagster.models import (
     ModelSpec,
     PromptCandidate,
 )
-from lsl_dagster.program import task_program
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster.stages import compare
 from lsl_dagster.tasks import load_task
@@ -80,7 +79,7 @@ def _evaluate(server: SimServer, tmp_path: Path, **spec: Any) -> tuple[Totals, l
     lm = LanguageModels(num_retries=0).lm(model, Meter("t", max_calls=None, cost_allowance_usd=None), 0)
     out = tmp_path / "predictions.jsonl"
     with dspy.context(lm=lm):
-        totals = evaluate(task_program(task), task, task.examples("test", 12), threads=2, out=out)
+        totals = evaluate(task.program(), task, task.examples("test", 12), threads=2, out=out)
     return totals, [json.loads(line) for line in out.read_text().splitlines()]
 
 

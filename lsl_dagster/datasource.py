@@ -1,0 +1,110 @@
+"""Rows of a task's data files, streamed one at a time: JSONL, CSV, Parquet and Hugging Face datasets
+saved with `save_to_disk`. Each row comes with where it is (file and row/line) for error messages."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Format = Literal["jsonl", "csv", "parquet", "hf"]
+_SUFFIXES: dict[str, Format] = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+# Parquet and Arrow rows are read in batches of this many: bounded memory however big the file.
+BATCH = 1024
+
+
+class DataFileError(ValueError):
+    """A data file or row is malformed; the message names the file and the row or line."""
+
+
+@dataclass(frozen=True)
+class Row:
+    number: int  # 1-based data row (JSONL line, CSV record after the header, Parquet/Arrow row)
+    where: str  # "file:line" for text files, "file row N" for columnar ones
+    record: dict[str, Any]
+
+
+def file_format(path: Path, declared: Format | None) -> Format:
+    if declared is not None:
+        return declared
+    if path.is_dir():
+        return "hf"
+    if path.suffix in _SUFFIXES:
+        return _SUFFIXES[path.suffix]
+    raise DataFileError(f"{path}: cannot tell the format from the name; set data.format in task.yaml")
+
+
+def rows(path: Path, fmt: Format) -> Iterator[Row]:
+    if not path.exists():
+        raise DataFileError(f"{path}: data file not found")
+    yield from {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet, "hf": _hf}[fmt](path)
+
+
+def _jsonl(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8") as lines:
+        for lineno, line in enumerate(lines, start=1):
+            where = f"{path}:{lineno}"
+            if not line.strip():
+                raise DataFileError(f"{where}: empty line (every line must be one JSON object)")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise DataFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield Row(lineno, where, record)
+
+
+def _csv(path: Path) -> Iterator[Row]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise DataFileError(f"{path}: empty CSV file (no header row)")
+        start = 2  # the line the next record starts on
+        for number, record in enumerate(reader, start=1):
+            where = f"{path}:{start}"
+            start = reader.line_num + 1
+            if None in record:
+                raise DataFileError(f"{where}: more cells than the header has columns")
+            missing = [column for column, value in record.items() if value is None]
+            if missing:
+                raise DataFileError(f"{where}: fewer cells than the header has columns (no {missing})")
+            yield Row(number, where, record)
+
+
+def _parquet(path: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+    except Exception as exc:
+        raise DataFileError(f"{path}: not a readable Parquet file ({exc})") from None
+    number = 0
+    for batch in reader.iter_batches(batch_size=BATCH):
+        for record in batch.to_pylist():
+            number += 1
+            yield Row(number, f"{path} row {number}", record)
+
+
+def _hf(path: Path) -> Iterator[Row]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise DataFileError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise DataFileError(
+            f"{path}: a DatasetDict with splits {sorted(dataset)}; name one split's directory, "
+            f"e.g. {path / next(iter(dataset))}"
+        )
+    number = 0
+    # Memory-mapped Arrow, read in batches: nothing is loaded whole.
+    for batch in dataset.iter(batch_size=BATCH):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            number += 1
+            yield Row(number, f"{path} row {number}", dict(zip(columns, values, strict=True)))

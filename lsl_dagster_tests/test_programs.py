@@ -1,0 +1,119 @@
+"""A researcher's own program, metric and data, end to end: the shipped tasks whose program.py lives in
+their task directory run through every stage, on the sim models in process and over HTTP."""
+
+import json
+from pathlib import Path
+
+from lsl_dagster.campaigns import summarize
+from lsl_dagster.models import Comparison, PromptCandidate
+from lsl_dagster.program import capture, rebuild
+from lsl_dagster.sim_server import SimServer
+from lsl_dagster.tasks import load_task
+from lsl_dagster_tests.conftest import Lab
+
+REVIEWS = {
+    "task": "reviews",
+    "stage1": {"max_calls": 120},
+    "stage2": {"max_calls": 100},
+    "data": {"train": 12, "val": 8},
+    "evaluation": {"limit": 30},
+}
+PROMPTS = ("stage1_prompt", "stage2_hardened_prompt", "budget_matched_prompt")
+
+
+def _check_prompts_and_comparison(
+    lab: Lab, experiment_id: str, predictors: set[str], limit: int
+) -> Comparison:
+    task = load_task(lab.output(experiment_id, "comparison")["task"], lab.data_dir / "tasks")
+    fresh = task.program()
+    for asset in PROMPTS:
+        candidate = PromptCandidate.model_validate(lab.output(experiment_id, asset))
+        assert set(candidate.predictors) == predictors, asset
+        for name, predictor in fresh.named_predictors():
+            stored = candidate.predictors[name]
+            # Every field of each predictor's signature, with its description, and instructions to show.
+            assert list(stored.field_descriptions) == list(predictor.signature.fields), (asset, name)
+            assert stored.instructions.strip(), (asset, name)
+        # What is stored is exactly what runs: rebuilding it and capturing again changes nothing.
+        again = capture(
+            rebuild(candidate, task),
+            task,
+            experiment_id,
+            candidate.provenance,
+            candidate.ledger,
+            candidate.simulated,
+        )
+        assert again == candidate, asset
+        shown = lab.metadata(experiment_id, asset)["prompt"]
+        assert all(f"### Predictor `{name}`" in shown for name in predictors)
+
+    comparison = Comparison.model_validate(lab.output(experiment_id, "comparison"))
+    assert {a.arm: a.n for a in comparison.arms} == {"baseline": limit, "lsl": limit, "budget_matched": limit}
+    assert [d.n for d in comparison.differences] == [limit] * 3
+    expected_ids = [e.id for e in task.examples("test", limit)]
+    for arm in ("baseline", "stage3", "budget_matched"):
+        evaluation = lab.output(experiment_id, f"{arm}_evaluation")
+        rows = [json.loads(line) for line in Path(evaluation["predictions_path"]).read_text().splitlines()]
+        assert [r["example_id"] for r in rows] == expected_ids
+        gold = {e.id: e.labels for e in task.examples("test", limit)}
+        assert all(r["gold"] == gold[r["example_id"]] for r in rows)
+        assert all(set(r["prediction"]) == set(task.label_fields) for r in rows)
+        assert sum(r["score"] for r in rows) / limit == evaluation["score"]
+    return comparison
+
+
+def test_a_csv_task_with_its_own_program_and_metric_runs_end_to_end_on_the_sim(lab: Lab):
+    lab.write("reviews-1", **REVIEWS)
+    assert lab.run("reviews-1").success
+    _check_prompts_and_comparison(lab, "reviews-1", {"extract_aspect", "judge_sentiment.predict"}, 30)
+    # Two predictors: each program run is two calls, and every call went through the ledger.
+    stage3 = lab.output("reviews-1", "stage3_evaluation")
+    assert sum(u["calls"] + u["cache_hits"] for u in stage3["ledger"]["by_model"].values()) == 2 * 30
+
+
+def test_the_same_task_runs_against_the_sim_http_server(lab: Lab, sim_server: SimServer):
+    models = {"model": "openai/sim-large", "api_base": sim_server.url}
+    small = {"model": "openai/sim-small", "api_base": sim_server.url}
+    lab.write("reviews-http", **REVIEWS, large_model=models, small_model=small)
+    assert lab.run("reviews-http").success
+    comparison = _check_prompts_and_comparison(
+        lab, "reviews-http", {"extract_aspect", "judge_sentiment.predict"}, 30
+    )
+    # Every request the ledgers counted reached the server, and nothing else did.
+    assert sim_server.stats()["requests"] == sum(ledger.requests for ledger in comparison.usage.values()) > 0
+
+
+def test_the_shipped_multi_hop_program_runs_end_to_end(lab: Lab):
+    lab.write(
+        "hop-1",
+        task="hop_qa",
+        stage1={"max_calls": 150},
+        stage2={"max_calls": 150},
+        data={"train": 10, "val": 6},
+        evaluation={"limit": 20},
+    )
+    assert lab.run("hop-1").success
+    _check_prompts_and_comparison(lab, "hop-1", {"generate_query", "generate_query2", "answer.predict"}, 20)
+
+
+def test_campaign_intervals_move_when_only_the_data_seed_changes(lab: Lab):
+    """Each seed draws its own train and dev examples: with everything else equal, another data seed gives
+    other optimized prompts and so other intervals; the test examples stay the same."""
+    summaries = []
+    for data_seed in (100, 200):
+        ids = [f"data{data_seed}--arithmetic--l-s--miprov2--s{seed}" for seed in (0, 1)]
+        for experiment_id, seed in zip(ids, (0, 1), strict=True):
+            lab.write(experiment_id, seed=seed, data={"train": 12, "val": 8, "seed": data_seed})
+            assert lab.run(experiment_id).success
+        comparisons = {e: Comparison.model_validate(lab.output(e, "comparison")) for e in ids}
+        summaries.append(summarize(f"data{data_seed}", comparisons, "unused.png"))
+        tested = {
+            json.loads(line)["example_id"]
+            for e in ids
+            for line in Path(lab.output(e, "baseline_evaluation")["predictions_path"])
+            .read_text()
+            .splitlines()
+        }
+        assert tested == {f"test-{i}" for i in range(40)}
+    (first,), (second,) = (s.cells for s in summaries)
+    assert first.arms != second.arms
