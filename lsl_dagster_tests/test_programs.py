@@ -2,7 +2,6 @@
 their task directory run through every stage, on the sim models in process and over HTTP."""
 
 import json
-from pathlib import Path
 
 from lsl_dagster.campaigns import summarize
 from lsl_dagster.models import Comparison, PromptCandidate
@@ -53,7 +52,8 @@ def _check_prompts_and_comparison(
     expected_ids = [e.id for e in task.examples("test", limit)]
     for arm in ("baseline", "stage3", "budget_matched"):
         evaluation = lab.output(experiment_id, f"{arm}_evaluation")
-        rows = [json.loads(line) for line in Path(evaluation["predictions_path"]).read_text().splitlines()]
+        predictions = lab.runs_dir / evaluation["predictions_path"]  # stored relative to the runs dir
+        rows = [json.loads(line) for line in predictions.read_text().splitlines()]
         assert [r["example_id"] for r in rows] == expected_ids
         gold = {e.id: e.labels for e in task.examples("test", limit)}
         assert all(r["gold"] == gold[r["example_id"]] for r in rows)
@@ -110,7 +110,7 @@ def test_campaign_intervals_move_when_only_the_data_seed_changes(lab: Lab):
         tested = {
             json.loads(line)["example_id"]
             for e in ids
-            for line in Path(lab.output(e, "baseline_evaluation")["predictions_path"])
+            for line in (lab.runs_dir / lab.output(e, "baseline_evaluation")["predictions_path"])
             .read_text()
             .splitlines()
         }
