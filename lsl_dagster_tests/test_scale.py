@@ -209,6 +209,12 @@ def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
         for n, server in enumerate(servers):
             if server.url in hit:
                 server.stop()
+                # Its dropped requests leave the gauge as their handler threads notice the stop: wait,
+                # so that w1's dead requests are not counted as in flight beside w2's live ones.
+                settled = time.monotonic() + 30
+                while server.in_flight and time.monotonic() < settled:
+                    time.sleep(0.01)
+                assert server.in_flight == 0, "the stopped server's handlers did not end"
                 retired.append(server)
                 servers[n] = GaugedSimServer(gauge, latency_s=0.03, port=server.port).start()
             else:

@@ -241,7 +241,9 @@ def test_the_comparison_pairs_only_examples_both_arms_answered(tmp_path: Path):
         "optimizer": "miprov2",
         "model": "sim/large",
         "seed": 0,
-        "spec_hash": "x",
+        # Made from the current spec and code, so the comparison's version check lets them pair.
+        "spec_hash": spec.spec_hash,
+        "code_version": spec.version.code_version,
     }
 
     def candidate(stage: str, unchanged: bool | None = None) -> PromptCandidate:
@@ -254,7 +256,7 @@ def test_the_comparison_pairs_only_examples_both_arms_answered(tmp_path: Path):
             ledger=Ledger(stage=stage, budget_used=10),
         )
 
-    def arm(name: str, per_example: list[float | None]) -> EvaluationResult:
+    def arm(name: str, per_example: list[float | None], prompt: PromptCandidate) -> EvaluationResult:
         path = tmp_path / f"{name}.jsonl"
         path.write_text(
             "".join(json.dumps({"example_id": f"e{i}", "score": s}) + "\n" for i, s in enumerate(per_example))
@@ -272,16 +274,20 @@ def test_the_comparison_pairs_only_examples_both_arms_answered(tmp_path: Path):
             predictions_path=str(path),
             ledger=Ledger(stage=name),
             simulated=True,
+            version=spec.version,
+            prompt_digest=prompt.digest,
         )
 
-    baseline = arm("baseline", [1, 0, None, 1, 0, 1])
-    lsl = arm("lsl", [1, 1, 1, None, 0, 1])  # e2 and e3 were answered by one arm only
-    matched = arm("budget_matched", [0, 0, 1, 1, 0, 1])
+    stage1, stage2 = candidate("stage1"), candidate("stage2", unchanged=True)
+    budget_matched = candidate("budget_matched")
+    baseline = arm("baseline", [1, 0, None, 1, 0, 1], stage1)
+    lsl = arm("lsl", [1, 1, 1, None, 0, 1], stage2)  # e2 and e3 were answered by one arm only
+    matched = arm("budget_matched", [0, 0, 1, 1, 0, 1], budget_matched)
     result = compare(
         spec,
-        stage1=candidate("stage1"),
-        stage2=candidate("stage2", unchanged=True),
-        budget_matched=candidate("budget_matched"),
+        stage1=stage1,
+        stage2=stage2,
+        budget_matched=budget_matched,
         baseline_evaluation=baseline,
         stage3_evaluation=lsl,
         budget_matched_evaluation=matched,
