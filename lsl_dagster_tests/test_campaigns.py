@@ -179,13 +179,16 @@ def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path
         )
         instance = DagsterInstance.from_config(str(home))
         deadline = time.monotonic() + 300
-        while len(_comparisons(instance, ids)) < 2:
+        while not _comparisons(instance, ids):
             assert first.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
+            time.sleep(0.05)
+        # Experiments finish close together: hold the provider so the others stay mid-way until the kill.
+        server.freeze()
         os.killpg(first.pid, signal.SIGKILL)  # the launcher and its workers, in the middle of runs
         first.wait()
+        server.release()
         done_before = _comparisons(instance, ids)
-        assert 2 <= len(done_before) < len(ids)
+        assert 1 <= len(done_before) < len(ids)
 
         second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert second.returncode == 0, second.stderr
