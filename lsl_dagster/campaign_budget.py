@@ -19,7 +19,8 @@ from lsl_dagster.files import atomic_write_text
 from lsl_dagster.ledger import CallLog, spent_usd
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +46,7 @@ def campaign_allowance(
             for path in held_dir.glob("*.json"):
                 with suppress(OSError, ValueError, KeyError):
                     record = json.loads(path.read_text())
-                    if path != mine and _alive(record["pid"]):
+                    if path != mine and pid_alive(record["pid"]):
                         held += record["usd"]
             left = max(0.0, cap - spent - held)
             allowance = left if wanted is None else min(wanted, left)

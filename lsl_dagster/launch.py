@@ -24,6 +24,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from lsl_dagster.campaign_budget import pid_alive
+
 CAMPAIGN_TAG = "lsl/campaign"
 LAUNCH_TAG = "lsl/launch"
 # Which process executes a run: lets a later launch recognize a run whose process was killed.
@@ -132,16 +134,6 @@ def new_launch_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def dead_runs(instance: dg.DagsterInstance, campaign: str) -> list[str]:
     """Runs of this campaign left unfinished by a launch that was killed: started on this machine by a
     worker process that is gone."""
@@ -152,7 +144,7 @@ def dead_runs(instance: dg.DagsterInstance, campaign: str) -> list[str]:
         for r in records
         if r.dagster_run.tags.get(HOST_TAG) == host
         and r.dagster_run.tags.get(PID_TAG, "").isdigit()
-        and not _pid_alive(int(r.dagster_run.tags[PID_TAG]))
+        and not pid_alive(int(r.dagster_run.tags[PID_TAG]))
     ]
 
 
