@@ -272,13 +272,14 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
     invalid campaign file is a partition too: materializing it fails with the file's error, so the UI
     shows what is wrong with it while every other campaign loads and runs."""
     experiments_of = StaticPartitionMapping({e: name for name, ids in campaigns.items() for e in ids})
+    per_campaign = {
+        "partitions_def": StaticPartitionsDefinition(sorted({*campaigns, *errors})),
+        "group_name": CAMPAIGN_GROUP,
+        "code_version": CODE_VERSION,
+        "ins": {"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
+    }
 
-    @asset(
-        partitions_def=StaticPartitionsDefinition(sorted({*campaigns, *errors})),
-        group_name=CAMPAIGN_GROUP,
-        code_version=CODE_VERSION,
-        ins={"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
-    )
+    @asset(**per_campaign)
     def campaign_summary(
         context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
     ) -> Output[CampaignSummary]:
@@ -295,12 +296,7 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         campaign_figure(summary, plot)
         return Output(summary, metadata=campaign_metadata(summary))
 
-    @asset(
-        partitions_def=StaticPartitionsDefinition(sorted({*campaigns, *errors})),
-        group_name=CAMPAIGN_GROUP,
-        code_version=CODE_VERSION,
-        ins={"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
-    )
+    @asset(**per_campaign)
     def transfer_matrix(
         context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
     ) -> Output[TransferMatrix]:
