@@ -34,6 +34,17 @@ from lsl_dagster_tests.cluster import ServiceMissing, postgres_database
 
 PROJECT = Path(__file__).resolve().parent.parent
 
+# The stage assets of one experiment in pipeline order, as a user sees them in the UI and `lsl status`.
+STAGE_ASSETS = [
+    "stage1_prompt",
+    "stage2_hardened_prompt",
+    "budget_matched_prompt",
+    "baseline_evaluation",
+    "stage3_evaluation",
+    "budget_matched_evaluation",
+    "comparison",
+]
+
 # Small enough to run in a few seconds, large enough for every optimizer to do real work.
 FAST: dict[str, Any] = {
     "task": "arithmetic",

@@ -15,17 +15,7 @@ from dagster import AssetKey
 
 from lsl_dagster.cli import COLUMNS, arm_cis, main
 from lsl_dagster.models import Comparison
-from lsl_dagster_tests.conftest import Lab
-
-STAGES = [
-    "stage1_prompt",
-    "stage2_hardened_prompt",
-    "budget_matched_prompt",
-    "baseline_evaluation",
-    "stage3_evaluation",
-    "budget_matched_evaluation",
-    "comparison",
-]
+from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab
 
 
 @pytest.fixture
@@ -205,7 +195,7 @@ def test_status_shows_the_stage_that_failed(cli_env: Lab, capsys: pytest.Capture
 
     code, out, err = run_cli(capsys, "status", "exp-down")
     assert (code, err) == (0, "")
-    statuses = dict(zip(STAGES, status_table(out)["exp-down"], strict=True))
+    statuses = dict(zip(STAGE_ASSETS, status_table(out)["exp-down"], strict=True))
     assert statuses == {
         "stage1_prompt": "materialized",
         "stage2_hardened_prompt": "failed",

@@ -15,17 +15,7 @@ from lsl_dagster.models import SIMULATED as LABEL
 from lsl_dagster.models import ModelSpec
 from lsl_dagster.sim import FINGERPRINT, SIMULATED_HEADER
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import Lab
-
-ASSETS = [
-    "stage1_prompt",
-    "stage2_hardened_prompt",
-    "budget_matched_prompt",
-    "baseline_evaluation",
-    "stage3_evaluation",
-    "budget_matched_evaluation",
-    "comparison",
-]
+from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab
 
 
 def test_the_sim_server_identifies_itself(sim_server: SimServer):
@@ -94,7 +84,7 @@ def test_runs_on_the_sim_server_are_labelled_simulated_everywhere(
     assert sim_server.stats()["served"] > 0
 
     # The stored assets and the UI metadata of every stage.
-    for asset in ASSETS:
+    for asset in STAGE_ASSETS:
         assert lab.output("over-http", asset)["simulated"] is True, asset
         assert lab.metadata("over-http", asset)["simulated"] == LABEL, asset
     assert LABEL in lab.metadata("over-http", "comparison")["verdicts"]

@@ -21,17 +21,7 @@ from lsl_dagster.lm import LanguageModels
 from lsl_dagster.models import SIMULATED as LABEL
 from lsl_dagster.models import Comparison, EvaluationResult, PromptCandidate
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import PROJECT, Lab, shipped_keys
-
-ASSETS = [
-    "stage1_prompt",
-    "stage2_hardened_prompt",
-    "budget_matched_prompt",
-    "baseline_evaluation",
-    "stage3_evaluation",
-    "budget_matched_evaluation",
-    "comparison",
-]
+from lsl_dagster_tests.conftest import PROJECT, STAGE_ASSETS, Lab, shipped_keys
 
 
 def test_experiment_materializes_every_asset_as_json(lab: Lab):
@@ -100,7 +90,7 @@ def test_materializing_missing_assets_does_not_recompute_upstream(lab: Lab):
     before = stage1_file.stat().st_mtime_ns
     calls_before = (lab.runs_dir / "exp-b" / "calls.jsonl").read_text().count("\n")
 
-    assert lab.run("exp-b", ASSETS[1:]).success
+    assert lab.run("exp-b", STAGE_ASSETS[1:]).success
     assert lab.materializations("exp-b", "stage1_prompt") == 1
     assert stage1_file.stat().st_mtime_ns == before
     later = [json.loads(line) for line in (lab.runs_dir / "exp-b" / "calls.jsonl").read_text().splitlines()]
