@@ -157,7 +157,9 @@ class ModelSpec(Strict):
         return next((v for v in self.family.key_vars if os.environ.get(v)), self.family.key_vars[0])
 
 
-Optimizer = Literal["miprov2", "gepa", "bootstrap_rs"]
+Optimizer = Literal["miprov2", "gepa", "bootstrap_rs", "simba"]
+# Stage 2 hardens a given prompt: optimizers that start from a program's instructions.
+HardeningOptimizer = Literal["gepa", "miprov2", "simba"]
 
 
 class Stage1Spec(Strict):
@@ -169,8 +171,12 @@ class Stage1Spec(Strict):
 
 
 class Stage2Spec(Strict):
+    # GEPA rewrites the instructions (demos kept); MIPROv2 proposes instructions only (demos kept);
+    # SIMBA appends rules to the instructions and may add or drop demos (see stages.stage2_harden).
+    optimizer: HardeningOptimizer = "gepa"
     max_calls: int = Field(default=200, ge=10)
-    # GEPA's reflection model: rewriting instructions is a job for the stronger model by default.
+    # Who writes proposals (GEPA's reflections, MIPROv2's instructions, SIMBA's rules): rewriting
+    # instructions is a job for the stronger model by default.
     reflection: Literal["large", "small"] = "large"
 
 
