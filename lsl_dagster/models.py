@@ -440,7 +440,11 @@ class CampaignSpec(Strict):
     campaign: Slug
     tasks: list[Slug] = Field(min_length=1)
     model_pairs: list[ModelPair] = Field(min_length=1)
+    # Stage 1's optimizer (the budget-matched arm's too).
     optimizers: list[Optimizer] = Field(default=["miprov2"], min_length=1)
+    # Stage 2's, as a grid axis: each cell's optimizer then reads "<stage1>-<stage2>". Omitted: every cell
+    # uses `experiment.stage2.optimizer` (GEPA by default) and reads as Stage 1's alone.
+    stage2_optimizers: list[HardeningOptimizer] | None = Field(default=None, min_length=1)
     seeds: list[int] = Field(min_length=1)
     # Every other experiment setting, shared by all cells (validated when the grid is expanded).
     experiment: dict[str, Any] = {}

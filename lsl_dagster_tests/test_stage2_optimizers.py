@@ -5,8 +5,10 @@ gets what Stage 1 + Stage 2 used."""
 import json
 
 import pytest
+import yaml
 
 from lsl_dagster import optimizers, stages
+from lsl_dagster.campaigns import CampaignError, cell_of, expand, load_campaign
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.models import Ledger, PromptCandidate, Provenance
 from lsl_dagster.plan import forecast, render
@@ -149,3 +151,42 @@ def test_lsl_plan_names_each_stages_optimizer(lab: Lab):
     rows = {line.split()[0]: line.split() for line in render(plan).splitlines() if line.strip()}
     assert rows["stage2"][1] == "60" and rows["stage2"][-1] == "simba"
     assert rows["budget_matched"][1] == str(80 + 60) and rows["budget_matched"][-1] == "gepa"
+
+
+def test_a_campaign_grid_may_vary_the_stage2_optimizer(lab: Lab):
+    path = lab.data_dir / "campaigns" / "hardeners.yaml"
+    path.parent.mkdir(exist_ok=True)
+    campaign = {
+        "campaign": "hardeners",
+        "tasks": ["arithmetic"],
+        "model_pairs": [
+            {"name": "l-s", "large_model": {"model": "sim/large"}, "small_model": {"model": "sim/small"}}
+        ],
+        "optimizers": ["miprov2", "simba"],
+        "stage2_optimizers": ["gepa", "simba"],
+        "seeds": [0],
+        "experiment": {"stage2": {"max_calls": 90}},
+    }
+    path.write_text(yaml.safe_dump(campaign))
+    specs = expand(load_campaign(path), path, lab.data_dir / "tasks")
+    assert {e: (s.stage1.optimizer, s.stage2.optimizer, s.stage2.max_calls) for e, s in specs.items()} == {
+        "hardeners--arithmetic--l-s--miprov2-gepa--s0": ("miprov2", "gepa", 90),
+        "hardeners--arithmetic--l-s--miprov2-simba--s0": ("miprov2", "simba", 90),
+        "hardeners--arithmetic--l-s--simba-gepa--s0": ("simba", "gepa", 90),
+        "hardeners--arithmetic--l-s--simba-simba--s0": ("simba", "simba", 90),
+    }
+    assert cell_of("hardeners--arithmetic--l-s--simba-gepa--s0")[2] == "simba-gepa"
+    # Without the axis, the campaign's shared stage2 settings choose it and ids name Stage 1's alone.
+    del campaign["stage2_optimizers"]
+    campaign["experiment"]["stage2"]["optimizer"] = "miprov2"
+    path.write_text(yaml.safe_dump(campaign))
+    specs = expand(load_campaign(path), path, lab.data_dir / "tasks")
+    assert {e: s.stage2.optimizer for e, s in specs.items()} == {
+        "hardeners--arithmetic--l-s--miprov2--s0": "miprov2",
+        "hardeners--arithmetic--l-s--simba--s0": "miprov2",
+    }
+    # bootstrap_rs writes no instructions: it cannot harden a prompt.
+    campaign["stage2_optimizers"] = ["bootstrap_rs"]
+    path.write_text(yaml.safe_dump(campaign))
+    with pytest.raises(CampaignError, match="stage2_optimizers"):
+        load_campaign(path)
