@@ -11,6 +11,7 @@ from dagster import (
 )
 
 from lsl_dagster.models import Comparison, EvaluationResult, PromptCandidate
+from lsl_dagster.stages import evaluation_examples
 from lsl_dagster.workspace import Workspace
 
 EVALUATIONS = ("baseline_evaluation", "stage3_evaluation", "budget_matched_evaluation")
@@ -31,7 +32,7 @@ def _evaluation_checks(asset: str, partitions: PartitionsDefinition) -> list[Ass
         (failed examples are rows with an error and score 0)."""
         spec = workspace.experiment(context.partition_key)
         task = workspace.task(spec.task)
-        expected = [e.id for e in task.examples(spec.evaluation.split, spec.evaluation.limit)]
+        expected = [e.id for e in evaluation_examples(spec, task)]
         got = [row["example_id"] for row in _rows(workspace, result)]
         return AssetCheckResult(
             passed=got == expected and result.n == len(expected),
@@ -67,10 +68,7 @@ def _prompt_checks(asset: str, partitions: PartitionsDefinition) -> list[AssetCh
         spec = workspace.experiment(context.partition_key)
         task = workspace.task(spec.task)
         fields = task.input_fields
-        held_out = {
-            tuple(e.inputs[f] for f in fields)
-            for e in task.examples(spec.evaluation.split, spec.evaluation.limit)
-        }
+        held_out = {tuple(e.inputs[f] for f in fields) for e in evaluation_examples(spec, task)}
         demos = [d for p in candidate.predictors.values() for d in p.demos]
         leaked = [d.get("example_id", "?") for d in demos if tuple(str(d.get(f)) for f in fields) in held_out]
         return AssetCheckResult(

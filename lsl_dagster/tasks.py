@@ -227,13 +227,12 @@ class Task:
         experiment seed resamples the data, so variance across seeds includes the data's."""
         size = self.sizes[split]
         order = random.Random(f"{self.name}|{split}|{seed}").sample(range(size), min(n, size))
+        gen = self.definition.generator
+        if gen is not None:  # a pure function of the index: generate just those
+            return [arithmetic_example(gen.seed, split, index) for index in order]
         wanted = {index: position for position, index in enumerate(order)}
         picked: list[Example | None] = [None] * len(order)
-        source = (
-            (arithmetic_example(self.definition.generator.seed, split, i) for i in range(size))
-            if self.definition.generator is not None
-            else (example for _, example in self._split_examples(split))
-        )
+        source = (example for _, example in self._split_examples(split))
         for index, example in enumerate(source):
             if index in wanted:
                 picked[wanted[index]] = example
