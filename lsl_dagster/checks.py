@@ -25,7 +25,8 @@ from pydantic import BaseModel
 
 from lsl_dagster.io_managers import PydanticJsonIOManager
 from lsl_dagster.models import Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
-from lsl_dagster.tasks import Task
+from lsl_dagster.stages import evaluation_examples
+from lsl_dagster.tasks import Example, Task
 from lsl_dagster.workspace import Workspace
 
 Verdict = tuple[bool, dict[str, Any]]  # passed, and what the check saw
@@ -40,6 +41,7 @@ class Checked:
         self.workspace, self.outputs, self.experiment_id = workspace, outputs, experiment_id
         self.spec: ExperimentSpec = workspace.experiment(experiment_id)
         self._task: Task | None = None
+        self._held_out: list[Example] | None = None
 
     @property
     def task(self) -> Task:
@@ -47,8 +49,11 @@ class Checked:
             self._task = self.workspace.task(self.spec.task)
         return self._task
 
-    def held_out_ids(self) -> list[str]:
-        return [e.id for e in self.task.examples(self.spec.evaluation.split, self.spec.evaluation.limit)]
+    def held_out(self) -> list[Example]:
+        """The examples the evaluations are over."""
+        if self._held_out is None:
+            self._held_out = list(evaluation_examples(self.spec, self.task))
+        return self._held_out
 
     def output(self, asset: str, model: type[BaseModel]) -> BaseModel:
         return self.outputs.load(AssetKey(asset), self.experiment_id, model)
@@ -61,7 +66,7 @@ class Checked:
 def all_examples_evaluated(checked: Checked, result: EvaluationResult) -> Verdict:
     """Every example the experiment asked for has exactly one row, in order; none silently dropped
     (failed examples are rows with an error and score 0)."""
-    expected = checked.held_out_ids()
+    expected = [e.id for e in checked.held_out()]
     got = [row["example_id"] for row in checked.rows(result)]
     return got == expected and result.n == len(expected), {
         "expected": len(expected),
