@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,30 @@ from lsl_dagster.models import (
 )
 from lsl_dagster.optimizers import run_optimizer
 from lsl_dagster.program import capture, rebuild
-from lsl_dagster.tasks import Task, to_dspy
+from lsl_dagster.tasks import Example, Task, to_dspy
 from lsl_dagster.workspace import StageRun
+
+
+def data_seed(spec: ExperimentSpec) -> int:
+    return spec.seed if spec.data.seed is None else spec.data.seed
 
 
 def optimizer_sets(spec: ExperimentSpec, task: Task) -> tuple[list[dspy.Example], list[dspy.Example]]:
     """Optimizers train on the train split and validate on the dev split; the test split is never seen.
     Which train and dev examples is drawn by the experiment's seed, so that variance across seeds includes
     the data's."""
-    seed = spec.seed if spec.data.seed is None else spec.data.seed
-    train = [to_dspy(e, task) for e in task.sample("train", spec.data.train, seed)]
-    val = [to_dspy(e, task) for e in task.sample("dev", spec.data.val, seed)]
+    train = [to_dspy(e, task) for e in task.sample("train", spec.data.train, data_seed(spec))]
+    val = [to_dspy(e, task) for e in task.sample("dev", spec.data.val, data_seed(spec))]
     return train, val
+
+
+def evaluation_examples(spec: ExperimentSpec, task: Task) -> Iterable[Example]:
+    """The examples every arm is evaluated on, in one order: the split's first `limit`, the same whatever
+    the seed; with `evaluation.resample`, `limit` of them drawn by the data seed (only those are held)."""
+    split, limit = spec.evaluation.split, spec.evaluation.limit
+    if not spec.evaluation.resample or limit is None or limit >= task.sizes[split]:
+        return task.examples(split, limit)
+    return task.sample(split, limit, data_seed(spec))
 
 
 def _optimize(
@@ -60,6 +73,8 @@ def _optimize(
         seed=spec.seed,
         threads=run.threads(role),
         stage=stage,
+        # Hardening changes the parent's instructions; its demos were chosen on the large model.
+        keep_demos=parent is not None,
     )
     provenance = Provenance(
         stage=stage,
@@ -106,14 +121,25 @@ def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCa
 def stage2_harden(
     spec: ExperimentSpec, task: Task, stage1: PromptCandidate, run: StageRun
 ) -> PromptCandidate:
-    """Stage 2 — weak-agent hardening: GEPA, seeded with the Stage 1 prompt (its demos kept), lets the
-    small model run the program and rewrites the instructions from its failures."""
+    """Stage 2 — weak-agent hardening: starting from the Stage 1 program (instructions and demos), the
+    small model runs it and `stage2.optimizer` changes the prompt from how it fares, with proposals from
+    the `stage2.reflection` model:
+
+    - gepa (default): rewrites each predictor's instructions from the small model's failures and the
+      metric's feedback; Stage 1's demos are kept.
+    - miprov2: proposes new instructions (Stage 1's are candidate 0 of each predictor) and searches them
+      on the dev set; instructions only, so Stage 1's demos are kept (the demo sets it bootstraps with
+      the small model only inform its proposals).
+    - simba: appends rules (advice contrasting the small model's better and worse runs) to Stage 1's
+      instructions, and by its own design may add demos from the small model's successful runs or drop
+      some of Stage 1's. Its pick and the starting program are scored on the dev set; the better is kept.
+    """
     return _optimize(
         spec,
         task,
         run,
         stage="stage2",
-        optimizer="gepa",
+        optimizer=spec.stage2.optimizer,
         student=rebuild(stage1, task),
         role="small",
         reflection=spec.stage2.reflection,
@@ -150,7 +176,7 @@ def evaluate_on_large(
         totals = evaluate(
             rebuild(candidate, task),
             task,
-            task.examples(spec.evaluation.split, spec.evaluation.limit),
+            evaluation_examples(spec, task),
             threads=run.threads("large"),
             out=out,
         )
