@@ -1,10 +1,11 @@
 """`lsl campaign run`: what a campaign still needs, as ordinary Dagster runs started right away.
 
 Each experiment is one run of the `lsl_experiment` job (Dagster's public `execute_job`), executed by a few
-worker processes that import Dagster, DSPy and the code location once and then take one experiment after
-another: no daemon tick, no run queue, no per-run interpreter start. Every run carries the tags
-`lsl/campaign` and `lsl/launch`, so the UI's run list shows a campaign (or one launch of it) as one unit
-(filter by the tag); its runs can be re-executed there, and `lsl campaign run` again does what is left.
+worker processes forked from `lsl` itself once it has imported Dagster, DSPy and the code location and
+built the jobs: a worker starts warm and takes one experiment after another (no daemon tick, no run
+queue, no per-run interpreter start or code location load). Every run carries the tags `lsl/campaign`
+and `lsl/launch`, so the UI's run list shows a campaign (or one launch of it) as one unit (filter by the
+tag); its runs can be re-executed there, and `lsl campaign run` again does what is left.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,17 +35,44 @@ HOST_TAG, PID_TAG = "lsl/host", "lsl/pid"
 UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
+_jobs: dict[str, dg.JobDefinition] = {}
+
+
+def _job(name: str) -> dg.JobDefinition:
+    """A job of the code location, built once per process (`workers` builds them before the fork)."""
+    if name not in _jobs:
+        from lsl_dagster.definitions import build_definitions
+
+        defs = build_definitions()
+        _jobs.update({job: defs.resolve_job_def(job) for job in ("lsl_experiment", "lsl_campaign")})
+    return _jobs[name]
+
+
 def experiment_job() -> dg.JobDefinition:
     """The job a worker runs (module-level, so that `dg.reconstructable` can rebuild it in a process)."""
-    from lsl_dagster.definitions import build_definitions
-
-    return build_definitions().resolve_job_def("lsl_experiment")
+    return _job("lsl_experiment")
 
 
 def campaign_job() -> dg.JobDefinition:
-    from lsl_dagster.definitions import build_definitions
+    return _job("lsl_campaign")
 
-    return build_definitions().resolve_job_def("lsl_campaign")
+
+@contextmanager
+def workers(count: int, log_path: Path) -> Iterator[ProcessPoolExecutor]:
+    """`count` worker processes forked from this one once it has built the jobs and imported the plots
+    module (the summary run draws with matplotlib): every worker starts warm and none imports anything
+    again. This process has no other thread when they fork."""
+    _job("lsl_experiment")
+    import lsl_dagster.plots  # noqa: F401
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(
+        count,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_start_worker,
+        initargs=(str(log_path),),
+    ) as pool:
+        yield pool
 
 
 _instance: dg.DagsterInstance | None = None
@@ -80,54 +109,41 @@ class Outcome:
 
 
 def run_experiments(
+    pool: ProcessPoolExecutor,
     todo: Mapping[str, Sequence[str]],
     tags: Mapping[str, str],
-    workers: int,
-    log_path: Path,
     say: Callable[[str], None],
 ) -> list[Outcome]:
-    """Each experiment's assets (experiment -> asset names) as one run, `workers` at a time."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["lsl_dagster.definitions"])  # imported once, shared by every worker
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    """Each experiment's assets (experiment -> asset names) as one run, as many at a time as `pool` has
+    workers."""
     tags = {**tags, HOST_TAG: socket.gethostname()}
     outcomes: list[Outcome] = []
-    with ProcessPoolExecutor(
-        max_workers=max(1, min(workers, len(todo))),
-        mp_context=context,
-        initializer=_start_worker,
-        initargs=(str(log_path),),
-    ) as pool:
-        pending: dict[Future, str] = {
-            pool.submit(_execute, "lsl_experiment", e, ["experiment_file", *assets], tags): e
-            for e, assets in todo.items()
-        }
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                experiment_id = pending.pop(future)
-                try:
-                    run_id, success = future.result()
-                    outcomes.append(Outcome(experiment_id, run_id, success))
-                except Exception as exc:  # the run could not even be created (a worker died)
-                    outcomes.append(Outcome(experiment_id, None, False, f"{type(exc).__name__}: {exc}"))
-                last = outcomes[-1]
-                verdict = "succeeded" if last.success else f"FAILED {last.error}".rstrip()
-                say(f"{len(outcomes)}/{len(todo)} {experiment_id}: run {last.run_id} {verdict}")
+    pending: dict[Future, str] = {
+        pool.submit(_execute, "lsl_experiment", e, ["experiment_file", *assets], tags): e
+        for e, assets in todo.items()
+    }
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            experiment_id = pending.pop(future)
+            try:
+                run_id, success = future.result()
+                outcomes.append(Outcome(experiment_id, run_id, success))
+            except Exception as exc:  # the run could not even be created (a worker died)
+                outcomes.append(Outcome(experiment_id, None, False, f"{type(exc).__name__}: {exc}"))
+            last = outcomes[-1]
+            verdict = "succeeded" if last.success else f"FAILED {last.error}".rstrip()
+            say(f"{len(outcomes)}/{len(todo)} {experiment_id}: run {last.run_id} {verdict}")
     return outcomes
 
 
 def run_summary(
-    campaign: str, assets: Sequence[str], tags: Mapping[str, str], log_path: Path
+    pool: ProcessPoolExecutor, campaign: str, assets: Sequence[str], tags: Mapping[str, str]
 ) -> tuple[str, bool]:
     """The run of the campaign's own assets (summary, transfer matrix), in a worker like the experiments
     (this process keeps its own instance)."""
-    context = multiprocessing.get_context("forkserver")
     tags = {**tags, HOST_TAG: socket.gethostname()}
-    with ProcessPoolExecutor(
-        1, mp_context=context, initializer=_start_worker, initargs=(str(log_path),)
-    ) as pool:
-        return pool.submit(_execute, "lsl_campaign", campaign, assets, tags).result()
+    return pool.submit(_execute, "lsl_campaign", campaign, assets, tags).result()
 
 
 def new_launch_id() -> str:
