@@ -10,6 +10,7 @@ from dagster import (
     asset_check,
 )
 
+from lsl_dagster import storage
 from lsl_dagster.models import Comparison, EvaluationResult, PromptCandidate
 from lsl_dagster.workspace import Workspace
 
@@ -18,8 +19,7 @@ PROMPTS = ("stage1_prompt", "stage2_hardened_prompt", "budget_matched_prompt")
 
 
 def _rows(workspace: Workspace, result: EvaluationResult) -> list[dict]:
-    path = workspace.resolve(result.predictions_path)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in storage.read_lines(workspace.located(result.predictions_path))]
 
 
 def _evaluation_checks(asset: str, partitions: PartitionsDefinition) -> list[AssetChecksDefinition]:

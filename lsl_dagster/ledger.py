@@ -26,14 +26,18 @@ class CallLog:
     """Append-only JSONL of every request sent to a provider, across all stages of one experiment.
 
     Writes go through a queue to one writer thread, so callers never wait on the disk. A process killed
-    mid-write can leave a torn last line; readers skip a line without its newline.
+    mid-write can leave a torn last line; readers skip a line without its newline. Subclasses write the
+    batches elsewhere (lsl_dagster.pg_state: a table every host reaches).
     """
 
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._file = path.open("a", encoding="utf-8")
+        self._start()
+
+    def _start(self) -> None:
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write, name="lsl-call-log", daemon=True)
         self._thread.start()
 
@@ -45,8 +49,8 @@ class CallLog:
             record = self._queue.get()
             if record is None:
                 break
-            lines = [json.dumps(record)]
-            while True:  # drain what accumulated, then one write + flush for the batch
+            batch = [record]
+            while True:  # drain what accumulated, then one write for the batch
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -54,13 +58,19 @@ class CallLog:
                 if more is None:
                     self._queue.put(None)
                     break
-                lines.append(json.dumps(more))
-            self._file.write("".join(line + "\n" for line in lines))
-            self._file.flush()
+                batch.append(more)
+            self._write_batch(batch)
+
+    def _write_batch(self, records: list[dict[str, Any]]) -> None:
+        self._file.write("".join(json.dumps(record) + "\n" for record in records))
+        self._file.flush()
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join()
+        self._release()
+
+    def _release(self) -> None:
         self._file.close()
 
     @staticmethod

@@ -49,9 +49,8 @@ def _outputs(lab: Lab, experiment_id: str) -> dict:
     """What an experiment concluded: prompts, per-example predictions and the comparison's numbers."""
     prompts = {a: lab.output(experiment_id, a)["predictors"] for a in STAGE_ASSETS if a.endswith("prompt")}
     comparison = lab.output(experiment_id, "comparison")
-    predictions = {
-        p.name: p.read_text() for p in sorted((lab.runs_dir / experiment_id / "predictions").glob("*.jsonl"))
-    }
+    evaluations = [a for a in STAGE_ASSETS if a.endswith("evaluation")]
+    predictions = {a: lab.read(lab.output(experiment_id, a)["predictions_path"]) for a in evaluations}
     return {
         "prompts": prompts,
         "arms": comparison["arms"],

@@ -18,10 +18,11 @@ from dagster_postgres import PostgresRunStorage
 from lsl_dagster.assets import POOL
 from lsl_dagster.cli import STAGES
 from lsl_dagster.experiments import experiment_ids, load_experiment
+from lsl_dagster.pg_state import PostgresState
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.cluster import CeleryWorkers
-from lsl_dagster_tests.conftest import FAST, Lab, make_lab
-from lsl_dagster_tests.test_resume import _outputs, _stage_calls
+from lsl_dagster_tests.conftest import FAST, S3_BUCKET, Lab, make_lab
+from lsl_dagster_tests.test_resume import _outputs
 
 
 def test_an_experiment_on_postgres_with_the_multiprocess_executor(
@@ -139,12 +140,21 @@ class GaugedSimServer(SimServer):
         self.gauge.add(-1)
 
 
-def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
-    lab: Lab, tmp_path: Path, postgres_url: str
+def _paid(state: PostgresState, experiment_id: str, stage: str) -> int:
+    return sum(r["stage"] == stage and "event" not in r for r in state.calls(experiment_id))
+
+
+def test_a_campaign_on_celery_workers_sharing_no_disk_survives_a_killed_worker_without_repaying(
+    lab: Lab, tmp_path: Path, postgres_url: str, s3: Any
 ):
-    """Six experiments on the Postgres instance, steps on two Celery workers; one worker is killed -9
-    mid-step and its step finishes on the other, paying for no request twice."""
+    """Six experiments on the Postgres instance, steps on two Celery workers that share no disk: each has a
+    runs directory of its own, outputs and predictions are on object storage, call logs and response
+    caches in the instance's database. One worker is killed -9 mid-step and its step finishes on the
+    other, which replays from the database what the first paid for: no request is paid twice."""
     home = _postgres_home(tmp_path / "postgres_home", postgres_url)
+    state = PostgresState(postgres_url)
+    lab.outputs_url = f"s3://{S3_BUCKET}/runs"
+    scratch = {name: tmp_path / f"{name}_runs" for name in ("launcher", "w1", "w2")}
     # One server per experiment, so each server's counts are one experiment's calls (experiments of a
     # campaign send some identical requests); in flight is also counted across all of them.
     gauge = InFlight()
@@ -167,15 +177,17 @@ def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
     ids = experiment_ids(lab.data_dir)
     assert len(ids) == 6
 
-    workers = CeleryWorkers(lab.env(DAGSTER_HOME=str(home)), tmp_path / "workers")
+    shared = {"LSL_OUTPUTS_URL": lab.outputs_url, "LSL_CACHE_URL": postgres_url}
+    workers = CeleryWorkers(lab.env(DAGSTER_HOME=str(home), **shared), tmp_path / "workers")
     runs: dict[str, subprocess.Popen] = {}
     instance = DagsterInstance.from_config(str(home))
     try:
-        killed_node, survivor = workers.start("w1"), workers.start("w2")
+        killed_node = workers.start("w1", LSL_RUNS_DIR=str(scratch["w1"]))
+        survivor = workers.start("w2", LSL_RUNS_DIR=str(scratch["w2"]))
         for experiment in ids:
             runs[experiment] = subprocess.Popen(
                 lab.materialize_command(experiment),
-                env=workers.env,
+                env={**workers.env, "LSL_RUNS_DIR": str(scratch["launcher"])},
                 stdout=subprocess.DEVNULL,
                 stderr=(tmp_path / f"{experiment}.log").open("w"),
             )
@@ -189,7 +201,7 @@ def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
                 for experiment, step, worker, finished in _celery_steps(instance)
                 if worker == killed_node and step in LLM_STEPS and not finished
             ]
-            if any(_stage_calls(lab, e, LLM_STEPS[s]) >= 10 for e, s in busy):
+            if any(_paid(state, e, LLM_STEPS[s]) >= 10 for e, s in busy):
                 break
             time.sleep(0.1)
         # Freeze the provider first so what is in flight on w1 is never answered (never paid): a reply in
@@ -246,6 +258,12 @@ def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
     # The lsl_llm pool held across both workers (4 worker slots, 2 pool slots): at most 2 LLM steps, each
     # with max_concurrency calls in flight; more than one step's worth shows they did run side by side.
     assert MAX_CONCURRENCY < gauge.max <= POOL_LIMIT * MAX_CONCURRENCY
+
+    # Nothing of an experiment's state was on a worker's disk: no call log, no response cache, no output.
+    assert not lab.runs_dir.exists()
+    for directory in scratch.values():
+        local = {p.name for p in directory.rglob("*") if p.is_file()}
+        assert not local & {"calls.jsonl", "responses.sqlite", "comparison.json"}, directory
 
     # Each interrupted experiment paid for exactly the requests an uninterrupted run pays for, and
     # concluded the same.
