@@ -30,6 +30,7 @@ demo: setup
 
 test: setup chromium
 	$(BIN)/ruff check lsl_dagster lsl_dagster_tests bench
+	$(BIN)/ruff format --check lsl_dagster lsl_dagster_tests bench
 	$(BIN)/pytest
 
 chromium:

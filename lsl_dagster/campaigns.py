@@ -59,9 +59,13 @@ def expand(campaign: CampaignSpec, path: Path, tasks_dir: Path) -> dict[str, Exp
             raise CampaignError(f"{path}: unknown task {task!r} (no {tasks_dir / task / 'task.yaml'})")
     base = campaign.experiment
     specs: dict[str, ExperimentSpec] = {}
-    grid = itertools.product(campaign.tasks, campaign.model_pairs, campaign.optimizers, campaign.seeds)
-    for task, pair, optimizer, seed in grid:
-        experiment_id_ = experiment_id(campaign, task, pair.label, optimizer, seed)
+    hardeners: list[str | None] = list(campaign.stage2_optimizers or [None])
+    grid = itertools.product(
+        campaign.tasks, campaign.model_pairs, campaign.optimizers, hardeners, campaign.seeds
+    )
+    for task, pair, optimizer, hardener, seed in grid:
+        label = optimizer if hardener is None else f"{optimizer}-{hardener}"
+        experiment_id_ = experiment_id(campaign, task, pair.label, label, seed)
         try:
             check_slug(experiment_id_)
         except ValueError as exc:
@@ -77,6 +81,7 @@ def expand(campaign: CampaignSpec, path: Path, tasks_dir: Path) -> dict[str, Exp
                     "large_model": pair.large_model,
                     "small_model": pair.small_model,
                     "stage1": {**base.get("stage1", {}), "optimizer": optimizer},
+                    "stage2": {**base.get("stage2", {}), **({"optimizer": hardener} if hardener else {})},
                     "seed": seed,
                 }
             )
@@ -86,7 +91,8 @@ def expand(campaign: CampaignSpec, path: Path, tasks_dir: Path) -> dict[str, Exp
 
 
 def cell_of(experiment_id_: str) -> tuple[str, str, str, str]:
-    """(task, pair, optimizer, seed) back from an expanded experiment id."""
+    """(task, pair, optimizer, seed) back from an expanded experiment id; the optimizer part is Stage 1's,
+    or "<stage1>-<stage2>" in a campaign with stage2_optimizers."""
     _, task, pair, optimizer, seed = experiment_id_.split(SEPARATOR)
     return task, pair, optimizer, seed
 

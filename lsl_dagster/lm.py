@@ -21,12 +21,12 @@ import dspy
 from dagster import ConfigurableResource
 from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
 from dspy.clients.execution import execute, finalize, prepare
-from dspy.clients.lm import _is_openai_reasoning_model
 from dspy.lm15 import ProviderError, Request, Response, RouterConfig, TransportError
 from dspy.utils.callback import with_callbacks
 from dspy.utils.exceptions import (
     LMAuthError,
     LMBillingError,
+    LMConfigurationError,
     LMRateLimitError,
     LMServerError,
     LMTimeoutError,
@@ -211,12 +211,15 @@ class Provider(ABC):
                 f"max_cost_usd is set but no price is known for {spec.model}: add "
                 "`price: {input_per_mtok: ..., output_per_mtok: ...}` to its model entry"
             )
-        if _is_openai_reasoning_model(spec.model) and (spec.temperature != 1.0 or spec.max_tokens < 16000):
-            # DSPy refuses these settings when the LM is built; say what to write before anything runs.
+        try:
+            # DSPy itself refuses settings its model cannot take (e.g. a reasoning model's temperature and
+            # max_tokens) when the LM is built, without calling it: say what to write before anything runs.
+            dspy.LM(spec.model, temperature=spec.temperature, max_tokens=spec.max_tokens)
+        except LMConfigurationError as exc:
             raise ConfigError(
-                f"{spec.model} is a reasoning model: set `temperature: 1` and `max_tokens: 16000` (or more) "
-                f"in its model entry (it has temperature {spec.temperature}, max_tokens {spec.max_tokens})"
-            )
+                f"{spec.model} cannot run with temperature {spec.temperature} and max_tokens "
+                f"{spec.max_tokens}; change them in its model entry. DSPy said: {exc}"
+            ) from None
 
 
 def key_from_env(spec: ModelSpec) -> str | None:

@@ -157,7 +157,9 @@ class ModelSpec(Strict):
         return next((v for v in self.family.key_vars if os.environ.get(v)), self.family.key_vars[0])
 
 
-Optimizer = Literal["miprov2", "gepa", "bootstrap_rs"]
+Optimizer = Literal["miprov2", "gepa", "bootstrap_rs", "simba"]
+# Stage 2 hardens a given prompt: optimizers that start from a program's instructions.
+HardeningOptimizer = Literal["gepa", "miprov2", "simba"]
 
 
 class Stage1Spec(Strict):
@@ -169,8 +171,12 @@ class Stage1Spec(Strict):
 
 
 class Stage2Spec(Strict):
+    # GEPA rewrites the instructions (demos kept); MIPROv2 proposes instructions only (demos kept);
+    # SIMBA appends rules to the instructions and may add or drop demos (see stages.stage2_harden).
+    optimizer: HardeningOptimizer = "gepa"
     max_calls: int = Field(default=200, ge=10)
-    # GEPA's reflection model: rewriting instructions is a job for the stronger model by default.
+    # Who writes proposals (GEPA's reflections, MIPROv2's instructions, SIMBA's rules): rewriting
+    # instructions is a job for the stronger model by default.
     reflection: Literal["large", "small"] = "large"
 
 
@@ -434,7 +440,11 @@ class CampaignSpec(Strict):
     campaign: Slug
     tasks: list[Slug] = Field(min_length=1)
     model_pairs: list[ModelPair] = Field(min_length=1)
+    # Stage 1's optimizer (the budget-matched arm's too).
     optimizers: list[Optimizer] = Field(default=["miprov2"], min_length=1)
+    # Stage 2's, as a grid axis: each cell's optimizer then reads "<stage1>-<stage2>". Omitted: every cell
+    # uses `experiment.stage2.optimizer` (GEPA by default) and reads as Stage 1's alone.
+    stage2_optimizers: list[HardeningOptimizer] | None = Field(default=None, min_length=1)
     seeds: list[int] = Field(min_length=1)
     # Every other experiment setting, shared by all cells (validated when the grid is expanded).
     experiment: dict[str, Any] = {}

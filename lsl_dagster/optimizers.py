@@ -56,7 +56,7 @@ def feedback_metric_for(task: Task) -> Callable[..., dspy.Prediction]:
 
 class BestSoFar(BaseCallback):
     """Remembers the best program evaluated on the full validation set, from dspy.Evaluate (MIPROv2,
-    random search) or GEPA's valset events, so a budget stop still returns the best candidate found."""
+    random search, SIMBA) or GEPA's valset events, so a budget stop still returns the best candidate found."""
 
     def __init__(self, student: dspy.Module, valset_size: int):
         self.student = student
@@ -67,7 +67,7 @@ class BestSoFar(BaseCallback):
         self._started: dict[str, tuple[dspy.Module, int]] = {}
 
     def _offer(self, program: dspy.Module, value: float) -> None:
-        if self.first_score is None:  # both MIPROv2 and GEPA evaluate the starting program first
+        if self.first_score is None:  # MIPROv2, GEPA and our SIMBA run evaluate the starting program first
             self.first_score = value
         if self.score is None or value > self.score:
             self.program, self.score = program.deepcopy(), value
@@ -184,11 +184,14 @@ class Optimized:
 
 
 def _miprov2(
-    student, trainset, valset, *, metric, prompt_lm, task_lm, budget, seed, threads, **_: Any
+    student, trainset, valset, *, metric, prompt_lm, task_lm, budget, seed, threads, keep_demos, **_: Any
 ) -> dspy.Module:
+    # keep_demos: instructions only; the demo sets MIPROv2 bootstraps are discarded, the student's stay.
+    bootstrapped, labeled = (0, 0) if keep_demos else (MAX_BOOTSTRAPPED_DEMOS, MAX_LABELED_DEMOS)
     candidates = max(2, min(8, budget // 40))
     minibatch = min(len(valset), max(5, len(valset) // 3))
     # Bootstrapping and proposals first, then per trial a minibatch plus every fifth trial a full eval.
+    # (Instructions only still bootstraps demo sets: MIPROv2's proposer reads them.)
     fixed = candidates * (MAX_BOOTSTRAPPED_DEMOS + 3) + candidates + 8 + len(valset)
     trials = max(2, int((budget - fixed) / (minibatch + len(valset) / 5)))
     optimizer = dspy.MIPROv2(
@@ -197,8 +200,8 @@ def _miprov2(
         task_model=task_lm,
         auto=None,
         num_candidates=candidates,
-        max_bootstrapped_demos=MAX_BOOTSTRAPPED_DEMOS,
-        max_labeled_demos=MAX_LABELED_DEMOS,
+        max_bootstrapped_demos=bootstrapped,
+        max_labeled_demos=labeled,
         num_threads=threads,
         max_errors=10**9,
         seed=seed,  # also on the instance: compile(seed=0) alone falls back to the default 9
@@ -260,7 +263,81 @@ def _gepa(
     return optimizer.compile(student, trainset=trainset, valset=valset)
 
 
-OPTIMIZERS = {"miprov2": _miprov2, "bootstrap_rs": _bootstrap_rs, "gepa": _gepa}
+@dataclass(frozen=True)
+class SimbaPlan:
+    """SIMBA's settings for a budget (in program runs) and the runs they take at most."""
+
+    bsize: int
+    num_candidates: int
+    max_steps: int
+    train: int  # training examples SIMBA gets: it samples its minibatches from them and validates on all
+    runs: int
+
+
+def simba_runs(bsize: int, candidates: int, steps: int, train: int, val: int) -> int:
+    """Program runs (and rule-writing calls) SIMBA takes at most: per step `candidates` sampled runs of
+    each minibatch example, a rule or demo for up to candidates + 1 new programs and their runs on the
+    minibatch; then its best programs (at most one per step, plus the start) on its training examples;
+    and, ours, the starting and the returned program on the dev set."""
+    per_step = bsize * candidates + (candidates + 1) * (bsize + 1)
+    return steps * per_step + min(candidates + 1, steps + 1) * train + 2 * val
+
+
+def simba_plan(stage: str, max_calls: int | None, calls_per_run: int, n_train: int, n_val: int) -> SimbaPlan:
+    """The largest SIMBA (most steps, then the largest minibatch) whose planned calls fit the budget,
+    so it is not cut off before its own validation. A budget that fits no step is refused before any call."""
+    budget = (max_calls or 10**6) // calls_per_run
+    left = budget - 2 * n_val
+    candidates = max(2, min(6, left // 150))
+    for steps in range(min(8, max(1, left // 40)), 0, -1):
+        for bsize in range(min(32, n_train), 1, -1):
+            train = min(n_train, 2 * bsize)
+            runs = simba_runs(bsize, candidates, steps, train, n_val)
+            if runs <= budget and (bsize >= 3 or steps == 1):
+                return SimbaPlan(bsize, candidates, steps, train, runs)
+    needed = simba_runs(2, 2, 1, min(n_train, 4), n_val) * calls_per_run
+    raise ConfigError(
+        f"{stage}: max_calls={max_calls} cannot buy one SIMBA step: evaluating the starting and the final "
+        f"program on the {n_val} dev examples and one step on a minibatch of 2 take {needed} calls. Raise "
+        f"{stage}.max_calls to at least {needed} or lower data.val; nothing was called."
+    )
+
+
+def _simba(
+    student, trainset, valset, *, metric, feedback_metric, prompt_lm, budget, seed, threads, best, plan, **_
+) -> dspy.Module:
+    evaluate = dspy.Evaluate(devset=valset, metric=metric, num_threads=threads, max_errors=10**9)
+    # SIMBA validates on its own training examples only: the dev set scores the starting program (what
+    # a budget stop falls back to) and SIMBA's pick, and the better of the two is kept, as with MIPROv2.
+    evaluate(student)
+    optimizer = dspy.SIMBA(
+        metric=feedback_metric,  # its rules read the metric's feedback (`worse_reward_info`)
+        bsize=plan.bsize,
+        num_candidates=plan.num_candidates,
+        max_steps=plan.max_steps,
+        max_demos=MAX_BOOTSTRAPPED_DEMOS + MAX_LABELED_DEMOS,
+        prompt_model=prompt_lm,
+        num_threads=threads,
+    )
+    evaluate(optimizer.compile(student, trainset=trainset[: plan.train], seed=seed))
+    return best.program
+
+
+OPTIMIZERS = {"miprov2": _miprov2, "bootstrap_rs": _bootstrap_rs, "gepa": _gepa, "simba": _simba}
+
+
+def _what_to_change(stage: str, name: str) -> str:
+    """The settings that help when `name`'s proposals in `stage` could not be parsed (the budget-matched
+    arm runs with Stage 1's settings)."""
+    if stage == "stage2":
+        # GEPA's reflection is plain text with the instruction in a ``` block: no adapter parses it.
+        section, model_key, fallback, kind = "stage2", "reflection", "gepa", "plain-text proposals"
+    else:
+        section, model_key, fallback, kind = "stage1", "prompt_model", "bootstrap_rs", "no instructions"
+    advice = f"a stronger model for proposals (`{section}: {{{model_key}: large}}`)"
+    if name != fallback:
+        advice += f", an optimizer that writes {kind} (`{section}: {{optimizer: {fallback}}}`)"
+    return advice
 
 
 def _unparseable(stage: str, name: str, watch: FormatWatch, exc: AdapterParseError) -> OptimizerOutputError:
@@ -268,13 +345,11 @@ def _unparseable(stage: str, name: str, watch: FormatWatch, exc: AdapterParseErr
     model = watch.last_failure[0] if watch.last_failure else "the model"
     counts = watch.by_model.get(model)
     rate = f"{counts.unparseable} of its {counts.replies} replies" if counts else "its replies"
-    setting = "stage2: {reflection: large}" if stage == "stage2" else "stage1: {prompt_model: large}"
     dspy_said = str(exc).strip().splitlines()[0]
     return OptimizerOutputError(
         f"{stage} ({name}): {model} wrote output DSPy could not parse ({rate} in this stage could not be "
         "parsed, DSPy's ChatAdapter -> JSONAdapter fallback included), so the optimizer could not go on. "
-        f"What to change: a stronger model for proposals (`{setting}`), an optimizer that writes no "
-        "instructions (`stage1: {optimizer: bootstrap_rs}`), or a larger max_tokens on the model entry if "
+        f"What to change: {_what_to_change(stage, name)}, or a larger max_tokens on the model entry if "
         f"its replies are cut off. DSPy said: {dspy_said}"
     )
 
@@ -292,6 +367,7 @@ def run_optimizer(
     seed: int,
     threads: int,
     stage: str = "optimizer",
+    keep_demos: bool = False,
 ) -> Optimized:
     """Run one of DSPy's optimizers within the meter's call budget.
 
@@ -299,10 +375,16 @@ def run_optimizer(
     reason; with none yet, BudgetExhausted propagates and the stage fails saying so. A step that cannot
     parse a model's output (e.g. MIPROv2's instruction proposals) returns the best candidate so far, or
     fails with OptimizerOutputError naming the stage, the model, its unparseable share and what to change.
+    With `keep_demos` MIPROv2 proposes instructions only and the student keeps its demos (GEPA always does).
     """
     calls_per_run = max(1, len(student.named_predictors()))
     if name == "gepa":
         check_gepa_budget(stage, meter.max_calls, len(valset), calls_per_run)
+    plan = (
+        simba_plan(stage, meter.max_calls, calls_per_run, len(trainset), len(valset))
+        if name == "simba"
+        else None
+    )
     best = BestSoFar(student, len(valset))
     watch = FormatWatch()
     gepa_log = GepaLog()
@@ -327,6 +409,8 @@ def run_optimizer(
                 best=best,
                 calls_per_run=calls_per_run,
                 gepa_log=gepa_log,
+                plan=plan,
+                keep_demos=keep_demos,
             )
     except BudgetExhausted:
         meter.wait_idle()

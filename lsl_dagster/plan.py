@@ -28,6 +28,7 @@ EXPECTED_OUTPUT_TOKENS = 150
 
 class StageForecast(BaseModel):
     stage: str
+    optimizer: str | None = None  # None for the evaluations
     models: list[str]
     calls: int
     input_tokens: int  # worst case: the estimate every request reserves (2 characters per token)
@@ -115,7 +116,9 @@ def _cost(price: Price | None, calls: int, input_tokens: int, output_tokens: int
     return None if price is None else calls * price.cost(input_tokens, output_tokens)
 
 
-def _stage(stage: str, calls: int, specs: list[ModelSpec], chars: int) -> StageForecast:
+def _stage(
+    stage: str, calls: int, specs: list[ModelSpec], chars: tuple[int, int], optimizer: str | None = None
+) -> StageForecast:
     prices = [PROVIDERS[s.provider].price(s) for s in specs]
     # Which model a call goes to is the optimizer's choice: bound each call by the dearest model.
     worst_price = None if None in prices else max(prices, key=lambda p: p.cost(1000, 1000))
@@ -126,6 +129,7 @@ def _stage(stage: str, calls: int, specs: list[ModelSpec], chars: int) -> StageF
     expected_out = min(EXPECTED_OUTPUT_TOKENS, max_tokens)
     return StageForecast(
         stage=stage,
+        optimizer=optimizer,
         models=sorted({s.model for s in specs}),
         calls=calls,
         input_tokens=calls * worst_in,
@@ -147,10 +151,16 @@ def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
     large, small = spec.large_model, spec.small_model
     reflection = spec.model(spec.stage2.reflection)
     stages = [
-        _stage("stage1", spec.stage1.max_calls, [large], chars),
-        _stage("stage2", spec.stage2.max_calls, [small, reflection], chars),
-        # The budget-matched arm gets at most what Stage 1 and Stage 2 may use.
-        _stage("budget_matched", spec.stage1.max_calls + spec.stage2.max_calls, [large], chars),
+        _stage("stage1", spec.stage1.max_calls, [large], chars, spec.stage1.optimizer),
+        _stage("stage2", spec.stage2.max_calls, [small, reflection], chars, spec.stage2.optimizer),
+        # The budget-matched arm gets at most what Stage 1 and Stage 2 may use, with Stage 1's optimizer.
+        _stage(
+            "budget_matched",
+            spec.stage1.max_calls + spec.stage2.max_calls,
+            [large],
+            chars,
+            spec.stage1.optimizer,
+        ),
         *(_stage(name, examples * predictors, [large], chars) for name in EVALUATIONS),
     ]
     plan = Forecast(experiment_id=spec.experiment_id, max_cost_usd=spec.max_cost_usd, stages=stages)
@@ -188,7 +198,16 @@ def render(plan: Forecast) -> str:
         return "unknown" if value is None else f"${value:.4f}"
 
     rows = [
-        ("stage", "calls", "input tok (max)", "output tok exp/max", "expected", "worst case", "share of cap")
+        (
+            "stage",
+            "calls",
+            "input tok (max)",
+            "output tok exp/max",
+            "expected",
+            "worst case",
+            "share of cap",
+            "optimizer",
+        )
     ]
     for s in plan.stages:
         rows.append(
@@ -200,6 +219,7 @@ def render(plan: Forecast) -> str:
                 usd(s.expected_cost_usd),
                 usd(s.worst_cost_usd),
                 "-" if s.share_usd is None else usd(s.share_usd),
+                s.optimizer or "-",
             )
         )
     rows.append(
@@ -212,6 +232,7 @@ def render(plan: Forecast) -> str:
             usd(plan.expected_cost_usd),
             usd(plan.worst_cost_usd),
             "-" if plan.max_cost_usd is None else usd(plan.max_cost_usd),
+            "",
         )
     )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

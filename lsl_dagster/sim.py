@@ -50,6 +50,8 @@ class Rate:
 
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
 # How a sim reply identifies itself to the client, over any transport (the `system_fingerprint` of the
 # completion; the HTTP server also sends the SIMULATED_HEADER header).
 FINGERPRINT = "lsl-sim"

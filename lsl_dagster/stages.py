@@ -60,6 +60,8 @@ def _optimize(
         seed=spec.seed,
         threads=run.threads(role),
         stage=stage,
+        # Hardening changes the parent's instructions; its demos were chosen on the large model.
+        keep_demos=parent is not None,
     )
     provenance = Provenance(
         stage=stage,
@@ -106,14 +108,25 @@ def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCa
 def stage2_harden(
     spec: ExperimentSpec, task: Task, stage1: PromptCandidate, run: StageRun
 ) -> PromptCandidate:
-    """Stage 2 — weak-agent hardening: GEPA, seeded with the Stage 1 prompt (its demos kept), lets the
-    small model run the program and rewrites the instructions from its failures."""
+    """Stage 2 — weak-agent hardening: starting from the Stage 1 program (instructions and demos), the
+    small model runs it and `stage2.optimizer` changes the prompt from how it fares, with proposals from
+    the `stage2.reflection` model:
+
+    - gepa (default): rewrites each predictor's instructions from the small model's failures and the
+      metric's feedback; Stage 1's demos are kept.
+    - miprov2: proposes new instructions (Stage 1's are candidate 0 of each predictor) and searches them
+      on the dev set; instructions only, so Stage 1's demos are kept (the demo sets it bootstraps with
+      the small model only inform its proposals).
+    - simba: appends rules (advice contrasting the small model's better and worse runs) to Stage 1's
+      instructions, and by its own design may add demos from the small model's successful runs or drop
+      some of Stage 1's. Its pick and the starting program are scored on the dev set; the better is kept.
+    """
     return _optimize(
         spec,
         task,
         run,
         stage="stage2",
-        optimizer="gepa",
+        optimizer=spec.stage2.optimizer,
         student=rebuild(stage1, task),
         role="small",
         reflection=spec.stage2.reflection,

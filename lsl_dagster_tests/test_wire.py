@@ -110,7 +110,8 @@ def test_prices_come_from_the_packaged_map_and_price_overrides():
 
 def test_reasoning_models_fail_before_any_call_saying_what_to_set(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OPENAI_API_KEY", "k")
-    with pytest.raises(ConfigError, match=r"temperature: 1.*max_tokens: 16000"):
+    said = r"o3-mini cannot run with temperature 0.0.*DSPy said: .*temperature=1.0"
+    with pytest.raises(ConfigError, match=said):
         LanguageModels().check_model(ModelSpec(model="openai/o3-mini"), need_price=True)
     LanguageModels().check_model(
         ModelSpec(model="openai/gpt-5-mini", temperature=1, max_tokens=16000), need_price=True
