@@ -37,13 +37,18 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
+_READY: set[str] = set()  # databases this process has created the tables in
+
+
 def connect(url: str) -> Any:
-    """An autocommit connection with our tables in place (created once, under a lock: processes starting
-    together on a fresh database would otherwise race on CREATE TABLE)."""
+    """An autocommit connection with our tables in place (created once per process and database, under a
+    lock: processes starting together on a fresh database would otherwise race on CREATE TABLE)."""
     con = psycopg2.connect(url, connect_timeout=30)
-    with con, con.cursor() as cursor:  # one transaction
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("lsl_schema"),))
-        cursor.execute(SCHEMA)
+    if url not in _READY:
+        with con, con.cursor() as cursor:  # one transaction
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("lsl_schema"),))
+            cursor.execute(SCHEMA)
+        _READY.add(url)
     con.autocommit = True
     return con
 
