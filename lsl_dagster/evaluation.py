@@ -133,10 +133,10 @@ def evaluate(
     )
 
 
-def scores(location: str) -> dict[str, float | None]:
+def scores(location: str | Path) -> dict[str, float | None]:
     """Per-example scores of an evaluation (its predictions file or object, lsl_dagster.storage), by
     example id; None for a provider failure (not scored)."""
-    return {row["example_id"]: row["score"] for row in map(json.loads, storage.read_lines(location))}
+    return {row["example_id"]: row["score"] for row in map(json.loads, storage.read_lines(str(location)))}
 
 
 def _text(prediction: Any, field: str) -> str | None:
