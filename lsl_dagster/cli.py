@@ -27,6 +27,7 @@ from lsl_dagster.launch import (
     cancel_runs,
     dead_runs,
     new_launch_id,
+    prepare,
     run_experiments,
     run_summary,
 )
@@ -427,6 +428,8 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     launch = new_launch_id()
     tags = {CAMPAIGN_TAG: args.name, LAUNCH_TAG: launch}
     log = location.runs_dir / args.name / f"launch-{launch}.log"
+    if todo or stale_campaign:
+        prepare()
     if todo:
         print(
             f"campaign {args.name}: {len(todo)} of {len(ids)} experiments to run (tag {LAUNCH_TAG}={launch})"

@@ -1,5 +1,6 @@
-"""Rows of a task's data files, streamed one at a time: JSONL, CSV, Parquet and Hugging Face datasets
-saved with `save_to_disk`. Each row comes with where it is (file and row/line) for error messages."""
+"""Rows of a task's data, streamed one at a time: JSONL, CSV, Parquet, Hugging Face datasets saved with
+`save_to_disk`, and Hugging Face datasets by name (`datasets.load_dataset`). Each row comes with where it
+is (file and row/line, or dataset, split and row) for error messages."""
 
 from __future__ import annotations
 
@@ -101,10 +102,55 @@ def _hf(path: Path) -> Iterator[Row]:
             f"{path}: a DatasetDict with splits {sorted(dataset)}; name one split's directory, "
             f"e.g. {path / next(iter(dataset))}"
         )
+    yield from _arrow_rows(dataset, str(path))
+
+
+def _arrow_rows(dataset: Any, where: str) -> Iterator[Row]:
     number = 0
     # Memory-mapped Arrow, read in batches: nothing is loaded whole.
     for batch in dataset.iter(batch_size=BATCH):
         columns = list(batch)
         for values in zip(*(batch[c] for c in columns), strict=True):
             number += 1
-            yield Row(number, f"{path} row {number}", dict(zip(columns, values, strict=True)))
+            yield Row(number, f"{where} row {number}", dict(zip(columns, values, strict=True)))
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """`datasets.load_dataset(path, name, split=..., data_files=..., revision=...)`: a dataset on the Hugging
+    Face Hub by name, a dataset script or directory on disk, or a packaged builder ("csv", "parquet", "json")
+    over `data_files`."""
+
+    path: str
+    name: str | None = None
+    data_files: Any = None
+    revision: str | None = None
+
+    def describe(self, split: str) -> str:
+        config = f", config {self.name!r}" if self.name else ""
+        return f"Hugging Face dataset {self.path!r}{config}, split {split!r}"
+
+
+def hub_rows(source: HubSource, split: str, local: bool) -> Iterator[Row]:
+    """Rows of one split (any split expression, e.g. "validation[:500]") of a dataset `load_dataset` reads.
+    `local`: the path is on disk, so a failure is not the network's."""
+    import datasets
+
+    described = source.describe(split)
+    try:
+        dataset = datasets.load_dataset(
+            source.path, source.name, split=split, data_files=source.data_files, revision=source.revision
+        )
+    except ConnectionError as exc:
+        # datasets raises ConnectionError both without a network and with HF_HUB_OFFLINE=1.
+        raise DataFileError(
+            f"{described}: the Hugging Face Hub could not be reached (this machine is offline, behind a "
+            f"firewall or has HF_HUB_OFFLINE set: {exc}). Load it where the network allows and save it: "
+            f"datasets.load_dataset({source.path!r}, {source.name!r}, split={split!r})"
+            ".save_to_disk('data/tasks/<task>/<directory>'), then name that directory as the split's data "
+            "file (read with load_from_disk, format hf) and copy it here; nothing was called."
+        ) from None
+    except Exception as exc:
+        hint = "" if local else " (is the name right, and is the dataset public or your HF_TOKEN set?)"
+        raise DataFileError(f"{described}: cannot load it ({type(exc).__name__}: {exc}){hint}") from None
+    yield from _arrow_rows(dataset, f"{source.path}[{split}]")

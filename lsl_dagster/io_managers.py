@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args, get_origin
+from typing import TypeVar, get_args, get_origin
 
-from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
+from dagster import AssetKey, ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import BaseModel
 
 from lsl_dagster import storage
 from lsl_dagster.models import check_slug
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class PydanticJsonIOManager(ConfigurableIOManager):
@@ -19,15 +21,19 @@ class PydanticJsonIOManager(ConfigurableIOManager):
 
     runs_dir: str
 
-    def _location(self, context: OutputContext | InputContext, partition: str) -> str:
-        return storage.join(self.runs_dir, check_slug(partition), f"{'__'.join(context.asset_key.path)}.json")
+    def _location(self, asset_key: AssetKey, partition: str) -> str:
+        return storage.join(self.runs_dir, check_slug(partition), f"{'__'.join(asset_key.path)}.json")
+
+    def load(self, asset_key: AssetKey, partition: str, model: type[M]) -> M:
+        """One stored partition of an asset (what the asset checks read)."""
+        return model.model_validate_json(storage.read_text(self._location(asset_key, partition)))
 
     def handle_output(self, context: OutputContext, obj: BaseModel) -> None:
         if not isinstance(obj, BaseModel):
             raise TypeError(
                 f"{context.asset_key.to_user_string()} must return a Pydantic model, got {type(obj)}"
             )
-        location = self._location(context, context.asset_partition_key)
+        location = self._location(context.asset_key, context.asset_partition_key)
         storage.write_text(location, obj.model_dump_json(indent=2))
         # Relative to the runs directory: it may move (LSL_RUNS_DIR) and the path stays valid.
         if not storage.is_remote(location):
@@ -42,8 +48,5 @@ class PydanticJsonIOManager(ConfigurableIOManager):
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"inputs loaded by {type(self).__name__} must be annotated with a Pydantic model")
         partitions = context.asset_partition_keys if many else [context.asset_partition_key]
-        loaded = {
-            key: model.model_validate_json(storage.read_text(self._location(context, key)))
-            for key in partitions
-        }
+        loaded = {key: self.load(context.asset_key, key, model) for key in partitions}
         return loaded if many else loaded[partitions[0]]

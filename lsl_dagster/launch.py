@@ -1,10 +1,11 @@
 """`lsl campaign run`: what a campaign still needs, as ordinary Dagster runs started right away.
 
 Each experiment is one run of the `lsl_experiment` job (Dagster's public `execute_job`), executed by a few
-worker processes that import Dagster, DSPy and the code location once and then take one experiment after
-another: no daemon tick, no run queue, no per-run interpreter start. Every run carries the tags
-`lsl/campaign` and `lsl/launch`, so the UI's run list shows a campaign (or one launch of it) as one unit
-(filter by the tag); its runs can be re-executed there, and `lsl campaign run` again does what is left.
+worker processes forked from `lsl` itself once it has imported Dagster, DSPy and the code location and
+built the jobs: a worker starts warm and takes one experiment after another (no daemon tick, no run
+queue, no per-run interpreter start or code location load). Every run carries the tags `lsl/campaign`
+and `lsl/launch`, so the UI's run list shows a campaign (or one launch of it) as one unit (filter by the
+tag); its runs can be re-executed there, and `lsl campaign run` again does what is left.
 """
 
 from __future__ import annotations
@@ -33,17 +34,31 @@ HOST_TAG, PID_TAG = "lsl/host", "lsl/pid"
 UNFINISHED = [dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
+_jobs: dict[str, dg.JobDefinition] = {}
+
+
+def _job(name: str) -> dg.JobDefinition:
+    """A job of the code location, built once per process (`prepare` builds them before the fork)."""
+    if name not in _jobs:
+        from lsl_dagster.definitions import build_definitions
+
+        defs = build_definitions()
+        _jobs.update({job: defs.resolve_job_def(job) for job in ("lsl_experiment", "lsl_campaign")})
+    return _jobs[name]
+
+
 def experiment_job() -> dg.JobDefinition:
     """The job a worker runs (module-level, so that `dg.reconstructable` can rebuild it in a process)."""
-    from lsl_dagster.definitions import build_definitions
-
-    return build_definitions().resolve_job_def("lsl_experiment")
+    return _job("lsl_experiment")
 
 
 def campaign_job() -> dg.JobDefinition:
-    from lsl_dagster.definitions import build_definitions
+    return _job("lsl_campaign")
 
-    return build_definitions().resolve_job_def("lsl_campaign")
+
+def prepare() -> None:
+    """Build the jobs in this process, so that the workers forked from it start with them."""
+    _job("lsl_experiment")
 
 
 _instance: dg.DagsterInstance | None = None
@@ -87,17 +102,10 @@ def run_experiments(
     say: Callable[[str], None],
 ) -> list[Outcome]:
     """Each experiment's assets (experiment -> asset names) as one run, `workers` at a time."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["lsl_dagster.definitions"])  # imported once, shared by every worker
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tags = {**tags, HOST_TAG: socket.gethostname()}
     outcomes: list[Outcome] = []
-    with ProcessPoolExecutor(
-        max_workers=max(1, min(workers, len(todo))),
-        mp_context=context,
-        initializer=_start_worker,
-        initargs=(str(log_path),),
-    ) as pool:
+    with _workers(max(1, min(workers, len(todo))), log_path) as pool:
         pending: dict[Future, str] = {
             pool.submit(_execute, "lsl_experiment", e, ["experiment_file", *assets], tags): e
             for e, assets in todo.items()
@@ -114,6 +122,10 @@ def run_experiments(
                 last = outcomes[-1]
                 verdict = "succeeded" if last.success else f"FAILED {last.error}".rstrip()
                 say(f"{len(outcomes)}/{len(todo)} {experiment_id}: run {last.run_id} {verdict}")
+            if len(outcomes) == 1:
+                # While the workers run the rest, this process imports what the summary run draws its
+                # plots with; the summary's worker is forked from it warm (matplotlib: ~0.5 s).
+                import lsl_dagster.plots  # noqa: F401
     return outcomes
 
 
@@ -122,12 +134,20 @@ def run_summary(
 ) -> tuple[str, bool]:
     """The run of the campaign's own assets (summary, transfer matrix), in a worker like the experiments
     (this process keeps its own instance)."""
-    context = multiprocessing.get_context("forkserver")
     tags = {**tags, HOST_TAG: socket.gethostname()}
-    with ProcessPoolExecutor(
-        1, mp_context=context, initializer=_start_worker, initargs=(str(log_path),)
-    ) as pool:
+    with _workers(1, log_path) as pool:
         return pool.submit(_execute, "lsl_campaign", campaign, assets, tags).result()
+
+
+def _workers(count: int, log_path: Path) -> ProcessPoolExecutor:
+    """Worker processes forked from this one: they inherit its imports and built jobs (see `prepare`).
+    This process has no other thread when they fork (a pool's own threads end when it shuts down)."""
+    return ProcessPoolExecutor(
+        count,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_start_worker,
+        initargs=(str(log_path),),
+    )
 
 
 def new_launch_id() -> str:

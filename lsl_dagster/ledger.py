@@ -1,13 +1,13 @@
 """The one accounting layer: every provider request is reserved against the budgets, then recorded.
 
 `Meter` is thread-safe and lives for one stage; `CallLog` is the experiment's durable, append-only record
-of every request sent, written off the hot path by a background thread.
+of every request sent.
 """
 
 from __future__ import annotations
 
 import json
-import queue
+import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -25,53 +25,26 @@ class BudgetExhausted(BaseException):
 class CallLog:
     """Append-only JSONL of every request sent to a provider, across all stages of one experiment.
 
-    Writes go through a queue to one writer thread, so callers never wait on the disk. A process killed
-    mid-write can leave a torn last line; readers skip a line without its newline. Subclasses write the
-    batches elsewhere (lsl_dagster.pg_state: a table every host reaches).
+    Each record is written (one `write` of one line to a file opened for appending) before the response it
+    records can reach the response cache: after a kill -9, every response an experiment can replay has its
+    cost in the log. A write to the page cache takes microseconds, against a provider's hundreds of ms.
+    A process killed mid-write can leave a torn last line; readers skip a line without its newline.
     """
 
     def __init__(self, path: Path):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = path.open("a", encoding="utf-8")
-        self._start()
-
-    def _start(self) -> None:
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._write, name="lsl-call-log", daemon=True)
-        self._thread.start()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
-        self._queue.put(record)
-
-    def _write(self) -> None:
-        while True:
-            record = self._queue.get()
-            if record is None:
-                break
-            batch = [record]
-            while True:  # drain what accumulated, then one write for the batch
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                batch.append(more)
-            self._write_batch(batch)
-
-    def _write_batch(self, records: list[dict[str, Any]]) -> None:
-        self._file.write("".join(json.dumps(record) + "\n" for record in records))
-        self._file.flush()
+        line = (json.dumps(record) + "\n").encode()
+        with self._lock:
+            os.write(self._fd, line)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        self._release()
-
-    def _release(self) -> None:
-        self._file.close()
+        with self._lock:
+            os.close(self._fd)
 
     @staticmethod
     def read(path: Path) -> Iterator[dict[str, Any]]:

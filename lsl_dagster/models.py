@@ -185,13 +185,17 @@ class DataSpec(Strict):
 
     train: int = Field(default=40, ge=2)
     val: int = Field(default=30, ge=2)
-    # Which train and dev examples are drawn; the experiment's seed when omitted. The test split is fixed.
+    # Which train and dev examples are drawn; the experiment's seed when omitted. The test examples are
+    # drawn by it too only with evaluation.resample.
     seed: int | None = Field(default=None, ge=0)
 
 
 class EvaluationSpec(Strict):
     split: Literal["dev", "test"] = "test"
     limit: int | None = Field(default=100, ge=1)
+    # False: the split's first `limit` examples, the same for every seed. True: `limit` examples drawn by
+    # the data seed (data.seed, else the experiment's), so intervals across seeds include the test sample's.
+    resample: bool = False
 
 
 class ExperimentSpec(Strict):

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
-from psycopg2.extras import execute_values
 
 from lsl_dagster.ledger import CallLog, spent_usd
 
@@ -104,20 +103,24 @@ class PgResponseStore:
 
 
 class PgCallLog(CallLog):
-    """The experiment's call log as rows of a table, written in batches by the writer thread."""
+    """The experiment's call log as rows of a table. Like the file, each record is committed before the
+    response it records can reach the response cache (a local round trip per request)."""
 
     def __init__(self, url: str, experiment_id: str):
         self._experiment = experiment_id
+        self._lock = threading.Lock()
         self._con = connect(url)
-        self._start()
 
-    def _write_batch(self, records: list[dict[str, Any]]) -> None:
-        with self._con.cursor() as cursor:
-            rows = [(self._experiment, json.dumps(record)) for record in records]
-            execute_values(cursor, "INSERT INTO lsl_calls (experiment, record) VALUES %s", rows)
+    def append(self, record: dict[str, Any]) -> None:
+        with self._lock, self._con.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO lsl_calls (experiment, record) VALUES (%s, %s)",
+                (self._experiment, json.dumps(record)),
+            )
 
-    def _release(self) -> None:
-        self._con.close()
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
 
 
 def _records(con: Any, experiments: list[str]) -> list[dict[str, Any]]:

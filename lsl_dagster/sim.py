@@ -315,6 +315,7 @@ class _Call:
     instructions: str
     inputs: dict[str, str]
     outputs: list[str]
+    output_types: dict[str, str]  # as the adapter declares them, e.g. "str", "dict[str, str]"
     demos: list[tuple[dict[str, str], dict[str, str]]]
     json_mode: bool
     max_tokens: int | None
@@ -341,9 +342,15 @@ def _json_fields(text: str) -> dict[str, str]:
 
 
 def _listed_fields(system: str, heading: str) -> list[str]:
+    return list(_field_types(system, heading))
+
+
+def _field_types(system: str, heading: str) -> dict[str, str]:
+    """The fields listed under `heading`, in order, with the type the adapter declares ("str" if none)."""
     section = system.split(heading, 1)[1] if heading in system else ""
     section = re.split(r"\nYour output fields are:|\nAll interactions", section, maxsplit=1)[0]
-    return re.findall(r"^\d+\. `(\w+)`", section, flags=re.M)
+    types = dict(re.findall(r"^\d+\. `(\w+)` \(([^)]*)\)", section, flags=re.M))
+    return {name: types.get(name, "str") for name in re.findall(r"^\d+\. `(\w+)`", section, flags=re.M)}
 
 
 def _read_call(
@@ -370,6 +377,7 @@ def _read_call(
         instructions=" ".join(instructions.split()),
         inputs=_fields(last),
         outputs=_listed_fields(system, "Your output fields are:") or ["answer"],
+        output_types=_field_types(system, "Your output fields are:"),
         demos=demos,
         json_mode="Outputs will be a JSON object" in system,
         max_tokens=max_tokens,
@@ -760,11 +768,33 @@ def _meta_outputs(call: _Call) -> dict[str, str]:
             values[name] = _propose(call.tier, base, evidence, call.draw, 1 + int(call.draw("count") * 3))
         elif name == "observations" and inputs.get("prior_observations"):
             values[name] = "COMPLETE"  # DSPy's dataset descriptor stops asking when told so
+        elif call.output_types.get(name, "").startswith("dict["):
+            # Advice per named part (e.g. per module): keyed by the names a list-valued input gives.
+            keys = next((k for v in inputs.values() if (k := _name_list(v))), [name])
+            advice = {
+                key: _propose(call.tier, "", evidence, lambda *label, k=key: call.draw(k, *label), 1)
+                for key in keys
+            }
+            values[name] = json.dumps(advice)
         else:
             top = ", ".join(evidence.words[:5]) or "the inputs"
             field = evidence.answer_field or "answer"
             values[name] = _SAY["describe"].format(top, field, evidence.shape())
     return values
+
+
+def _name_list(text: str) -> list[str]:
+    """The names in an input that is a JSON list of identifiers, else []."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return []
+    ok = (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, str) and re.fullmatch(r"[\w.]+", v) for v in value)
+    )
+    return list(value) if ok else []
 
 
 def _reflect_template(tier: Tier, model: str, prompt: str, seed: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,30 @@ from lsl_dagster.models import (
 )
 from lsl_dagster.optimizers import run_optimizer
 from lsl_dagster.program import capture, rebuild
-from lsl_dagster.tasks import Task, to_dspy
+from lsl_dagster.tasks import Example, Task, to_dspy
 from lsl_dagster.workspace import StageRun
+
+
+def data_seed(spec: ExperimentSpec) -> int:
+    return spec.seed if spec.data.seed is None else spec.data.seed
 
 
 def optimizer_sets(spec: ExperimentSpec, task: Task) -> tuple[list[dspy.Example], list[dspy.Example]]:
     """Optimizers train on the train split and validate on the dev split; the test split is never seen.
     Which train and dev examples is drawn by the experiment's seed, so that variance across seeds includes
     the data's."""
-    seed = spec.seed if spec.data.seed is None else spec.data.seed
-    train = [to_dspy(e, task) for e in task.sample("train", spec.data.train, seed)]
-    val = [to_dspy(e, task) for e in task.sample("dev", spec.data.val, seed)]
+    train = [to_dspy(e, task) for e in task.sample("train", spec.data.train, data_seed(spec))]
+    val = [to_dspy(e, task) for e in task.sample("dev", spec.data.val, data_seed(spec))]
     return train, val
+
+
+def evaluation_examples(spec: ExperimentSpec, task: Task) -> Iterable[Example]:
+    """The examples every arm is evaluated on, in one order: the split's first `limit`, the same whatever
+    the seed; with `evaluation.resample`, `limit` of them drawn by the data seed (only those are held)."""
+    split, limit = spec.evaluation.split, spec.evaluation.limit
+    if not spec.evaluation.resample or limit is None or limit >= task.sizes[split]:
+        return task.examples(split, limit)
+    return task.sample(split, limit, data_seed(spec))
 
 
 def _optimize(
@@ -163,7 +176,7 @@ def evaluate_on_large(
         totals = evaluate(
             rebuild(candidate, task),
             task,
-            task.examples(spec.evaluation.split, spec.evaluation.limit),
+            evaluation_examples(spec, task),
             threads=run.threads("large"),
             out=out,
         )

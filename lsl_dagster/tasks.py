@@ -26,7 +26,7 @@ import dspy
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lsl_dagster.datasource import DataFileError, Format, Row, file_format, rows
+from lsl_dagster.datasource import DataFileError, Format, HubSource, Row, file_format, hub_rows, rows
 from lsl_dagster.metrics import BUILTIN_METRICS, builtin_metric, call_metric
 
 SPLITS = ("train", "dev", "test")
@@ -46,10 +46,25 @@ class Generator(_Strict):
     sizes: dict[str, int] = Field(default_factory=lambda: {"train": 500, "dev": 500, "test": 100_000})
 
 
+DataFiles = str | list[str] | dict[str, str | list[str]]
+
+
+class Hub(_Strict):
+    """A dataset `datasets.load_dataset` reads: a Hub name (where the network allows), a dataset directory
+    or script (relative to the task directory), or a builder ("csv", "parquet", "json") over data_files."""
+
+    path: str
+    name: str | None = None  # the dataset's configuration
+    data_files: DataFiles | None = None  # relative to the task directory
+    revision: str | None = None
+
+
 class DataDef(_Strict):
-    """Where a task's examples come from: one file per split, or one pool split by `seed`."""
+    """Where a task's examples come from: one file per split, or one pool split by `seed`. With `hub`, the
+    split names (train, dev, test, pool) are the dataset's splits, e.g. "validation[:500]"."""
 
     format: Format | None = None  # from the file name when omitted (.jsonl, .csv, .parquet, a directory)
+    hub: Hub | None = None
     train: str | None = None
     dev: str | None = None
     test: str | None = None
@@ -64,6 +79,8 @@ class DataDef(_Strict):
 
     @model_validator(mode="after")
     def _one_layout(self) -> DataDef:
+        if self.hub is not None and self.format is not None:
+            raise ValueError("data.format applies to files; a hub dataset's format is load_dataset's")
         files = [self.train, self.dev, self.test]
         if self.pool is None:
             if None in files:
@@ -227,13 +244,12 @@ class Task:
         experiment seed resamples the data, so variance across seeds includes the data's."""
         size = self.sizes[split]
         order = random.Random(f"{self.name}|{split}|{seed}").sample(range(size), min(n, size))
+        gen = self.definition.generator
+        if gen is not None:  # a pure function of the index: generate just those
+            return [arithmetic_example(gen.seed, split, index) for index in order]
         wanted = {index: position for position, index in enumerate(order)}
         picked: list[Example | None] = [None] * len(order)
-        source = (
-            (arithmetic_example(self.definition.generator.seed, split, i) for i in range(size))
-            if self.definition.generator is not None
-            else (example for _, example in self._split_examples(split))
-        )
+        source = (example for _, example in self._split_examples(split))
         for index, example in enumerate(source):
             if index in wanted:
                 picked[wanted[index]] = example
@@ -246,14 +262,27 @@ class Task:
         except DataFileError as exc:
             raise TaskDataError(str(exc)) from None
 
+    def _rows(self, name: str) -> Iterator[Row]:
+        """The rows of a data file, or of a split of the hub dataset."""
+        hub = self.definition.data.hub
+        if hub is None:
+            path, fmt = self._file(name)
+            return rows(path, fmt)
+        local = self.directory / hub.path
+        source = HubSource(
+            path=str(local) if local.exists() else hub.path,
+            name=hub.name,
+            data_files=_under(self.directory, hub.data_files),
+            revision=hub.revision,
+        )
+        return hub_rows(source, name, local=local.exists() or hub.data_files is not None)
+
     def _split_examples(self, split: str) -> Iterator[tuple[Row, Example]]:
         data = self.definition.data
         if data.pool is None:
-            path, fmt = self._file(getattr(data, split))
-            source = rows(path, fmt)
+            source = self._rows(getattr(data, split))
         else:
-            path, fmt = self._file(data.pool)
-            source = (row for row in rows(path, fmt) if self._pool_split(row) == split)
+            source = (row for row in self._rows(data.pool) if self._pool_split(row) == split)
         try:
             for row in source:
                 yield row, self._parse(split if data.pool is None else "pool", row)
@@ -324,6 +353,17 @@ class Task:
                 raise TaskDataError(f"{self.path}: the {split} split is empty")
             sizes[split] = count
         return sizes
+
+
+def _under(directory: Path, files: DataFiles | None) -> DataFiles | None:
+    """data_files with relative paths taken from the task directory (URLs such as hf://... as they are)."""
+    if isinstance(files, str):
+        return files if "://" in files else str(directory / files)
+    if isinstance(files, list):
+        return [_under(directory, f) for f in files]  # type: ignore[misc]
+    if isinstance(files, dict):
+        return {split: _under(directory, f) for split, f in files.items()}  # type: ignore[misc]
+    return None
 
 
 def _content_key(example: Example) -> str:

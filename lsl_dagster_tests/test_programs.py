@@ -3,12 +3,16 @@ their task directory run through every stage, on the sim models in process and o
 
 import json
 
+import yaml
+
 from lsl_dagster.campaigns import summarize
+from lsl_dagster.cli import campaign_table
+from lsl_dagster.experiments import campaigns
 from lsl_dagster.models import Comparison, PromptCandidate
 from lsl_dagster.program import capture, rebuild
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster.tasks import load_task
-from lsl_dagster_tests.conftest import Lab
+from lsl_dagster_tests.conftest import PROJECT, Lab
 
 REVIEWS = {
     "task": "reviews",
@@ -117,3 +121,55 @@ def test_campaign_intervals_move_when_only_the_data_seed_changes(lab: Lab):
         assert tested == {f"test-{i}" for i in range(40)}
     (first,), (second,) = (s.cells for s in summaries)
     assert first.arms != second.arms
+
+
+def test_the_hop_qa_campaigns_intervals_move_when_only_the_data_seed_changes(lab: Lab):
+    """The shipped hop-qa-seeds campaign (two seeds, 20 test examples) run twice, the second time with
+    another data.seed only: each experiment draws other train and dev examples, with the same optimizer
+    seed and the same test examples, and the campaign table's intervals move."""
+    shipped = yaml.safe_load((PROJECT / "data" / "campaigns" / "hop-qa-seeds.yaml").read_text())
+    (lab.data_dir / "campaigns").mkdir()
+    for data_seed in (100, 200):
+        campaign = {
+            **shipped,
+            "campaign": f"hop-d{data_seed}",
+            "seeds": [0, 1],
+            "experiment": {
+                **shipped["experiment"],
+                "data": {**shipped["experiment"]["data"], "seed": data_seed},
+                "evaluation": {"split": "test", "limit": 20},
+            },
+        }
+        (lab.data_dir / "campaigns" / f"hop-d{data_seed}.yaml").write_text(yaml.safe_dump(campaign))
+    grids = {name: specs for name, (_, specs) in campaigns(lab.data_dir).items()}
+    assert sorted(grids) == ["hop-d100", "hop-d200"]
+    summaries, tested = [], []
+    for name, specs in sorted(grids.items()):
+        for experiment_id in specs:
+            assert lab.run(experiment_id).success
+        comparisons = {e: Comparison.model_validate(lab.output(e, "comparison")) for e in specs}
+        summaries.append(summarize(name, comparisons, "unused.png"))
+        tested.append(
+            {
+                e: [
+                    json.loads(line)["example_id"]
+                    for line in (lab.runs_dir / lab.output(e, "baseline_evaluation")["predictions_path"])
+                    .read_text()
+                    .splitlines()
+                ]
+                for e in specs
+            }
+        )
+    # Everything but the data seed is the same: optimizer seeds, models, budgets and the test examples.
+    first_specs, second_specs = (list(grids[n].values()) for n in sorted(grids))
+    for a, b in zip(first_specs, second_specs, strict=True):
+        assert a.model_dump(exclude={"experiment_id", "data"}) == b.model_dump(
+            exclude={"experiment_id", "data"}
+        )
+        assert (a.data.seed, b.data.seed) == (100, 200)
+    assert list(tested[0].values()) == list(tested[1].values())
+    (first,), (second,) = (s.cells for s in summaries)
+    bounds = [{arm: (i.ci_low, i.ci_high) for arm, i in cell.arms.items()} for cell in (first, second)]
+    moved = [arm for arm in bounds[0] if bounds[0][arm] != bounds[1][arm]]
+    assert moved, bounds
+    assert campaign_table(summaries[0]).splitlines()[1:] != campaign_table(summaries[1]).splitlines()[1:]

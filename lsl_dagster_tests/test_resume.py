@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus, RunsFilter
 
 from lsl_dagster.cli import STAGES, main
+from lsl_dagster.ledger import CallLog
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.conftest import Lab, make_lab, shipped_keys
 
@@ -88,16 +90,11 @@ def reference(lab: Lab) -> tuple[dict, dict[str, int]]:
         return _outputs(lab, "ref"), dict(server.served_requests)
 
 
-@pytest.mark.parametrize(("stage", "after"), [("stage1", 30), ("stage2", 20), ("baseline_evaluation", 15)])
-def test_kill_9_mid_stage_then_resume(
-    lab: Lab,
-    reference,
-    stage: str,
-    after: int,
-    monkeypatch: pytest.MonkeyPatch,
-):
-    expected, paid_once = reference
-    name = f"kill-{stage.replace('_', '-')}"
+def _kill_and_resume(
+    lab: Lab, name: str, stage: str, after: int, *, freeze: bool, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, int], set[str]]:
+    """kill -9 a materialization once `stage` has `after` calls, resume it by materializing what is
+    missing; return how often the provider answered each request (both runs) and what was done before."""
     first = SimServer(seed=PORT_SERVER_SEED, latency_s=0.01, answer_keys=shipped_keys()).start()
     lab.write(name, **_spec(first.port))
     process = subprocess.Popen(
@@ -109,11 +106,11 @@ def test_kill_9_mid_stage_then_resume(
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "the stage never got going"
             time.sleep(0.01)
-        # Freeze the provider, let the client store the responses it already received, then kill: what
-        # is in flight then is never answered, so never paid. (A response sent in the instant before a
-        # real crash, before it reached the cache, is paid again: at most max_concurrency calls.)
-        first.freeze()
-        time.sleep(0.3)
+        if freeze:
+            # Freeze the provider, let the client store the responses it already received, then kill:
+            # what is in flight then is never answered, so never paid.
+            first.freeze()
+            time.sleep(0.3)
         process.send_signal(signal.SIGKILL)
         process.wait(30)
     finally:
@@ -137,9 +134,57 @@ def test_kill_9_mid_stage_then_resume(
     for asset in done_before:  # finished assets were not recomputed
         assert lab.materializations(name, asset) == 1
         assert (lab.runs_dir / name / f"{asset}.json").stat().st_mtime_ns == mtimes[asset]
+    paid = Counter(first.served_requests) + Counter(second.served_requests)
+    return dict(paid), done_before
+
+
+@pytest.mark.parametrize(("stage", "after"), [("stage1", 30), ("stage2", 20), ("baseline_evaluation", 15)])
+def test_kill_9_mid_stage_then_resume(
+    lab: Lab,
+    reference,
+    stage: str,
+    after: int,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    expected, paid_once = reference
+    name = f"kill-{stage.replace('_', '-')}"
+    paid, _ = _kill_and_resume(lab, name, stage, after, freeze=True, monkeypatch=monkeypatch)
     # Together, the killed and the resumed run paid for exactly the requests the uninterrupted run did.
-    paid = dict(first.served_requests)
-    for digest, count in second.served_requests.items():
-        paid[digest] = paid.get(digest, 0) + count
     assert paid == paid_once
     assert _outputs(lab, name) == expected
+
+
+@pytest.mark.parametrize(("stage", "after"), [("stage2", 20), ("baseline_evaluation", 15)])
+def test_a_real_kill_9_repays_at_most_the_requests_in_flight(
+    lab: Lab,
+    reference,
+    stage: str,
+    after: int,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """No freeze: the provider keeps answering up to the kill. A response sent in the instant before the
+    crash that never reached the cache is paid again, and nothing else: at most max_concurrency (4)."""
+    expected, paid_once = reference
+    name = f"crash-{stage.replace('_', '-')}"
+    paid, done_before = _kill_and_resume(lab, name, stage, after, freeze=False, monkeypatch=monkeypatch)
+    assert "comparison" not in done_before  # the kill landed mid-experiment
+    repaid = Counter(paid) - Counter(paid_once)
+    missed = Counter(paid_once) - Counter(paid)
+    assert not missed  # every request the uninterrupted run made was answered
+    assert repaid.total() <= 4, repaid
+    # The experiment's call log counts what the provider answered, less what it answered and the killed
+    # client never received (in flight at the kill).
+    logged = [r for r in CallLog.read(lab.runs_dir / name / "calls.jsonl") if r.get("ok")]
+    assert 0 <= sum(paid.values()) - len(logged) <= 4
+    # Same prompts, predictions and scores. An arm's calls and cost are what was paid, so they include
+    # the requests paid twice, and nothing is missing: every response the resumed run replayed from the
+    # cache had its cost logged before it could be cached.
+    got = _outputs(lab, name)
+    for crashed, uninterrupted in zip(got["arms"], expected["arms"], strict=True):
+        assert uninterrupted["calls"] <= crashed["calls"] <= uninterrupted["calls"] + repaid.total()
+        assert uninterrupted["cost_usd"] <= crashed["cost_usd"]
+    usage = ("calls", "cost_usd")
+    assert [{k: v for k, v in arm.items() if k not in usage} for arm in got["arms"]] == [
+        {k: v for k, v in arm.items() if k not in usage} for arm in expected["arms"]
+    ]
+    assert {k: v for k, v in got.items() if k != "arms"} == {k: v for k, v in expected.items() if k != "arms"}

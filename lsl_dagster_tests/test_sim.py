@@ -315,6 +315,32 @@ def test_meta_prompts_get_proposals_in_the_adapter_format():
     assert accuracy("sim/small", instructions=parsed["proposed_instruction"]) > accuracy("sim/small")
 
 
+class _Advise(dspy.Signature):
+    """Advise each part of the program from the runs shown."""
+
+    runs: str = dspy.InputField()
+    parts: list[str] = dspy.InputField()
+    discussion: str = dspy.OutputField()
+    advice: dict[str, str] = dspy.OutputField()
+
+
+def test_a_dict_output_field_gets_an_object_keyed_by_the_names_asked_about():
+    # Like SIMBA's rule-writing request: advice per module, the modules named by a list-valued input.
+    runs = " ".join(f"{inputs['item']} -> {labels['workshop']}" for inputs, labels in EXAMPLES[:8])
+    inputs = {"runs": runs, "parts": '["route", "check.predict"]'}
+    system, messages = _request(_Advise, inputs)
+    for tier in ("large", "small"):
+        parsed = parse(respond(f"sim/{tier}", system, messages, 0, keys=[KEY]), _Advise)
+        assert parsed is not None, tier
+        assert set(parsed["advice"]) == {"route", "check.predict"}
+        assert all(isinstance(v, str) and v.strip() for v in parsed["advice"].values())
+    advice = " ".join(
+        parse(respond("sim/large", system, messages, 0, keys=[KEY]), _Advise)["advice"].values()
+    )
+    # Drawn from the runs shown: words that recur in them.
+    assert {w for w in re.findall(r"[a-z]{4,}", advice.lower())} & set(re.findall(r"[a-z]{4,}", runs.lower()))
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = set()
