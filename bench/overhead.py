@@ -135,7 +135,9 @@ class Campaign:
     mean_run_s: float  # RUN_START to RUN_SUCCESS of the experiment runs
     mean_launch_s: float  # run created to RUN_START: waiting for a worker, then the run starting up
     mean_concurrency: float  # run durations summed over the experiment phase
+    cpu_s: float  # lsl and its worker processes (forked children it waits for)
     plain_s: float
+    plain_cpu_s: float
     plain_experiments_s: float  # plain.py's time inside its experiments, all of them
     same_calls: bool
 
@@ -164,9 +166,9 @@ def campaign(root: Path, seeds: int) -> Campaign:
         lab.write_campaign(CAMPAIGN, grid)
     ids = [f"{CAMPAIGN}--arithmetic--l-s--miprov2--s{seed}" for seed in range(seeds)]
 
-    started = time.time()
+    cpu, started = cpu_seconds(), time.time()
     run_command([str(BIN / "lsl"), "campaign", "run", CAMPAIGN], dagster_lab.env(), timeout=3600)
-    ended = time.time()
+    ended, cpu = time.time(), cpu_seconds() - cpu
     with DagsterInstance.from_config(str(dagster_lab.home)) as instance:
         records = instance.get_run_records()
         runs = [r for r in records if r.dagster_run.tags.get("dagster/partition") in ids]
@@ -178,7 +180,7 @@ def campaign(root: Path, seeds: int) -> Campaign:
     last_end = max(r.end_time for r in runs)
     durations = [r.end_time - r.start_time for r in runs]
 
-    plain_s, _, timings = plain(plain_lab, ids, "--campaign", CAMPAIGN)
+    plain_s, plain_cpu, timings = plain(plain_lab, ids, "--campaign", CAMPAIGN)
     same = all(call_signature(dagster_lab.calls(e)) == call_signature(plain_lab.calls(e)) for e in ids)
     return Campaign(
         wall_s=ended - started,
@@ -189,7 +191,9 @@ def campaign(root: Path, seeds: int) -> Campaign:
         mean_run_s=sum(durations) / seeds,
         mean_launch_s=sum(launches) / seeds,
         mean_concurrency=sum(durations) / (last_end - first_start),
+        cpu_s=cpu,
         plain_s=plain_s,
+        plain_cpu_s=plain_cpu,
         plain_experiments_s=sum(timings["per_experiment_s"]),
         same_calls=same,
     )
@@ -282,11 +286,19 @@ def main() -> None:
                 "amortized overhead per experiment: (C - plain) / n",
                 spread([c.amortized_s(seeds) for c in campaigns]),
             ],
+            ["CPU s: plain script", col("plain_cpu_s")],
+            ["CPU s: lsl campaign run, with its workers", col("cpu_s")],
+            [
+                "CPU overhead per experiment: (CPU lsl - CPU plain) / n",
+                spread([(c.cpu_s - c.plain_cpu_s) / seeds for c in campaigns]),
+            ],
         ],
         [
             "Both made the same calls in each experiment. Times: the bench's clock, Dagster's run records.",
             "plain.py runs the experiments one after another in one process; the campaign runs up to 4 at",
-            "once (--workers 4), in worker processes that load Dagster and the code location once.",
+            "once (--workers 4), in worker processes forked from lsl once it has loaded Dagster and the code",
+            "location. CPU (user + sys, the processes and the children they waited for) does not depend on",
+            "other work on the machine as much as wall times do.",
         ],
     )
 

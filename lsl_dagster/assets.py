@@ -174,7 +174,8 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         language_models: LanguageModels,
         stage1_prompt: PromptCandidate,
     ) -> Output[PromptCandidate]:
-        """Stage 2: the Stage 1 prompt hardened against the small model with GEPA."""
+        """Stage 2: the Stage 1 prompt hardened against the small model by `stage2.optimizer` (GEPA by
+        default; MIPROv2 or SIMBA)."""
         spec, task = _load(workspace, context.partition_key)
         with _stage(context, workspace, language_models, spec, "stage2", spec.stage2.max_calls) as run:
             candidate = stages.stage2_harden(spec, task, stage1_prompt, run)

@@ -27,9 +27,9 @@ from lsl_dagster.launch import (
     cancel_runs,
     dead_runs,
     new_launch_id,
-    prepare,
     run_experiments,
     run_summary,
+    workers,
 )
 from lsl_dagster.metadata import interval_text
 from lsl_dagster.models import (
@@ -429,20 +429,21 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     tags = {CAMPAIGN_TAG: args.name, LAUNCH_TAG: launch}
     log = location.runs_dir / args.name / f"launch-{launch}.log"
     if todo or stale_campaign:
-        prepare()
-    if todo:
-        print(
-            f"campaign {args.name}: {len(todo)} of {len(ids)} experiments to run (tag {LAUNCH_TAG}={launch})"
-        )
-        outcomes = run_experiments(todo, tags, args.workers, log, print)
-        if failed := [o for o in outcomes if not o.success]:
-            raise CliError(
-                f"campaign {args.name}: {len(failed)} experiment(s) failed: "
-                + ", ".join(f"{o.experiment_id} (run {o.run_id})" for o in failed)
-                + f"; see `lsl status` and {log}. Run this command again to retry only what is left."
-            )
-    if todo or stale_campaign:
-        run_id, success = run_summary(args.name, CAMPAIGN_ASSETS, tags, log)
+        # One pool for the experiments and then the summary: its workers are started once, warm.
+        with workers(max(1, min(args.workers, len(todo))), log) as pool:
+            if todo:
+                print(
+                    f"campaign {args.name}: {len(todo)} of {len(ids)} experiments to run "
+                    f"(tag {LAUNCH_TAG}={launch})"
+                )
+                outcomes = run_experiments(pool, todo, tags, print)
+                if failed := [o for o in outcomes if not o.success]:
+                    raise CliError(
+                        f"campaign {args.name}: {len(failed)} experiment(s) failed: "
+                        + ", ".join(f"{o.experiment_id} (run {o.run_id})" for o in failed)
+                        + f"; see `lsl status` and {log}. Run this command again to retry only what is left."
+                    )
+            run_id, success = run_summary(pool, args.name, CAMPAIGN_ASSETS, tags)
         if not success:
             raise CliError(
                 f"campaign {args.name}: the campaign run {run_id} ({', '.join(CAMPAIGN_ASSETS)}) "

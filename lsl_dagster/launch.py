@@ -18,8 +18,9 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ _jobs: dict[str, dg.JobDefinition] = {}
 
 
 def _job(name: str) -> dg.JobDefinition:
-    """A job of the code location, built once per process (`prepare` builds them before the fork)."""
+    """A job of the code location, built once per process (`workers` builds them before the fork)."""
     if name not in _jobs:
         from lsl_dagster.definitions import build_definitions
 
@@ -56,9 +57,22 @@ def campaign_job() -> dg.JobDefinition:
     return _job("lsl_campaign")
 
 
-def prepare() -> None:
-    """Build the jobs in this process, so that the workers forked from it start with them."""
+@contextmanager
+def workers(count: int, log_path: Path) -> Iterator[ProcessPoolExecutor]:
+    """`count` worker processes forked from this one once it has built the jobs and imported the plots
+    module (the summary run draws with matplotlib): every worker starts warm and none imports anything
+    again. This process has no other thread when they fork."""
     _job("lsl_experiment")
+    import lsl_dagster.plots  # noqa: F401
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(
+        count,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_start_worker,
+        initargs=(str(log_path),),
+    ) as pool:
+        yield pool
 
 
 _instance: dg.DagsterInstance | None = None
@@ -95,59 +109,41 @@ class Outcome:
 
 
 def run_experiments(
+    pool: ProcessPoolExecutor,
     todo: Mapping[str, Sequence[str]],
     tags: Mapping[str, str],
-    workers: int,
-    log_path: Path,
     say: Callable[[str], None],
 ) -> list[Outcome]:
-    """Each experiment's assets (experiment -> asset names) as one run, `workers` at a time."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    """Each experiment's assets (experiment -> asset names) as one run, as many at a time as `pool` has
+    workers."""
     tags = {**tags, HOST_TAG: socket.gethostname()}
     outcomes: list[Outcome] = []
-    with _workers(max(1, min(workers, len(todo))), log_path) as pool:
-        pending: dict[Future, str] = {
-            pool.submit(_execute, "lsl_experiment", e, ["experiment_file", *assets], tags): e
-            for e, assets in todo.items()
-        }
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                experiment_id = pending.pop(future)
-                try:
-                    run_id, success = future.result()
-                    outcomes.append(Outcome(experiment_id, run_id, success))
-                except Exception as exc:  # the run could not even be created (a worker died)
-                    outcomes.append(Outcome(experiment_id, None, False, f"{type(exc).__name__}: {exc}"))
-                last = outcomes[-1]
-                verdict = "succeeded" if last.success else f"FAILED {last.error}".rstrip()
-                say(f"{len(outcomes)}/{len(todo)} {experiment_id}: run {last.run_id} {verdict}")
-            if len(outcomes) == 1:
-                # While the workers run the rest, this process imports what the summary run draws its
-                # plots with; the summary's worker is forked from it warm (matplotlib: ~0.5 s).
-                import lsl_dagster.plots  # noqa: F401
+    pending: dict[Future, str] = {
+        pool.submit(_execute, "lsl_experiment", e, ["experiment_file", *assets], tags): e
+        for e, assets in todo.items()
+    }
+    while pending:
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            experiment_id = pending.pop(future)
+            try:
+                run_id, success = future.result()
+                outcomes.append(Outcome(experiment_id, run_id, success))
+            except Exception as exc:  # the run could not even be created (a worker died)
+                outcomes.append(Outcome(experiment_id, None, False, f"{type(exc).__name__}: {exc}"))
+            last = outcomes[-1]
+            verdict = "succeeded" if last.success else f"FAILED {last.error}".rstrip()
+            say(f"{len(outcomes)}/{len(todo)} {experiment_id}: run {last.run_id} {verdict}")
     return outcomes
 
 
 def run_summary(
-    campaign: str, assets: Sequence[str], tags: Mapping[str, str], log_path: Path
+    pool: ProcessPoolExecutor, campaign: str, assets: Sequence[str], tags: Mapping[str, str]
 ) -> tuple[str, bool]:
     """The run of the campaign's own assets (summary, transfer matrix), in a worker like the experiments
     (this process keeps its own instance)."""
     tags = {**tags, HOST_TAG: socket.gethostname()}
-    with _workers(1, log_path) as pool:
-        return pool.submit(_execute, "lsl_campaign", campaign, assets, tags).result()
-
-
-def _workers(count: int, log_path: Path) -> ProcessPoolExecutor:
-    """Worker processes forked from this one: they inherit its imports and built jobs (see `prepare`).
-    This process has no other thread when they fork (a pool's own threads end when it shuts down)."""
-    return ProcessPoolExecutor(
-        count,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_start_worker,
-        initargs=(str(log_path),),
-    )
+    return pool.submit(_execute, "lsl_campaign", campaign, assets, tags).result()
 
 
 def new_launch_id() -> str:

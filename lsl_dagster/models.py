@@ -165,8 +165,8 @@ HardeningOptimizer = Literal["gepa", "miprov2", "simba"]
 class Stage1Spec(Strict):
     optimizer: Optimizer = "miprov2"
     max_calls: int = Field(default=200, ge=10)
-    # The model that writes instruction proposals (MIPROv2) and reflections (GEPA); also used by the
-    # budget-matched arm. Small models often cannot write them in a format DSPy can parse.
+    # The model that writes instruction proposals (MIPROv2), reflections (GEPA) and rules (SIMBA); also
+    # used by the budget-matched arm. Small models often cannot write them in a format DSPy can parse.
     prompt_model: Literal["large", "small"] = "large"
 
 

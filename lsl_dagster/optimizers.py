@@ -304,7 +304,7 @@ def simba_plan(stage: str, max_calls: int | None, calls_per_run: int, n_train: i
 
 
 def _simba(
-    student, trainset, valset, *, metric, feedback_metric, prompt_lm, budget, seed, threads, best, plan, **_
+    student, trainset, valset, *, metric, feedback_metric, prompt_lm, seed, threads, best, plan, **_: Any
 ) -> dspy.Module:
     evaluate = dspy.Evaluate(devset=valset, metric=metric, num_threads=threads, max_errors=10**9)
     # SIMBA validates on its own training examples only: the dev set scores the starting program (what
