@@ -178,12 +178,13 @@ class Workspace(ConfigurableResource):
     ) -> float | None:
         """What the stage may still spend: its share of max_cost_usd (allocated up front by the plan, so
         the evaluations always have theirs) less what its earlier attempts spent, and never more than the
-        cap has left. Raises ConfigError, before any call, when the cap cannot cover the evaluations."""
+        cap has left. Raises ConfigError, before any call, when the cap cannot cover the evaluations or a
+        stage's max_calls cannot buy one step of its optimizer (see plan.forecast)."""
+        plan = forecast(spec, self.task(spec.task))
+        check(plan)
         if spec.max_cost_usd is None:
             return None
         left = max(0.0, spec.max_cost_usd - spent_usd(calls))
-        plan = forecast(spec, self.task(spec.task))
-        check(plan)
         share = plan.share(name)
         if share is None:
             return left

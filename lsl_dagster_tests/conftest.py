@@ -30,6 +30,7 @@ from moto.server import ThreadedMotoServer
 
 from lsl_dagster import storage
 from lsl_dagster.definitions import build_definitions
+from lsl_dagster.ledger import CallLog
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.sim import AnswerKey
 from lsl_dagster.sim_keys import data_dir_keys
@@ -127,6 +128,11 @@ class Lab:
     def output(self, experiment_id: str, asset: str) -> dict[str, Any]:
         outputs = self.outputs_url or str(self.runs_dir)
         return json.loads(storage.read_text(storage.join(outputs, experiment_id, f"{asset}.json")))
+
+    def calls(self, experiment_id: str, stage: str | None = None) -> list[dict[str, Any]]:
+        """The requests the experiment's call log records (of one stage, or all); none before the first."""
+        records = CallLog.read(self.runs_dir / experiment_id / "calls.jsonl")
+        return [r for r in records if "event" not in r and stage in (None, r["stage"])]
 
     def read(self, stored: str) -> str:
         """A file an output points to (predictions): an object's URL, or a path relative to runs_dir."""

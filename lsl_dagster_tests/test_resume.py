@@ -28,14 +28,6 @@ def _spec(port: int) -> dict:
     }
 
 
-def _stage_calls(lab: Lab, experiment_id: str, stage: str) -> int:
-    path = lab.runs_dir / experiment_id / "calls.jsonl"
-    if not path.exists():
-        return 0
-    lines = [line for line in path.read_text().split("\n")[:-1] if line]
-    return sum(json.loads(line).get("stage") == stage and "event" not in json.loads(line) for line in lines)
-
-
 def _materialized(lab: Lab, experiment_id: str) -> set[str]:
     done = set()
     for asset in STAGE_ASSETS:
@@ -102,7 +94,7 @@ def _kill_and_resume(
     )
     try:
         deadline = time.monotonic() + 180
-        while _stage_calls(lab, name, stage) < after:
+        while len(lab.calls(name, stage)) < after:
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "the stage never got going"
             time.sleep(0.01)
