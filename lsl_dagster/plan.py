@@ -14,7 +14,7 @@ import dspy
 from pydantic import BaseModel
 
 from lsl_dagster.lm import PROVIDERS, ConfigError
-from lsl_dagster.models import ExperimentSpec, ModelSpec, Price
+from lsl_dagster.models import SIMULATED, ExperimentSpec, ModelSpec, Price
 from lsl_dagster.optimizers import MAX_BOOTSTRAPPED_DEMOS, MAX_LABELED_DEMOS, check_gepa_budget, simba_plan
 from lsl_dagster.tasks import Example, Task
 
@@ -45,6 +45,7 @@ class Forecast(BaseModel):
     stages: list[StageForecast]
     # Why the cap cannot finish this experiment (it is then refused before any call), or None.
     refusal: str | None = None
+    simulated: bool = False  # a sim model is in it: its prices are the simulator's, not a provider's
 
     @property
     def calls(self) -> int:
@@ -163,7 +164,12 @@ def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
         ),
         *(_stage(name, examples * predictors, [large], chars) for name in EVALUATIONS),
     ]
-    plan = Forecast(experiment_id=spec.experiment_id, max_cost_usd=spec.max_cost_usd, stages=stages)
+    plan = Forecast(
+        experiment_id=spec.experiment_id,
+        max_cost_usd=spec.max_cost_usd,
+        stages=stages,
+        simulated=spec.simulated,
+    )
     plan.refusal = _budget_refusal(spec, task, predictors)
     if spec.max_cost_usd is not None and plan.refusal is None:
         _allocate(plan, spec.max_cost_usd)
@@ -266,6 +272,8 @@ def render(plan: Forecast) -> str:
         f"Expected cost assumes ~{EXPECTED_OUTPUT_TOKENS} output tokens per call; the worst case assumes "
         "every reply reaches max_tokens and 2 characters per input token.",
     ]
+    if plan.simulated:
+        notes.append(f"{SIMULATED}: the sim's prices are made up, so are these costs.")
     if plan.refusal:
         notes.append(f"REFUSED: {plan.refusal}")
     return "\n".join([*lines, "", *notes])

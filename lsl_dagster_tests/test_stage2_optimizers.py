@@ -8,7 +8,7 @@ import yaml
 from lsl_dagster import optimizers, stages
 from lsl_dagster.campaigns import CampaignError, cell_of, expand, load_campaign
 from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import Ledger, PromptCandidate, Provenance
+from lsl_dagster.models import SIMULATED, Ledger, PromptCandidate, Provenance
 from lsl_dagster.plan import forecast, render
 from lsl_dagster.program import capture
 from lsl_dagster.sim_server import SimServer
@@ -140,8 +140,10 @@ def test_lsl_plan_names_each_stages_optimizer(lab: Lab):
         "stage3_evaluation": None,
         "budget_matched_evaluation": None,
     }
-    rows = {line.split()[0]: line.split() for line in render(plan).splitlines() if line.strip()}
+    text = render(plan)
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
     assert rows["stage2"][1] == "60" and rows["stage2"][-1] == "simba"
+    assert f"{SIMULATED}: the sim's prices are made up" in text  # sim/large and sim/small
     assert rows["budget_matched"][1] == str(80 + 60) and rows["budget_matched"][-1] == "gepa"
 
 
