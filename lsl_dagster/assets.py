@@ -209,7 +209,8 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
             out = workspace.run_dir(spec.experiment_id) / "predictions" / f"{arm}.jsonl"
             with _stage(context, workspace, language_models, spec, name, None) as run:
                 result = stages.evaluate_on_large(spec, task, candidate, arm, run, out)
-            result = result.model_copy(update={"predictions_path": workspace.relative(out)})
+            # Where every worker and the CLI reach them (object storage when outputs are there).
+            result = result.model_copy(update={"predictions_path": workspace.publish(out)})
             return Output(result, metadata=evaluation_metadata(result, spec))
 
         _evaluation.__doc__ = (
@@ -238,9 +239,7 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         spec, _ = _load(workspace, context.partition_key)
 
         def located(result: EvaluationResult) -> EvaluationResult:  # its predictions where they are now
-            return result.model_copy(
-                update={"predictions_path": str(workspace.resolve(result.predictions_path))}
-            )
+            return result.model_copy(update={"predictions_path": workspace.located(result.predictions_path)})
 
         try:
             result = stages.compare(
@@ -293,8 +292,9 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         from lsl_dagster.plots import campaign_figure
 
         plot = workspace.run_dir(context.partition_key) / "campaign_summary.png"
-        summary = summarize(context.partition_key, comparisons, workspace.relative(plot))
+        summary = summarize(context.partition_key, comparisons, workspace.location(plot))
         campaign_figure(summary, plot)
+        workspace.publish(plot)
         return Output(summary, metadata=campaign_metadata(summary))
 
     @asset(**per_campaign)
@@ -309,8 +309,9 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         from lsl_dagster.plots import matrix_figure  # matplotlib only where a plot is drawn (see above)
 
         plot = workspace.run_dir(context.partition_key) / "transfer_matrix.png"
-        matrix = transfer_matrix_of(context.partition_key, comparisons, workspace.relative(plot))
+        matrix = transfer_matrix_of(context.partition_key, comparisons, workspace.location(plot))
         matrix_figure(matrix, plot)
+        workspace.publish(plot)
         return Output(matrix, metadata=matrix_metadata(matrix))
 
     return [campaign_summary, transfer_matrix]

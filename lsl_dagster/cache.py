@@ -1,4 +1,5 @@
-"""DSPy's response cache, one per experiment, shared by all its stages and arms, on one SQLite connection.
+"""DSPy's response cache, one per experiment, shared by all its stages and arms: one SQLite file by
+default, or a PostgreSQL table every worker host reaches (lsl_dagster.pg_state).
 
 A request already answered anywhere in the experiment (another stage, another arm, an earlier attempt
 killed half-way, a run before an edit) is never paid again. The key is DSPy's: the full request (model,
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dspy
 from dspy.clients.cache import Cache
@@ -37,6 +38,17 @@ def endpoint_scope(endpoint: str) -> Iterator[None]:
         yield
     finally:
         _ENDPOINT.reset(token)
+
+
+class Responses(Protocol):
+    """Where an experiment's responses are kept, as JSON by request key: a SQLite file (ResponseStore) or a
+    PostgreSQL table (lsl_dagster.pg_state). An answer is durable once `set` returns."""
+
+    def get(self, key: str) -> Any | None: ...
+
+    def __contains__(self, key: str) -> bool: ...
+
+    def set(self, key: str, value: Any) -> None: ...
 
 
 class ResponseStore:
@@ -78,6 +90,12 @@ class ResponseStore:
         with self._lock:
             self._con.close()
 
+    def __enter__(self) -> ResponseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class ExperimentCache(Cache):
     """The experiment's cache as one stage sees it. A hit is never paid.
@@ -89,7 +107,7 @@ class ExperimentCache(Cache):
     makes the same decisions as an uninterrupted one.
     """
 
-    def __init__(self, store: ResponseStore, meter: Meter):
+    def __init__(self, store: Responses, meter: Meter):
         super().__init__(
             enable_disk_cache=False,  # the store below replaces DSPy's diskcache
             enable_memory_cache=True,
@@ -153,14 +171,12 @@ def cache_path(run_dir: Path) -> Path:
 
 
 @contextmanager
-def experiment_cache(run_dir: Path, meter: Meter) -> Iterator[ExperimentCache]:
+def experiment_cache(store: Responses, meter: Meter) -> Iterator[ExperimentCache]:
     """Point DSPy's global cache at the experiment's store for the duration of one stage."""
     previous = dspy.cache
-    store = ResponseStore(cache_path(run_dir))
     cache = ExperimentCache(store, meter)
     dspy.cache = cache
     try:
         yield cache
     finally:
         dspy.cache = previous
-        store.close()

@@ -23,6 +23,7 @@ from dagster import (
 )
 from pydantic import BaseModel
 
+from lsl_dagster import storage
 from lsl_dagster.io_managers import PydanticJsonIOManager
 from lsl_dagster.models import Comparison, EvaluationResult, ExperimentSpec, PromptCandidate
 from lsl_dagster.stages import evaluation_examples
@@ -59,8 +60,8 @@ class Checked:
         return self.outputs.load(AssetKey(asset), self.experiment_id, model)
 
     def rows(self, result: EvaluationResult) -> list[dict]:
-        path = self.workspace.resolve(result.predictions_path)
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        location = self.workspace.located(result.predictions_path)  # a file or an object (LSL_OUTPUTS_URL)
+        return [json.loads(line) for line in storage.read_lines(location)]
 
 
 def all_examples_evaluated(checked: Checked, result: EvaluationResult) -> Verdict:

@@ -287,7 +287,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     print(results_table([comparison for comparison, _ in stored.values()]))
     for experiment_id, (_, location) in stored.items():
         if storage.is_remote(location):
-            print(f"{experiment_id}: assets in {storage.parent(location)}")
+            print(f"{experiment_id}: assets and predictions in {storage.parent(location)}")
         else:
             print(f"{experiment_id}: assets, predictions and call log in {storage.parent(location)}")
     if changes is not None:
@@ -354,7 +354,7 @@ def arm_cis(instance: dg.DagsterInstance, comparison: Comparison) -> dict[str, t
         records = instance.fetch_materializations(filter_, limit=1).records
         result, _ = _load(EvaluationResult, records[0], asset)
         try:
-            rows = list(scores(_runs_dir() / result.predictions_path).values())
+            rows = list(scores(reports.located(result.predictions_path)).values())
         except OSError as exc:
             raise CliError(f"cannot read the predictions of {asset}: {exc}") from None
         per_example = [score for score in rows if score is not None]  # provider failures are not scored

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, EnvVar, define_asset_job
 
 from lsl_dagster.assets import CAMPAIGN_GROUP, GROUP, build_assets, build_campaign_assets
 from lsl_dagster.checks import build_checks
@@ -29,6 +29,7 @@ def build_definitions(
     data_dir: Path | None = None, runs_dir: Path | None = None, language_models: LanguageModels | None = None
 ) -> Definitions:
     data_dir, runs_dir = directories(data_dir, runs_dir)
+    outputs_url = os.environ.get("LSL_OUTPUTS_URL") or None
     partitions = experiments_partitions(experiment_ids(data_dir))
     valid, errors = scan_campaigns(data_dir)
     grids = {name: sorted(specs) for name, (_, specs) in valid.items()}
@@ -54,11 +55,18 @@ def build_definitions(
         # in-process by default; experiments run in parallel as separate runs. LSL_EXECUTOR chooses.
         executor=executor_from_env(),
         resources={
-            "workspace": Workspace(data_dir=str(data_dir), runs_dir=str(runs_dir)),
+            # Past one disk: outputs and the files they point to (predictions, plots) go to LSL_OUTPUTS_URL
+            # (s3://bucket/prefix), call logs and response caches to LSL_CACHE_URL (a PostgreSQL
+            # database), both reached by every worker; else all of it is in the runs directory.
+            "workspace": Workspace(
+                data_dir=str(data_dir),
+                runs_dir=str(runs_dir),
+                outputs_url=outputs_url,
+                # Read when a step starts, shown in the UI by name only: the URL may hold a password.
+                cache_url=EnvVar("LSL_CACHE_URL") if os.environ.get("LSL_CACHE_URL") else None,
+            ),
             "language_models": language_models or LanguageModels(),
-            # Asset outputs go to LSL_OUTPUTS_URL when set (s3://bucket/prefix: object storage every
-            # worker reaches), else beside the call log and predictions in the runs directory.
-            "io_manager": PydanticJsonIOManager(runs_dir=os.environ.get("LSL_OUTPUTS_URL") or str(runs_dir)),
+            "io_manager": PydanticJsonIOManager(runs_dir=outputs_url or str(runs_dir)),
         },
     )
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import dspy
 
-from lsl_dagster import formats
+from lsl_dagster import formats, storage
 from lsl_dagster.files import atomic_writer
 from lsl_dagster.models import FormatCounts
 from lsl_dagster.optimizers import metric_for
@@ -133,10 +133,10 @@ def evaluate(
     )
 
 
-def scores(path: Path) -> dict[str, float | None]:
-    """Per-example scores of an evaluation, by example id; None for a provider failure (not scored)."""
-    with path.open(encoding="utf-8") as rows:
-        return {row["example_id"]: row["score"] for row in map(json.loads, rows)}
+def scores(location: str | Path) -> dict[str, float | None]:
+    """Per-example scores of an evaluation (its predictions file or object, lsl_dagster.storage), by
+    example id; None for a provider failure (not scored)."""
+    return {row["example_id"]: row["score"] for row in map(json.loads, storage.read_lines(str(location)))}
 
 
 def _text(prediction: Any, field: str) -> str | None:

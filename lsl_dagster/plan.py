@@ -14,8 +14,8 @@ import dspy
 from pydantic import BaseModel
 
 from lsl_dagster.lm import PROVIDERS, ConfigError
-from lsl_dagster.models import ExperimentSpec, ModelSpec, Price
-from lsl_dagster.optimizers import MAX_BOOTSTRAPPED_DEMOS, MAX_LABELED_DEMOS
+from lsl_dagster.models import SIMULATED, ExperimentSpec, ModelSpec, Price
+from lsl_dagster.optimizers import MAX_BOOTSTRAPPED_DEMOS, MAX_LABELED_DEMOS, check_gepa_budget, simba_plan
 from lsl_dagster.tasks import Example, Task
 
 EVALUATIONS = ("baseline_evaluation", "stage3_evaluation", "budget_matched_evaluation")
@@ -45,6 +45,7 @@ class Forecast(BaseModel):
     stages: list[StageForecast]
     # Why the cap cannot finish this experiment (it is then refused before any call), or None.
     refusal: str | None = None
+    simulated: bool = False  # a sim model is in it: its prices are the simulator's, not a provider's
 
     @property
     def calls(self) -> int:
@@ -163,10 +164,35 @@ def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
         ),
         *(_stage(name, examples * predictors, [large], chars) for name in EVALUATIONS),
     ]
-    plan = Forecast(experiment_id=spec.experiment_id, max_cost_usd=spec.max_cost_usd, stages=stages)
-    if spec.max_cost_usd is not None:
+    plan = Forecast(
+        experiment_id=spec.experiment_id,
+        max_cost_usd=spec.max_cost_usd,
+        stages=stages,
+        simulated=spec.simulated,
+    )
+    plan.refusal = _budget_refusal(spec, task, predictors)
+    if spec.max_cost_usd is not None and plan.refusal is None:
         _allocate(plan, spec.max_cost_usd)
     return plan
+
+
+def _budget_refusal(spec: ExperimentSpec, task: Task, predictors: int) -> str | None:
+    """Why Stage 1's or Stage 2's max_calls cannot buy one step of its optimizer (GEPA, SIMBA), or None:
+    refused before Stage 1 spends anything, not when Stage 2 starts."""
+    n_train = min(spec.data.train, task.sizes["train"])
+    n_val = min(spec.data.val, task.sizes["dev"])
+    try:
+        for stage, optimizer, max_calls in (
+            ("stage1", spec.stage1.optimizer, spec.stage1.max_calls),
+            ("stage2", spec.stage2.optimizer, spec.stage2.max_calls),
+        ):
+            if optimizer == "gepa":
+                check_gepa_budget(stage, max_calls, n_val, predictors)
+            elif optimizer == "simba":
+                simba_plan(stage, max_calls, predictors, n_train, n_val)
+    except ConfigError as exc:
+        return f"{spec.experiment_id}: {exc}"
+    return None
 
 
 def _allocate(plan: Forecast, cap: float) -> None:
@@ -246,6 +272,8 @@ def render(plan: Forecast) -> str:
         f"Expected cost assumes ~{EXPECTED_OUTPUT_TOKENS} output tokens per call; the worst case assumes "
         "every reply reaches max_tokens and 2 characters per input token.",
     ]
+    if plan.simulated:
+        notes.append(f"{SIMULATED}: the sim's prices are made up, so are these costs.")
     if plan.refusal:
         notes.append(f"REFUSED: {plan.refusal}")
     return "\n".join([*lines, "", *notes])

@@ -292,7 +292,7 @@ def compare(
         "lsl": matched_budget(stage1, stage2),
         "budget_matched": budget_matched.ledger.budget_used,
     }
-    per_example = {arm: scores(Path(result.predictions_path)) for arm, result in evaluations.items()}
+    per_example = {arm: scores(result.predictions_path) for arm, result in evaluations.items()}
     arms = [
         ArmSummary(
             arm=arm,

@@ -5,11 +5,13 @@ so locations are safe to show as metadata."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from lsl_dagster.files import atomic_write_text
+from lsl_dagster.files import atomic_write_text, atomic_writer
 
 S3 = "s3://"
 
@@ -59,3 +61,30 @@ def read_text(location: str) -> str:
         except client.exceptions.NoSuchKey:
             raise FileNotFoundError(location) from None
     return Path(location).read_text(encoding="utf-8")
+
+
+def upload(path: Path, location: str) -> None:
+    """Copy a finished local file to `location` whole, streamed (a multipart upload for a large one)."""
+    if is_remote(location):
+        bucket, key = _bucket_key(location)
+        _s3().upload_file(str(path), bucket, key)
+    else:
+        with path.open("rb") as source, atomic_writer(Path(location), "wb") as target:
+            shutil.copyfileobj(source, target)
+
+
+def read_lines(location: str) -> Iterator[str]:
+    """The lines of a text file or object, streamed: memory does not grow with its size."""
+    if is_remote(location):
+        bucket, key = _bucket_key(location)
+        client = _s3()
+        try:
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        except client.exceptions.NoSuchKey:
+            raise FileNotFoundError(location) from None
+        for line in body.iter_lines():
+            yield line.decode("utf-8")
+    else:
+        with Path(location).open(encoding="utf-8") as lines:
+            for line in lines:
+                yield line.rstrip("\n")

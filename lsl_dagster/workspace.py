@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import logging
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -14,17 +12,18 @@ from typing import Literal
 import dspy
 from dagster import ConfigurableResource
 
+from lsl_dagster import storage
 from lsl_dagster.cache import experiment_cache
-from lsl_dagster.campaign_budget import campaign_allowance
 from lsl_dagster.experiments import campaigns, load_experiment
 from lsl_dagster.files import atomic_write_text
-from lsl_dagster.ledger import CallLog, Meter, spent_usd
+from lsl_dagster.ledger import Meter, spent_usd
 from lsl_dagster.lm import LanguageModels, TaskLoader
 from lsl_dagster.models import CampaignSpec, ExperimentSpec, Ledger, ModelSpec
+from lsl_dagster.pg_state import PostgresState
 from lsl_dagster.plan import check, forecast
+from lsl_dagster.state import LocalState, experiment_state
 from lsl_dagster.tasks import Task, load_task
 
-log = logging.getLogger(__name__)
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MATERIALIZED = "materialized"
 
@@ -56,10 +55,15 @@ class StageRun:
 
 
 class Workspace(ConfigurableResource):
-    """data_dir holds experiments/ and tasks/; runs_dir holds one directory per experiment."""
+    """data_dir holds experiments/ and tasks/; runs_dir holds one directory per experiment. To scale past
+    one disk: outputs_url (s3://bucket/prefix, LSL_OUTPUTS_URL) receives the files outputs point to
+    (predictions, plots), and cache_url (postgresql://..., LSL_CACHE_URL) holds the call logs, response
+    caches and stage locks (lsl_dagster.state); the runs directory is then each worker's scratch."""
 
     data_dir: str = str(PROJECT_DIR / "data")
     runs_dir: str = str(PROJECT_DIR / "data" / "runs")
+    outputs_url: str | None = None
+    cache_url: str | None = None
 
     def experiment(self, experiment_id: str) -> ExperimentSpec:
         return load_experiment(Path(self.data_dir), experiment_id)
@@ -69,6 +73,9 @@ class Workspace(ConfigurableResource):
 
     def run_dir(self, experiment_id: str) -> Path:
         return Path(self.runs_dir) / experiment_id
+
+    def state(self) -> LocalState | PostgresState:
+        return experiment_state(Path(self.runs_dir), self.cache_url)
 
     def relative(self, path: Path) -> str:
         """A path under the runs directory as stored in outputs: relative to it, so that moving the runs
@@ -80,6 +87,24 @@ class Workspace(ConfigurableResource):
         outputs have, stay as they are)."""
         return Path(self.runs_dir) / stored
 
+    def location(self, path: Path) -> str:
+        """Where a file this step writes under the runs directory is kept for every worker and the CLI: the
+        same place under outputs_url when that is set (its URL), else the file itself (stored relative)."""
+        if self.outputs_url is None:
+            return self.relative(path)
+        return storage.join(self.outputs_url, *Path(self.relative(path)).parts)
+
+    def publish(self, path: Path) -> str:
+        """Copy a finished file to its location (see `location`); returns the location to store."""
+        location = self.location(path)
+        if self.outputs_url is not None:
+            storage.upload(path, location)
+        return location
+
+    def located(self, stored: str) -> str:
+        """A stored location as storage reads it: a URL as it is, a relative path under the runs directory."""
+        return stored if storage.is_remote(stored) else str(self.resolve(stored))
+
     @contextmanager
     def stage(
         self, spec: ExperimentSpec, name: str, models: LanguageModels, max_calls: int | None
@@ -87,23 +112,20 @@ class Workspace(ConfigurableResource):
         """Run one stage of an experiment.
 
         Keys, prices and the cost cap's allocation are checked before any call. One stage of an
-        experiment runs at a time (a file lock), so the experiment's max_cost_usd holds across
-        processes: the stage may spend its share of the cap, within what the call log says is left (and
-        within what its campaign's max_cost_usd has left, see campaign_budget). What the stage paid
-        since it last completed (a crashed attempt) is part of its usage; those responses, and any
-        request another stage already paid for, replay from the experiment's response cache for free.
+        experiment runs at a time (a lock, lsl_dagster.state), so the experiment's max_cost_usd holds
+        across processes and hosts: the stage may spend its share of the cap, within what the call log
+        says is left (and within what its campaign's max_cost_usd has left, see campaign_budget). What
+        the stage paid since it last completed (a crashed attempt) is part of its usage; those
+        responses, and any request another stage already paid for, replay from the experiment's
+        response cache for free.
         The ledger is written when the stage ends, also when it fails.
         """
         models.check(spec)
         run_dir = self.run_dir(spec.experiment_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with (run_dir / ".lock").open("w") as lock, ExitStack() as held:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for another stage of %s to finish", spec.experiment_id)
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            records = list(CallLog.read(run_dir / "calls.jsonl"))
+        run_dir.mkdir(parents=True, exist_ok=True)  # this worker's ledgers; shared state is in `state`
+        state = self.state()
+        with state.exclusive(spec.experiment_id), ExitStack() as held:
+            records = list(state.calls(spec.experiment_id))
             prior: list[dict] = []
             for record in records:
                 if record["stage"] == name:
@@ -118,8 +140,7 @@ class Workspace(ConfigurableResource):
                 capped, experiments = campaign
                 assert capped.max_cost_usd is not None
                 allowance = held.enter_context(
-                    campaign_allowance(
-                        Path(self.runs_dir),
+                    state.campaign_allowance(
                         capped.campaign,
                         capped.max_cost_usd,
                         experiments,
@@ -127,12 +148,12 @@ class Workspace(ConfigurableResource):
                         allowance,
                     )
                 )
-            call_log = CallLog(run_dir / "calls.jsonl")
+            call_log = state.call_log(spec.experiment_id)
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
             meter.simulated_models({r["model"] for r in calls if r.get("simulated")})
             run = StageRun(spec, meter, models, functools.partial(self.task, spec.task))
             try:
-                with experiment_cache(run_dir, meter):
+                with closing(state.responses(spec.experiment_id)) as store, experiment_cache(store, meter):
                     yield run
                 meter.wait_idle()
                 call_log.append({"stage": name, "event": MATERIALIZED})
@@ -157,12 +178,13 @@ class Workspace(ConfigurableResource):
     ) -> float | None:
         """What the stage may still spend: its share of max_cost_usd (allocated up front by the plan, so
         the evaluations always have theirs) less what its earlier attempts spent, and never more than the
-        cap has left. Raises ConfigError, before any call, when the cap cannot cover the evaluations."""
+        cap has left. Raises ConfigError, before any call, when the cap cannot cover the evaluations or a
+        stage's max_calls cannot buy one step of its optimizer (see plan.forecast)."""
+        plan = forecast(spec, self.task(spec.task))
+        check(plan)
         if spec.max_cost_usd is None:
             return None
         left = max(0.0, spec.max_cost_usd - spent_usd(calls))
-        plan = forecast(spec, self.task(spec.task))
-        check(plan)
         share = plan.share(name)
         if share is None:
             return left

@@ -75,8 +75,9 @@ class CeleryWorkers:
         }
         self.logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str) -> str:
-        """Start a worker; its node name (as Dagster's engine events report it) is returned."""
+    def start(self, name: str, **env: str) -> str:
+        """Start a worker (`env`: settings of its own, e.g. its LSL_RUNS_DIR); its node name (as Dagster's
+        engine events report it) is returned."""
         node = f"{name}-{self.queue}"
         command = [
             str(BIN / "dagster-celery"),
@@ -86,7 +87,7 @@ class CeleryWorkers:
         log = (self.logs / f"{name}.log").open("w")
         # Its own session: kill() takes the CLI, the Celery main process and its pool children together.
         self.processes[name] = subprocess.Popen(
-            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         return f"{node}@{os.uname().nodename}"
 

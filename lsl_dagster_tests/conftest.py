@@ -8,12 +8,14 @@ import json
 import os
 import shutil
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from dagster import (
@@ -24,8 +26,11 @@ from dagster import (
     ExecuteInProcessResult,
     instance_for_test,
 )
+from moto.server import ThreadedMotoServer
 
+from lsl_dagster import storage
 from lsl_dagster.definitions import build_definitions
+from lsl_dagster.ledger import CallLog
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.sim import AnswerKey
 from lsl_dagster.sim_keys import data_dir_keys
@@ -73,6 +78,7 @@ class Lab:
     data_dir: Path
     runs_dir: Path
     instance: DagsterInstance
+    outputs_url: str | None = None  # where its runs' asset outputs are when not in runs_dir (LSL_OUTPUTS_URL)
 
     def write(self, name: str, **overrides: Any) -> Path:
         """data/experiments/<name>.yaml: the FAST experiment with `overrides` merged in."""
@@ -120,7 +126,17 @@ class Lab:
         return [dagster, "asset", "materialize", "-m", "lsl_dagster.definitions", *select]
 
     def output(self, experiment_id: str, asset: str) -> dict[str, Any]:
-        return json.loads((self.runs_dir / experiment_id / f"{asset}.json").read_text())
+        outputs = self.outputs_url or str(self.runs_dir)
+        return json.loads(storage.read_text(storage.join(outputs, experiment_id, f"{asset}.json")))
+
+    def calls(self, experiment_id: str, stage: str | None = None) -> list[dict[str, Any]]:
+        """The requests the experiment's call log records (of one stage, or all); none before the first."""
+        records = CallLog.read(self.runs_dir / experiment_id / "calls.jsonl")
+        return [r for r in records if "event" not in r and stage in (None, r["stage"])]
+
+    def read(self, stored: str) -> str:
+        """A file an output points to (predictions): an object's URL, or a path relative to runs_dir."""
+        return storage.read_text(stored if storage.is_remote(stored) else str(self.runs_dir / stored))
 
     def metadata(self, experiment_id: str, asset: str) -> dict[str, Any]:
         records = self._records(experiment_id, asset)
@@ -160,6 +176,33 @@ def shipped_keys() -> list[AnswerKey]:
 def sim_server() -> Iterator[SimServer]:
     with SimServer(answer_keys=shipped_keys()).start() as server:
         yield server
+
+
+S3_BUCKET = "lsl-test"
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An S3-compatible server on 127.0.0.1 (moto's server mode) with an empty bucket S3_BUCKET; the
+    standard AWS variables point at it (commands run with lab.env() inherit them)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    # moto keeps its buckets in the process, across servers: start from none, not an earlier test's.
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
+    for key, value in {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield client
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -28,11 +28,6 @@ def _http(server: SimServer, tier: str, **extra) -> dict:
     }
 
 
-def _calls(lab: Lab, experiment_id: str) -> list[dict]:
-    lines = (lab.runs_dir / experiment_id / "calls.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "event" not in r]
-
-
 @pytest.fixture
 def keyed_server(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SIM_SERVER_KEY", SECRET)
@@ -47,7 +42,7 @@ def test_full_experiment_over_http_accounts_exactly_and_leaks_no_key(
     assert lab.run("http-1").success
 
     stats = keyed_server.stats()
-    calls = _calls(lab, "http-1")
+    calls = lab.calls("http-1")
     # The ledger's totals are what the server counted: calls, tokens and provider-reported cost.
     assert sum(r["ok"] for r in calls) == stats["served"]
     assert len(calls) == stats["requests"]
@@ -139,7 +134,7 @@ def test_max_cost_usd_is_never_exceeded(lab: Lab, sim_server: SimServer):
     cap = plan.evaluations_worst_usd + 0.12
     lab.write("capped", **spec, max_cost_usd=cap)
     result = lab.run("capped", raise_on_error=False)
-    calls = [r for r in _calls(lab, "capped") if r["ok"]]
+    calls = [r for r in lab.calls("capped") if r["ok"]]
     over_http = sum(r["cost_usd"] for r in calls if r["model"] == "openai/sim-large")
     assert over_http == pytest.approx(sim_server.stats()["cost_usd"])
     # Both models' spend (the small one runs in process) stays within the experiment's cap.

@@ -28,14 +28,6 @@ def _spec(port: int) -> dict:
     }
 
 
-def _stage_calls(lab: Lab, experiment_id: str, stage: str) -> int:
-    path = lab.runs_dir / experiment_id / "calls.jsonl"
-    if not path.exists():
-        return 0
-    lines = [line for line in path.read_text().split("\n")[:-1] if line]
-    return sum(json.loads(line).get("stage") == stage and "event" not in json.loads(line) for line in lines)
-
-
 def _materialized(lab: Lab, experiment_id: str) -> set[str]:
     done = set()
     for asset in STAGE_ASSETS:
@@ -51,9 +43,8 @@ def _outputs(lab: Lab, experiment_id: str) -> dict:
     """What an experiment concluded: prompts, per-example predictions and the comparison's numbers."""
     prompts = {a: lab.output(experiment_id, a)["predictors"] for a in STAGE_ASSETS if a.endswith("prompt")}
     comparison = lab.output(experiment_id, "comparison")
-    predictions = {
-        p.name: p.read_text() for p in sorted((lab.runs_dir / experiment_id / "predictions").glob("*.jsonl"))
-    }
+    evaluations = [a for a in STAGE_ASSETS if a.endswith("evaluation")]
+    predictions = {a: lab.read(lab.output(experiment_id, a)["predictions_path"]) for a in evaluations}
     return {
         "prompts": prompts,
         "arms": comparison["arms"],
@@ -103,7 +94,7 @@ def _kill_and_resume(
     )
     try:
         deadline = time.monotonic() + 180
-        while _stage_calls(lab, name, stage) < after:
+        while len(lab.calls(name, stage)) < after:
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline, "the stage never got going"
             time.sleep(0.01)

@@ -3,6 +3,7 @@ or with steps on Celery workers."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,15 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterInstance
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+)
 from dagster_postgres import PostgresRunStorage
 
 from lsl_dagster.assets import POOL
 from lsl_dagster.cli import STAGES
 from lsl_dagster.experiments import experiment_ids, load_experiment
+from lsl_dagster.pg_state import PostgresState
 from lsl_dagster.sim_server import SimServer
+from lsl_dagster.workspace import PROJECT_DIR
 from lsl_dagster_tests.cluster import CeleryWorkers
-from lsl_dagster_tests.conftest import FAST, Lab, make_lab
+from lsl_dagster_tests.conftest import FAST, S3_BUCKET, Lab, make_lab
+from lsl_dagster_tests.test_deploy import _free_port
 from lsl_dagster_tests.test_resume import _outputs, _stage_calls
 
 
@@ -77,18 +88,19 @@ POOL_LIMIT, MAX_CONCURRENCY = 2, 3
 SHARED = {k: v for k, v in FAST.items() if k not in ("task", "large_model", "small_model", "seed")}
 
 
-def _postgres_home(path: Path, postgres_url: str) -> Path:
+def _postgres_home(path: Path, postgres_url: str, pool_limit: int = POOL_LIMIT, **more: Any) -> Path:
     path.mkdir()
     settings = {
         "storage": {"postgres": {"postgres_url": postgres_url}},
         "telemetry": {"enabled": False},
-        "concurrency": {"pools": {"default_limit": POOL_LIMIT}},
+        "concurrency": {"pools": {"default_limit": pool_limit}},
+        **more,
     }
     (path / "dagster.yaml").write_text(yaml.safe_dump(settings))
     # Create the schema and the pool's limit once, as a deployment does: runs starting together on a
     # fresh database would race to insert the pool's default limit (a unique-key violation).
     dagster = str(Path(sys.executable).with_name("dagster"))
-    command = [dagster, "instance", "concurrency", "set", POOL, str(POOL_LIMIT)]
+    command = [dagster, "instance", "concurrency", "set", POOL, str(pool_limit)]
     subprocess.run(command, env={**os.environ, "DAGSTER_HOME": str(path)}, check=True, capture_output=True)
     return path
 
@@ -139,12 +151,21 @@ class GaugedSimServer(SimServer):
         self.gauge.add(-1)
 
 
-def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
-    lab: Lab, tmp_path: Path, postgres_url: str
+def _paid(state: PostgresState, experiment_id: str, stage: str) -> int:
+    return sum(r["stage"] == stage and "event" not in r for r in state.calls(experiment_id))
+
+
+def test_a_campaign_on_celery_workers_sharing_no_disk_survives_a_killed_worker_without_repaying(
+    lab: Lab, tmp_path: Path, postgres_url: str, s3: Any
 ):
-    """Six experiments on the Postgres instance, steps on two Celery workers; one worker is killed -9
-    mid-step and its step finishes on the other, paying for no request twice."""
+    """Six experiments on the Postgres instance, steps on two Celery workers that share no disk: each has a
+    runs directory of its own, outputs and predictions are on object storage, call logs and response
+    caches in the instance's database. One worker is killed -9 mid-step and its step finishes on the
+    other, which replays from the database what the first paid for: no request is paid twice."""
     home = _postgres_home(tmp_path / "postgres_home", postgres_url)
+    state = PostgresState(postgres_url)
+    lab.outputs_url = f"s3://{S3_BUCKET}/runs"
+    scratch = {name: tmp_path / f"{name}_runs" for name in ("launcher", "w1", "w2")}
     # One server per experiment, so each server's counts are one experiment's calls (experiments of a
     # campaign send some identical requests); in flight is also counted across all of them.
     gauge = InFlight()
@@ -167,15 +188,17 @@ def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
     ids = experiment_ids(lab.data_dir)
     assert len(ids) == 6
 
-    workers = CeleryWorkers(lab.env(DAGSTER_HOME=str(home)), tmp_path / "workers")
+    shared = {"LSL_OUTPUTS_URL": lab.outputs_url, "LSL_CACHE_URL": postgres_url}
+    workers = CeleryWorkers(lab.env(DAGSTER_HOME=str(home), **shared), tmp_path / "workers")
     runs: dict[str, subprocess.Popen] = {}
     instance = DagsterInstance.from_config(str(home))
     try:
-        killed_node, survivor = workers.start("w1"), workers.start("w2")
+        killed_node = workers.start("w1", LSL_RUNS_DIR=str(scratch["w1"]))
+        survivor = workers.start("w2", LSL_RUNS_DIR=str(scratch["w2"]))
         for experiment in ids:
             runs[experiment] = subprocess.Popen(
                 lab.materialize_command(experiment),
-                env=workers.env,
+                env={**workers.env, "LSL_RUNS_DIR": str(scratch["launcher"])},
                 stdout=subprocess.DEVNULL,
                 stderr=(tmp_path / f"{experiment}.log").open("w"),
             )
@@ -189,7 +212,7 @@ def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
                 for experiment, step, worker, finished in _celery_steps(instance)
                 if worker == killed_node and step in LLM_STEPS and not finished
             ]
-            if any(_stage_calls(lab, e, LLM_STEPS[s]) >= 10 for e, s in busy):
+            if any(_paid(state, e, LLM_STEPS[s]) >= 10 for e, s in busy):
                 break
             time.sleep(0.1)
         # Freeze the provider first so what is in flight on w1 is never answered (never paid): a reply in
@@ -247,18 +270,134 @@ def test_a_campaign_on_celery_workers_survives_a_killed_worker_without_repaying(
     # with max_concurrency calls in flight; more than one step's worth shows they did run side by side.
     assert MAX_CONCURRENCY < gauge.max <= POOL_LIMIT * MAX_CONCURRENCY
 
+    # Nothing of an experiment's state was on a worker's disk: no call log, no response cache, no output.
+    assert not lab.runs_dir.exists()
+    for directory in scratch.values():
+        local = {p.name for p in directory.rglob("*") if p.is_file()}
+        assert not local & {"calls.jsonl", "responses.sqlite", "comparison.json"}, directory
+
     # Each interrupted experiment paid for exactly the requests an uninterrupted run pays for, and
     # concluded the same.
     for experiment in {e for e, _ in interrupted}:
-        with make_lab(tmp_path / f"ref-{experiment}") as reference, SimServer().start() as ref_server:
-            spec = load_experiment(lab.data_dir, experiment).model_dump(mode="json")
-            ref_spec = {k: v for k, v in spec.items() if k != "experiment_id"}
-            for role in ("large_model", "small_model"):
-                ref_spec[role] = {**spec[role], "api_base": ref_server.url}
-            reference.write("ref", **ref_spec)
-            assert reference.run("ref").success
+        url = load_experiment(lab.data_dir, experiment).large_model.api_base
         served: Counter[str] = Counter()
-        for server in (s for s in [*retired, *servers] if s.url == spec["large_model"]["api_base"]):
+        for server in (s for s in [*retired, *servers] if s.url == url):
             served.update(server.served_requests)
-        assert served == ref_server.served_requests
-        assert _outputs(lab, experiment) == _outputs(reference, "ref")
+        assert (served, _outputs(lab, experiment)) == _uninterrupted(lab, experiment, tmp_path)
+
+
+def _uninterrupted(lab: Lab, experiment: str, tmp_path: Path) -> tuple[Counter[str], dict]:
+    """The requests an uninterrupted run of the experiment pays for (in process, with a server of its own)
+    and what it concludes."""
+    with make_lab(tmp_path / f"ref-{experiment}") as reference, SimServer().start() as ref_server:
+        spec = load_experiment(lab.data_dir, experiment).model_dump(mode="json")
+        ref_spec = {k: v for k, v in spec.items() if k != "experiment_id"}
+        for role in ("large_model", "small_model"):
+            ref_spec[role] = {**spec[role], "api_base": ref_server.url}
+        reference.write("ref", **ref_spec)
+        assert reference.run("ref").success
+    return ref_server.served_requests, _outputs(reference, "ref")
+
+
+def test_a_run_whose_process_is_killed_is_retried_from_failure_without_repaying(
+    lab: Lab, tmp_path: Path, postgres_url: str
+):
+    """The deployment's run retries and run monitoring: a run launched through the code server (as from
+    the UI) loses its process to kill -9 mid-stage. The code server reports the run failed; run
+    monitoring frees the pool slot the dead run held (the pool's only one here, so the retry cannot start
+    its LLM steps without it); the daemon retries the run from failure. The retry pays for no request
+    the dead run paid for, and concludes what an uninterrupted run does."""
+    deploy = yaml.safe_load((PROJECT_DIR / "deploy" / "dagster.yaml").read_text())
+    monitoring = {
+        **deploy["run_monitoring"],
+        "poll_interval_seconds": 1,
+        "free_slots_after_run_end_seconds": 1,
+    }
+    home = _postgres_home(
+        tmp_path / "home",
+        postgres_url,
+        pool_limit=1,
+        run_monitoring=monitoring,
+        run_retries=deploy["run_retries"],
+    )
+    port = _free_port()
+    workspace = tmp_path / "workspace.yaml"
+    location = {"host": "127.0.0.1", "port": port, "location_name": "lsl_dagster"}
+    workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": location}]}))
+    server = SimServer(latency_s=0.03).start()
+    retired = []
+    lab.write(
+        "retried",
+        large_model={"model": "openai/sim-large", "api_base": server.url},
+        small_model={"model": "openai/sim-small", "api_base": server.url},
+    )
+    env = lab.env(DAGSTER_HOME=str(home))
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    code = [dagster, "code-server", "start", "-h", "127.0.0.1", "-p", str(port)]
+    services: list[subprocess.Popen] = []
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        for command in (
+            [*code, "-m", "lsl_dagster.definitions", "--location-name", "lsl_dagster"],
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
+        ):
+            log = (tmp_path / f"{Path(command[0]).name}.log").open("w")
+            services.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+        health = [dagster, "api", "grpc-health-check", "-p", str(port)]
+        deadline = time.monotonic() + 120
+        while subprocess.run(health, env=env, capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "the code server did not start"
+            time.sleep(1)
+        tags = json.dumps({"dagster/partition": "retried"})
+        launch = [dagster, "job", "launch", "-w", str(workspace), "-j", "lsl_experiment", "--tags", tags]
+        launched = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+        assert launched.returncode == 0, launched.stderr[-3000:]
+        (run,) = instance.get_runs()
+
+        deadline = time.monotonic() + 300
+        while _stage_calls(lab, "retried", "stage1") < 10:
+            assert time.monotonic() < deadline, "stage 1 did not get going"
+            assert not instance.get_run_by_id(run.run_id).is_finished, "the run ended before it was killed"
+            time.sleep(0.1)
+        server.freeze()  # what is in flight is never answered, so never paid (see the Celery test)
+        time.sleep(0.3)
+        # The run's process (in-process executor: its steps run there too), as its engine events name it.
+        engine = [
+            e.dagster_event.engine_event_data.metadata
+            for e in instance.all_logs(run.run_id)
+            if e.dagster_event_type == DagsterEventType.ENGINE_EVENT
+        ]
+        (pid,) = {int(metadata["pid"].value) for metadata in engine if "pid" in metadata}
+        os.kill(pid, signal.SIGKILL)
+        server.stop()
+        retired.append(server)
+        server = SimServer(latency_s=0.03, port=server.port).start()
+
+        deadline = time.monotonic() + 600
+        while True:
+            retries = instance.get_runs(RunsFilter(tags={"dagster/parent_run_id": run.run_id}))
+            if retries and retries[0].is_finished:
+                break
+            assert time.monotonic() < deadline, "the run was not retried to the end"
+            time.sleep(1)
+    finally:
+        for service in services:
+            service.send_signal(signal.SIGINT)
+        for service in services:
+            try:
+                service.wait(60)
+            except subprocess.TimeoutExpired:
+                service.kill()
+        server.stop()
+
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+    (retry,) = retries
+    assert retry.status == DagsterRunStatus.SUCCESS
+    assert retry.tags["dagster/retry_number"] == "1"
+    # From failure: what the dead run finished is kept, the stage it died in and everything after run again.
+    steps = {e.step_key for e in instance.all_logs(retry.run_id, of_type=DagsterEventType.STEP_START)}
+    assert "experiment_file" not in steps and {"stage1_prompt", "comparison"} <= steps
+    served: Counter[str] = Counter()
+    for used in [*retired, server]:
+        served.update(used.served_requests)
+    assert (served, _outputs(lab, "retried")) == _uninterrupted(lab, "retried", tmp_path)

@@ -2,15 +2,13 @@
 max_calls is a hard limit, a budget stop keeps the best validated candidate, and the budget-matched arm
 gets what Stage 1 + Stage 2 used."""
 
-import json
-
 import pytest
 import yaml
 
 from lsl_dagster import optimizers, stages
 from lsl_dagster.campaigns import CampaignError, cell_of, expand, load_campaign
 from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import Ledger, PromptCandidate, Provenance
+from lsl_dagster.models import SIMULATED, Ledger, PromptCandidate, Provenance
 from lsl_dagster.plan import forecast, render
 from lsl_dagster.program import capture
 from lsl_dagster.sim_server import SimServer
@@ -18,13 +16,6 @@ from lsl_dagster.workspace import Workspace
 from lsl_dagster_tests.conftest import Lab
 
 STAGE2_CALLS = 60
-
-
-def _stage_calls(lab: Lab, experiment_id: str, stage: str) -> int:
-    """Requests the stage sent, from the experiment's call log."""
-    path = lab.runs_dir / experiment_id / "calls.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return sum(row.get("stage") == stage and "event" not in row for row in rows)
 
 
 @pytest.mark.parametrize("optimizer", ["miprov2", "simba"])
@@ -56,7 +47,7 @@ def test_stage2_hardens_with_the_chosen_optimizer_within_its_calls(lab: Lab, opt
     assert stage2.provenance.val_score >= stage2.provenance.start_val_score
 
     # max_calls is a hard limit: what the call log and the ledger say the stage sent.
-    sent = _stage_calls(lab, experiment_id, "stage2")
+    sent = len(lab.calls(experiment_id, "stage2"))
     assert 0 < sent <= stage2.ledger.budget_used <= STAGE2_CALLS == stage2.ledger.max_calls
     # The budget-matched arm: Stage 1's optimizer with what Stage 1 and this Stage 2 used.
     matched = PromptCandidate.model_validate(lab.output(experiment_id, "budget_matched_prompt"))
@@ -83,7 +74,7 @@ def test_a_simba_cut_off_by_its_budget_keeps_the_validated_starting_prompt(
     with workspace.stage(spec, "stage2", LanguageModels(), spec.stage2.max_calls) as run:
         hardened = stages.stage2_harden(spec, task, stage1, run)
     assert hardened.ledger.budget_used == 40 == hardened.ledger.max_calls
-    assert _stage_calls(lab, "cut", "stage2") == 40
+    assert len(lab.calls("cut", "stage2")) == 40
     assert "max_calls" in hardened.provenance.stop_reason
     # The starting prompt was scored on the dev set first; nothing validated beat it before the stop.
     assert hardened.predictors == stage1.predictors and hardened.provenance.unchanged is True
@@ -96,10 +87,11 @@ def test_a_stage2_budget_too_small_for_one_simba_step_is_refused_before_any_call
     result = lab.run(
         "thin-simba", ["experiment_file", "stage1_prompt", "stage2_hardened_prompt"], raise_on_error=False
     )
-    failure = result.failure_data_for_node("stage2_hardened_prompt")
+    # Refused before Stage 1 spends anything.
+    failure = result.failure_data_for_node("stage1_prompt")
     assert "stage2: max_calls=25 cannot buy one SIMBA step" in failure.error.message
     assert "at least 37" in failure.error.message
-    assert _stage_calls(lab, "thin-simba", "stage2") == 0
+    assert len(lab.calls("thin-simba", "stage1")) == len(lab.calls("thin-simba", "stage2")) == 0
 
 
 def test_simba_is_sized_to_fit_its_budget():
@@ -148,8 +140,10 @@ def test_lsl_plan_names_each_stages_optimizer(lab: Lab):
         "stage3_evaluation": None,
         "budget_matched_evaluation": None,
     }
-    rows = {line.split()[0]: line.split() for line in render(plan).splitlines() if line.strip()}
+    text = render(plan)
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
     assert rows["stage2"][1] == "60" and rows["stage2"][-1] == "simba"
+    assert f"{SIMULATED}: the sim's prices are made up" in text  # sim/large and sim/small
     assert rows["budget_matched"][1] == str(80 + 60) and rows["budget_matched"][-1] == "gepa"
 
 

@@ -23,9 +23,11 @@ from lsl_dagster.models import (
     ModelSpec,
     PromptCandidate,
 )
+from lsl_dagster.plan import forecast
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster.stages import compare
 from lsl_dagster.tasks import load_task
+from lsl_dagster.workspace import Workspace
 from lsl_dagster_tests.conftest import PROJECT, Lab
 from lsl_dagster_tests.test_cli import run_cli
 
@@ -124,24 +126,21 @@ def test_provider_failures_are_recorded_and_not_scored_as_wrong_answers(tmp_path
     assert scores(tmp_path / "predictions.jsonl") == {row["example_id"]: row["score"] for row in rows}
 
 
-def _stage_calls(lab: Lab, experiment_id: str, stage: str) -> int:
-    path = lab.runs_dir / experiment_id / "calls.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return sum(row.get("stage") == stage and "event" not in row for row in rows)
-
-
 def test_a_stage2_budget_too_small_for_one_proposal_is_refused_before_any_call(lab: Lab):
     # 8 dev examples: the starting prompt's evaluation (8), one proposal (3 + 1 + 3) and its validation (8).
     lab.write("thin", stage2={"max_calls": 20})
     result = lab.run(
         "thin", ["experiment_file", "stage1_prompt", "stage2_hardened_prompt"], raise_on_error=False
     )
-    assert lab.output("thin", "stage1_prompt")
-    failure = result.failure_data_for_node("stage2_hardened_prompt")
+    # Refused before Stage 1 spends anything, not when Stage 2 starts.
+    failure = result.failure_data_for_node("stage1_prompt")
     assert "stage2: max_calls=20 cannot buy one GEPA proposal" in failure.error.message
     assert "at least 23" in failure.error.message
-    assert _stage_calls(lab, "thin", "stage2") == 0
-    assert not (lab.runs_dir / "thin" / "stage2_hardened_prompt.json").exists()
+    assert len(lab.calls("thin", "stage1")) == len(lab.calls("thin", "stage2")) == 0
+    assert not (lab.runs_dir / "thin" / "stage1_prompt.json").exists()
+    workspace = Workspace(data_dir=str(lab.data_dir))
+    plan = forecast(workspace.experiment("thin"), workspace.task("arithmetic"))
+    assert plan.refusal is not None and "cannot buy one GEPA proposal" in plan.refusal
 
 
 def test_miprov2_with_an_always_unparseable_proposer_fails_with_what_to_change(lab: Lab):
@@ -162,7 +161,7 @@ def test_miprov2_with_an_always_unparseable_proposer_fails_with_what_to_change(l
     assert (
         "stage1: {prompt_model: large}" in message and "bootstrap_rs" in message and "max_tokens" in message
     )
-    assert failure.user_failure_data.metadata["calls"].value == _stage_calls(lab, "weak-proposer", "stage1")
+    assert failure.user_failure_data.metadata["calls"].value == len(lab.calls("weak-proposer", "stage1"))
 
 
 def test_weak_models_everywhere_unchanged_stage2_and_format_failures_are_flagged(

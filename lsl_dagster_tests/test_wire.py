@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lsl_dagster.cache import experiment_cache
+from lsl_dagster.cache import ResponseStore, cache_path, experiment_cache
 from lsl_dagster.ledger import Meter
 from lsl_dagster.lm import PROVIDERS, ConfigError, LanguageModels, packaged_price
 from lsl_dagster.models import ModelSpec, Price
@@ -27,7 +27,7 @@ def _call(spec: ModelSpec, run_dir: Path) -> tuple[str, Meter]:
     lm = LanguageModels(num_retries=0).lm(spec, meter, seed=0)
     messages = [{"role": "system", "content": "Answer."}, {"role": "user", "content": "2+2?"}]
     try:
-        with experiment_cache(run_dir, meter):
+        with ResponseStore(cache_path(run_dir)) as store, experiment_cache(store, meter):
             text = lm(messages=messages)[0]
     finally:
         lm.engine.close()
@@ -126,7 +126,7 @@ def test_a_garbled_reply_counts_at_its_worst_case_cost(tmp_path: Path):
         meter = Meter("wire", max_calls=None, cost_allowance_usd=None)
         lm = LanguageModels(num_retries=1).lm(spec, meter, seed=0)
         try:
-            with experiment_cache(tmp_path, meter):
+            with ResponseStore(cache_path(tmp_path)) as store, experiment_cache(store, meter):
                 lm(messages=[{"role": "user", "content": "2+2?"}])
         finally:
             lm.engine.close()
