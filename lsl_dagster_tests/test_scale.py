@@ -32,7 +32,7 @@ from lsl_dagster.workspace import PROJECT_DIR
 from lsl_dagster_tests.cluster import CeleryWorkers
 from lsl_dagster_tests.conftest import FAST, S3_BUCKET, Lab, make_lab
 from lsl_dagster_tests.test_deploy import _free_port
-from lsl_dagster_tests.test_resume import _outputs, _stage_calls
+from lsl_dagster_tests.test_resume import _outputs
 
 
 def test_an_experiment_on_postgres_with_the_multiprocess_executor(
@@ -355,7 +355,7 @@ def test_a_run_whose_process_is_killed_is_retried_from_failure_without_repaying(
         (run,) = instance.get_runs()
 
         deadline = time.monotonic() + 300
-        while _stage_calls(lab, "retried", "stage1") < 10:
+        while len(lab.calls("retried", "stage1")) < 10:
             assert time.monotonic() < deadline, "stage 1 did not get going"
             assert not instance.get_run_by_id(run.run_id).is_finished, "the run ended before it was killed"
             time.sleep(0.1)
