@@ -142,6 +142,38 @@ def _comparisons(instance: DagsterInstance, ids: list[str]) -> dict[str, int]:
     }
 
 
+LLM_STEPS = {
+    "stage1_prompt",
+    "stage2_hardened_prompt",
+    "budget_matched_prompt",
+    "baseline_evaluation",
+    "stage3_evaluation",
+    "budget_matched_evaluation",
+}
+
+
+def _most_llm_steps_at_once(instance: DagsterInstance, killed_at: float) -> int:
+    """The most steps of the lsl_llm pool executing at one time, across all runs (a step of a killed run
+    ends at the kill), from each step's STEP_START to its end in the runs' event logs."""
+    changes: list[tuple[float, int]] = []
+    for record in instance.get_run_records():
+        started: dict[str, float] = {}
+        for entry in instance.all_logs(record.dagster_run.run_id):
+            event = entry.dagster_event
+            if event is None or event.step_key not in LLM_STEPS:
+                continue
+            if event.event_type_value == "STEP_START":
+                started[event.step_key] = entry.timestamp
+            elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in started:
+                changes += [(started.pop(event.step_key), 1), (entry.timestamp, -1)]
+        changes += [change for start in started.values() for change in ((start, 1), (killed_at, -1))]
+    running = most = 0
+    for _, change in sorted(changes):  # an end sorts before a start at the same instant
+        running += change
+        most = max(most, running)
+    return most
+
+
 def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path, lab: Lab):
     home = tmp_path / "home"
     home.mkdir()
@@ -185,6 +217,7 @@ def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path
         # Experiments finish close together: hold the provider so the others stay mid-way until the kill.
         server.freeze()
         os.killpg(first.pid, signal.SIGKILL)  # the launcher and its workers, in the middle of runs
+        killed_at = time.time()
         first.wait()
         server.release()
         done_before = _comparisons(instance, ids)
@@ -197,7 +230,10 @@ def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path
     done = _comparisons(instance, ids)
     assert set(done) == set(ids)
     assert all(done[e] == 1 for e in done_before)  # what was finished was not run again
-    assert max_in_flight <= 2 * 3
+    # The pool held across the launches: at most 2 LLM steps at once; each step sends at most 3 requests
+    # at a time to each model (Stage 2 may have the small model's and the reflecting large model's).
+    assert _most_llm_steps_at_once(instance, killed_at) <= 2
+    assert max_in_flight <= 2 * 3 * 2
     runs = instance.get_run_records()
     assert not any(
         "database is locked" in (r.dagster_run.tags.get("dagster/failure_reason") or "") for r in runs
