@@ -29,7 +29,7 @@ from lsl_dagster.experiments import campaigns, experiment_ids, load_experiment, 
 from lsl_dagster.models import SIMULATED as LABEL
 from lsl_dagster.models import Comparison, TransferMatrix
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import FAST, PROJECT, Lab, shipped_keys
+from lsl_dagster_tests.conftest import FAST, PROJECT, STAGE_ASSETS, Lab, shipped_keys
 
 PAIRS = [
     {"name": "l-s", "large_model": {"model": "sim/large"}, "small_model": {"model": "sim/small"}},
@@ -142,14 +142,7 @@ def _comparisons(instance: DagsterInstance, ids: list[str]) -> dict[str, int]:
     }
 
 
-LLM_STEPS = {
-    "stage1_prompt",
-    "stage2_hardened_prompt",
-    "budget_matched_prompt",
-    "baseline_evaluation",
-    "stage3_evaluation",
-    "budget_matched_evaluation",
-}
+LLM_STEPS = set(STAGE_ASSETS) - {"comparison"}  # the stages that call models, in the lsl_llm pool
 
 
 def _most_llm_steps_at_once(instance: DagsterInstance, killed_at: float) -> int:

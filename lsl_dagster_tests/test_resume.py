@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus, RunsFilter
 
-from lsl_dagster.cli import STAGES, main
+from lsl_dagster.cli import main
 from lsl_dagster.ledger import CallLog
 from lsl_dagster.sim_server import SimServer
-from lsl_dagster_tests.conftest import Lab, make_lab, shipped_keys
+from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab, make_lab, shipped_keys
 
-STAGE_ASSETS = list(STAGES)  # the stage assets
 PORT_SERVER_SEED = 0
 
 
