@@ -28,6 +28,7 @@ from dagster import (
 from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
 from lsl_dagster.campaigns import transfer_matrix as transfer_matrix_of
+from lsl_dagster.continuity import STATE_KEY, ForeignState, earlier_stages
 from lsl_dagster.experiments import ExperimentError, spec_versions
 from lsl_dagster.ledger import BudgetExhausted
 from lsl_dagster.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
@@ -76,10 +77,23 @@ def _stage(
     name: str,
     max_calls: int | None,
 ) -> Iterator[StageRun]:
-    """A stage's runtime, with its failures turned into clean Dagster failures carrying the ledger."""
+    """A stage's runtime, with its failures turned into clean Dagster failures carrying the ledger. Its
+    materialization records where the experiment's state is, for the stages after it to check."""
+    read = [key.to_user_string() for key in context.assets_def.asset_deps[context.asset_key]]
+    earlier = earlier_stages(
+        context.instance, context.partition_key, [context.asset_key.to_user_string(), *read]
+    )
     try:
-        with workspace.stage(spec, name, models, max_calls) as run:
+        with workspace.stage(
+            spec, name, models, max_calls, run_id=context.run.run_id, earlier=earlier
+        ) as run:
             yield run
+    except ForeignState as exc:
+        metadata = {
+            "this_worker_state": exc.here,
+            "earlier_state": ", ".join(sorted({e.state for e in exc.earlier})),
+        }
+        raise Failure(description=str(exc), metadata=metadata, allow_retries=False) from None
     except ConfigError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     except OptimizerOutputError as exc:
@@ -109,6 +123,7 @@ def _stage(
             description=f"{name}: the provider kept failing after retries ({exc})",
             metadata=_saved_ledger(workspace, spec, name),
         ) from None
+    context.add_output_metadata({STATE_KEY: workspace.state().where})
 
 
 def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict:

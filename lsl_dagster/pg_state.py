@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
 
 from lsl_dagster.ledger import CallLog, spent_usd
 
@@ -29,6 +30,14 @@ CREATE TABLE IF NOT EXISTS lsl_campaign_holds (
     campaign TEXT NOT NULL, holder TEXT NOT NULL, usd DOUBLE PRECISION NOT NULL, backend INTEGER NOT NULL,
     PRIMARY KEY (campaign, holder));
 """
+
+
+def described(url: str) -> str:
+    """The database a URL names, as it may be shown (metadata, errors): no password, no other parameters."""
+    dsn = psycopg2.extensions.parse_dsn(url)
+    user = f"{dsn['user']}@" if "user" in dsn else ""
+    port = f":{dsn['port']}" if "port" in dsn else ""
+    return f"postgresql://{user}{dsn.get('host', '')}{port}/{dsn.get('dbname', '')}"
 
 
 def _lock_key(name: str) -> int:
@@ -137,6 +146,10 @@ class PostgresState:
 
     def __init__(self, url: str):
         self.url = url
+
+    @property
+    def where(self) -> str:
+        return described(self.url)
 
     @contextmanager
     def exclusive(self, experiment_id: str) -> Iterator[None]:

@@ -25,6 +25,10 @@ class LocalState:
     def __init__(self, runs_dir: Path):
         self.runs_dir = runs_dir
 
+    @property
+    def where(self) -> str:
+        return f"local:{self.runs_dir.resolve()}"
+
     @contextmanager
     def exclusive(self, experiment_id: str) -> Iterator[None]:
         """One stage of an experiment at a time, across processes: a file lock, released by the kernel

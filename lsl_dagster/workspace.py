@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +14,7 @@ from dagster import ConfigurableResource
 
 from lsl_dagster import storage
 from lsl_dagster.cache import experiment_cache
+from lsl_dagster.continuity import MATERIALIZED, Earlier, check_state, marker
 from lsl_dagster.experiments import campaigns, load_experiment
 from lsl_dagster.files import atomic_write_text
 from lsl_dagster.ledger import Meter, spent_usd
@@ -25,7 +26,6 @@ from lsl_dagster.state import LocalState, experiment_state
 from lsl_dagster.tasks import Task, load_task
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-MATERIALIZED = "materialized"
 
 
 @dataclass
@@ -107,7 +107,14 @@ class Workspace(ConfigurableResource):
 
     @contextmanager
     def stage(
-        self, spec: ExperimentSpec, name: str, models: LanguageModels, max_calls: int | None
+        self,
+        spec: ExperimentSpec,
+        name: str,
+        models: LanguageModels,
+        max_calls: int | None,
+        *,
+        run_id: str | None = None,
+        earlier: Sequence[Earlier] = (),
     ) -> Iterator[StageRun]:
         """Run one stage of an experiment.
 
@@ -119,6 +126,9 @@ class Workspace(ConfigurableResource):
         responses, and any request another stage already paid for, replay from the experiment's
         response cache for free.
         The ledger is written when the stage ends, also when it fails.
+        Before that, the state must hold the markers of the `earlier` stages the instance says were
+        materialized (lsl_dagster.continuity): otherwise ForeignState, before any call. `run_id` names
+        the Dagster run in this stage's own marker.
         """
         models.check(spec)
         run_dir = self.run_dir(spec.experiment_id)
@@ -126,6 +136,7 @@ class Workspace(ConfigurableResource):
         state = self.state()
         with state.exclusive(spec.experiment_id), ExitStack() as held:
             records = list(state.calls(spec.experiment_id))
+            check_state(spec.experiment_id, records, earlier, state.where)
             prior: list[dict] = []
             for record in records:
                 if record["stage"] == name:
@@ -156,7 +167,7 @@ class Workspace(ConfigurableResource):
                 with closing(state.responses(spec.experiment_id)) as store, experiment_cache(store, meter):
                     yield run
                 meter.wait_idle()
-                call_log.append({"stage": name, "event": MATERIALIZED})
+                call_log.append(marker(name, run_id))
             finally:
                 meter.close()
                 meter.wait_idle()
