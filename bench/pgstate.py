@@ -1,0 +1,188 @@
+"""An evaluation whose call log and response cache are in PostgreSQL (LSL_CACHE_URL), at max_concurrency 16.
+
+    .venv/bin/python bench/pgstate.py [--repeat 3] [--quick] [--rtt-ms 0 2]
+
+`stages.evaluate_on_large` inside `Workspace.stage` with `cache_url` set (metered engine, call log and
+response cache in a fresh database on the machine's PostgreSQL server, 127.0.0.1:5432 or
+LSL_TEST_POSTGRES), N generated arithmetic examples on `openai/sim-large` served by the sim server in its
+own process with latency L = 50 ms. Each evaluation runs twice: **paid** (a new experiment id: every
+request is sent, logged and cached) and **replayed** (the same id again: every answer comes from the
+database, no request is sent). A database on another host is simulated by a TCP proxy in its own process
+that delays every chunk of bytes by RTT / 2 each way (`--rtt-ms`, default 0 = no proxy, and 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from _common import REPO, parser, print_table, spread, starting_candidate
+from throughput import LATENCY_S, Server, sim_server
+
+from lsl_dagster import stages
+from lsl_dagster.lm import LanguageModels
+from lsl_dagster.models import ExperimentSpec
+from lsl_dagster.pg_state import PostgresState
+from lsl_dagster.tasks import Task, load_task
+from lsl_dagster.workspace import Workspace
+from lsl_dagster_tests.cluster import postgres_database
+
+CONCURRENCY = 16
+EXAMPLES = 1280  # the bound (calls * L / C) is then about 4 s, as in throughput.py
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
+    """Forward bytes, each chunk `delay_s` after it arrived, in order, without limiting throughput."""
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def send() -> None:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                writer.close()
+                return
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            writer.write(data)
+            await writer.drain()
+
+    sender = asyncio.ensure_future(send())
+    while data := await reader.read(65536):
+        queue.put_nowait((time.monotonic() + delay_s, data))
+    queue.put_nowait((time.monotonic() + delay_s, b""))
+    await sender
+
+
+async def _proxy(upstream_host: str, upstream_port: int, delay_s: float) -> None:
+    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(upstream_host, upstream_port)
+        await asyncio.gather(
+            _pipe(client_reader, server_writer, delay_s),
+            _pipe(server_reader, client_writer, delay_s),
+            return_exceptions=True,
+        )
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+@contextmanager
+def delayed(url: str, rtt_ms: float) -> Iterator[str]:
+    """The same database behind a proxy adding `rtt_ms` to every round trip (the URL itself for 0)."""
+    if rtt_ms == 0:
+        yield url
+        return
+    parts = urlsplit(url)
+    command = [sys.executable, __file__, "--proxy", f"{parts.hostname}:{parts.port}", str(rtt_ms / 2000)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        user = f"{parts.username}@" if parts.username else ""
+        yield urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@dataclass
+class Result:
+    served: int  # requests the sim server answered
+    replayed: int  # answers read back from the database
+    wall_s: float
+
+    @property
+    def calls(self) -> int:
+        return self.served + self.replayed
+
+    @property
+    def per_s(self) -> float:
+        return self.calls / self.wall_s
+
+
+def evaluate(server: Server, task: Task, url: str, experiment_id: str, n: int) -> Result:
+    model = {"model": "openai/sim-large", "api_base": server.url, "max_concurrency": CONCURRENCY}
+    spec = ExperimentSpec(
+        experiment_id=experiment_id,
+        task=task.name,
+        large_model=model,
+        small_model=model,
+        evaluation={"split": "test", "limit": n},
+    )
+    candidate = starting_candidate(spec, task)
+    server.reset()
+    with tempfile.TemporaryDirectory(prefix="bench-pgstate-") as runs:  # predictions, ledgers: scratch
+        workspace = Workspace(data_dir=str(REPO / "data"), runs_dir=runs, cache_url=url)
+        with workspace.stage(spec, "baseline_evaluation", LanguageModels(), None) as run:
+            start = time.perf_counter()
+            result = stages.evaluate_on_large(spec, task, candidate, "baseline", run, Path(runs) / "p.jsonl")
+            wall = time.perf_counter() - start
+            ledger = run.meter.ledger()
+    assert result.n == n
+    replays = sum(usage.replayed for usage in ledger.by_model.values())
+    return Result(served=server.stats()["served"], replayed=replays, wall_s=wall)
+
+
+def main() -> None:
+    args_parser = parser(__doc__.split("\n")[0], repeat=3)
+    args_parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0, 2.0])
+    args = args_parser.parse_args()
+    repeat, n = (1, EXAMPLES // 4) if args.quick else (args.repeat, EXAMPLES)
+    task = load_task("arithmetic", REPO / "data" / "tasks")
+    rows = []
+    with sim_server() as server, postgres_database() as database:
+        evaluate(server, task, database, "bench-pg-warmup", 32)  # lazy imports, tables: not measured
+        for rtt in args.rtt_ms:
+            with delayed(database, rtt) as url:
+                paid, replayed = [], []
+                for i in range(repeat):
+                    experiment_id = f"bench-pg-{rtt:g}ms-{i}".replace(".", "_")
+                    paid.append(evaluate(server, task, url, experiment_id, n))
+                    replayed.append(evaluate(server, task, url, experiment_id, n))
+                    print(f"RTT {rtt} ms: paid {paid[-1]}, replayed {replayed[-1]}", file=sys.stderr)
+            assert all(r.replayed == 0 for r in paid) and all(r.served == 0 for r in replayed)
+            assert all(r.calls == p.calls for r, p in zip(replayed, paid, strict=True)), "all replayed"
+            logged = [r for r in PostgresState(database).calls(experiment_id) if "event" not in r]
+            assert len(logged) == paid[-1].served, "every paid request logged once"
+            for phase, results in (("paid", paid), ("replayed", replayed)):
+                rows.append(
+                    [
+                        f"{rtt:g}",
+                        phase,
+                        results[0].calls,
+                        spread([r.wall_s for r in results]),
+                        spread([r.per_s for r in results], "{:.0f}"),
+                        f"{paid[0].calls * LATENCY_S / CONCURRENCY:.2f}" if phase == "paid" else "-",
+                    ]
+                )
+    print_table(
+        f"Evaluation with LSL_CACHE_URL, C = {CONCURRENCY}, L = {LATENCY_S * 1000:.0f} ms, {repeat} runs",
+        ["added RTT ms", "phase", "calls", "wall s", "calls/s", "bound s"],
+        rows,
+        [
+            "paid: a new experiment id; every request sent to the sim server, logged and cached.",
+            "replayed: the same evaluation again, every answer read back from PostgreSQL; nothing sent.",
+            "added RTT: a proxy in its own process delays each direction by RTT / 2 (0: direct, localhost).",
+            "bound = calls * L / C: what the provider allows; replays have no bound but the database's.",
+        ],
+    )
+
+
+def proxy_main(argv: list[str]) -> None:
+    host, port = argv[0].rsplit(":", 1)
+    asyncio.run(_proxy(host, int(port), float(argv[1])))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--proxy"]:
+        proxy_main(sys.argv[2:])
+    else:
+        main()
