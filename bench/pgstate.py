@@ -5,10 +5,11 @@
 `stages.evaluate_on_large` inside `Workspace.stage` with `cache_url` set (metered engine, call log and
 response cache in a fresh database on the machine's PostgreSQL server, 127.0.0.1:5432 or
 LSL_TEST_POSTGRES), N generated arithmetic examples on `openai/sim-large` served by the sim server in its
-own process with latency L = 50 ms. Each evaluation runs twice: **paid** (a new experiment id: every
-request is sent, logged and cached) and **replayed** (the same id again: every answer comes from the
-database, no request is sent). A database on another host is simulated by a TCP proxy in its own process
-that delays every chunk of bytes by RTT / 2 each way (`--rtt-ms`, default 0 = no proxy, and 2).
+own process with latency L = 50 ms; and the same with local state (SQLite files) for reference. Each
+evaluation runs twice: **paid** (a new experiment id: every request is sent, logged and cached) and
+**replayed** (the same id again: every answer comes from the state, no request is sent). A database on
+another host is simulated by a TCP proxy in its own process that delays every chunk of bytes by RTT / 2
+each way (`--rtt-ms`, default 0 = no proxy, and 2).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from throughput import LATENCY_S, Server, sim_server
 from lsl_dagster import stages
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.models import ExperimentSpec
-from lsl_dagster.pg_state import PostgresState
+from lsl_dagster.state import experiment_state
 from lsl_dagster.tasks import Task, load_task
 from lsl_dagster.workspace import Workspace
 from lsl_dagster_tests.cluster import postgres_database
@@ -75,10 +76,11 @@ async def _proxy(upstream_host: str, upstream_port: int, delay_s: float) -> None
 
 
 @contextmanager
-def delayed(url: str, rtt_ms: float) -> Iterator[str]:
-    """The same database behind a proxy adding `rtt_ms` to every round trip (the URL itself for 0)."""
-    if rtt_ms == 0:
-        yield url
+def delayed(url: str, rtt_ms: float | None) -> Iterator[str | None]:
+    """The same database behind a proxy adding `rtt_ms` to every round trip (the URL itself for 0; no
+    database, local state, for None)."""
+    if not rtt_ms:
+        yield None if rtt_ms is None else url
         return
     parts = urlsplit(url)
     command = [sys.executable, __file__, "--proxy", f"{parts.hostname}:{parts.port}", str(rtt_ms / 2000)]
@@ -108,7 +110,7 @@ class Result:
         return self.calls / self.wall_s
 
 
-def evaluate(server: Server, task: Task, url: str, experiment_id: str, n: int) -> Result:
+def evaluate(server: Server, task: Task, runs: Path, url: str | None, experiment_id: str, n: int) -> Result:
     model = {"model": "openai/sim-large", "api_base": server.url, "max_concurrency": CONCURRENCY}
     spec = ExperimentSpec(
         experiment_id=experiment_id,
@@ -119,13 +121,13 @@ def evaluate(server: Server, task: Task, url: str, experiment_id: str, n: int) -
     )
     candidate = starting_candidate(spec, task)
     server.reset()
-    with tempfile.TemporaryDirectory(prefix="bench-pgstate-") as runs:  # predictions, ledgers: scratch
-        workspace = Workspace(data_dir=str(REPO / "data"), runs_dir=runs, cache_url=url)
-        with workspace.stage(spec, "baseline_evaluation", LanguageModels(), None) as run:
-            start = time.perf_counter()
-            result = stages.evaluate_on_large(spec, task, candidate, "baseline", run, Path(runs) / "p.jsonl")
-            wall = time.perf_counter() - start
-            ledger = run.meter.ledger()
+    workspace = Workspace(data_dir=str(REPO / "data"), runs_dir=str(runs), cache_url=url)
+    with workspace.stage(spec, "baseline_evaluation", LanguageModels(), None) as run:
+        start = time.perf_counter()
+        out = runs / experiment_id / "predictions.jsonl"
+        result = stages.evaluate_on_large(spec, task, candidate, "baseline", run, out)
+        wall = time.perf_counter() - start
+        ledger = run.meter.ledger()
     assert result.n == n
     replays = sum(usage.replayed for usage in ledger.by_model.values())
     return Result(served=server.stats()["served"], replayed=replays, wall_s=wall)
@@ -138,24 +140,32 @@ def main() -> None:
     repeat, n = (1, EXAMPLES // 4) if args.quick else (args.repeat, EXAMPLES)
     task = load_task("arithmetic", REPO / "data" / "tasks")
     rows = []
-    with sim_server() as server, postgres_database() as database:
-        evaluate(server, task, database, "bench-pg-warmup", 32)  # lazy imports, tables: not measured
-        for rtt in args.rtt_ms:
+    with (
+        sim_server() as server,
+        postgres_database() as database,
+        tempfile.TemporaryDirectory(prefix="bench-pgstate-") as tmp,
+    ):
+        runs = Path(tmp)
+        evaluate(server, task, runs, database, "bench-pg-warmup", 32)  # lazy imports, tables: not measured
+        settings: list[tuple[str, float | None]] = [("local SQLite", None)]
+        settings += [(f"PostgreSQL +{rtt:g} ms", rtt) for rtt in args.rtt_ms]
+        for k, (label, rtt) in enumerate(settings):
             with delayed(database, rtt) as url:
                 paid, replayed = [], []
                 for i in range(repeat):
-                    experiment_id = f"bench-pg-{rtt:g}ms-{i}".replace(".", "_")
-                    paid.append(evaluate(server, task, url, experiment_id, n))
-                    replayed.append(evaluate(server, task, url, experiment_id, n))
-                    print(f"RTT {rtt} ms: paid {paid[-1]}, replayed {replayed[-1]}", file=sys.stderr)
+                    experiment_id = f"bench-pg-{k}-{i}"
+                    paid.append(evaluate(server, task, runs, url, experiment_id, n))
+                    replayed.append(evaluate(server, task, runs, url, experiment_id, n))
+                    print(f"{label}: paid {paid[-1]}, replayed {replayed[-1]}", file=sys.stderr)
             assert all(r.replayed == 0 for r in paid) and all(r.served == 0 for r in replayed)
             assert all(r.calls == p.calls for r, p in zip(replayed, paid, strict=True)), "all replayed"
-            logged = [r for r in PostgresState(database).calls(experiment_id) if "event" not in r]
+            state = experiment_state(runs, None if rtt is None else database)
+            logged = [r for r in state.calls(experiment_id) if "event" not in r]
             assert len(logged) == paid[-1].served, "every paid request logged once"
             for phase, results in (("paid", paid), ("replayed", replayed)):
                 rows.append(
                     [
-                        f"{rtt:g}",
+                        label,
                         phase,
                         results[0].calls,
                         spread([r.wall_s for r in results]),
@@ -164,14 +174,16 @@ def main() -> None:
                     ]
                 )
     print_table(
-        f"Evaluation with LSL_CACHE_URL, C = {CONCURRENCY}, L = {LATENCY_S * 1000:.0f} ms, {repeat} runs",
-        ["added RTT ms", "phase", "calls", "wall s", "calls/s", "bound s"],
+        f"Evaluation, call log and cache in PostgreSQL, C = {CONCURRENCY}, L = {LATENCY_S * 1000:.0f} ms, "
+        f"{repeat} runs",
+        ["state", "phase", "calls", "wall s", "calls/s", "bound s"],
         rows,
         [
+            "local SQLite: LSL_CACHE_URL unset, the runs directory's files (the reference).",
+            "PostgreSQL +RTT: LSL_CACHE_URL set; a proxy (own process) adds RTT / 2 each way (0: direct).",
             "paid: a new experiment id; every request sent to the sim server, logged and cached.",
-            "replayed: the same evaluation again, every answer read back from PostgreSQL; nothing sent.",
-            "added RTT: a proxy in its own process delays each direction by RTT / 2 (0: direct, localhost).",
-            "bound = calls * L / C: what the provider allows; replays have no bound but the database's.",
+            "replayed: the same evaluation again, every answer read back from the state; nothing sent.",
+            "bound = calls * L / C: what the provider allows; replays have no bound but the state's.",
         ],
     )
 
