@@ -18,6 +18,7 @@ import asyncio
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg2
 from _common import REPO, parser, print_table, spread, starting_candidate
 from throughput import LATENCY_S, Server, sim_server
 
@@ -95,11 +97,39 @@ def delayed(url: str, rtt_ms: float | None) -> Iterator[str | None]:
         process.wait(10)
 
 
+@contextmanager
+def peak_connections(database: str) -> Iterator[list[int]]:
+    """The most connections to the database seen at once (polled every 20 ms, this poller excluded)."""
+    peak = [0]
+    done = threading.Event()
+    con = psycopg2.connect(database)
+    con.autocommit = True  # a fresh view of pg_stat_activity at each query
+
+    def poll() -> None:
+        with con.cursor() as cursor:
+            while not done.wait(0.02):
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                peak[0] = max(peak[0], cursor.fetchone()[0])
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        poller.join()
+        con.close()
+
+
 @dataclass
 class Result:
     served: int  # requests the sim server answered
     replayed: int  # answers read back from the database
     wall_s: float
+    connections: int  # the most connections to the database at once
 
     @property
     def calls(self) -> int:
@@ -110,7 +140,9 @@ class Result:
         return self.calls / self.wall_s
 
 
-def evaluate(server: Server, task: Task, runs: Path, url: str | None, experiment_id: str, n: int) -> Result:
+def evaluate(
+    server: Server, task: Task, runs: Path, database: str, url: str | None, experiment_id: str, n: int
+) -> Result:
     model = {"model": "openai/sim-large", "api_base": server.url, "max_concurrency": CONCURRENCY}
     spec = ExperimentSpec(
         experiment_id=experiment_id,
@@ -122,7 +154,10 @@ def evaluate(server: Server, task: Task, runs: Path, url: str | None, experiment
     candidate = starting_candidate(spec, task)
     server.reset()
     workspace = Workspace(data_dir=str(REPO / "data"), runs_dir=str(runs), cache_url=url)
-    with workspace.stage(spec, "baseline_evaluation", LanguageModels(), None) as run:
+    with (
+        peak_connections(database) as connections,
+        workspace.stage(spec, "baseline_evaluation", LanguageModels(), None) as run,
+    ):
         start = time.perf_counter()
         out = runs / experiment_id / "predictions.jsonl"
         result = stages.evaluate_on_large(spec, task, candidate, "baseline", run, out)
@@ -130,7 +165,7 @@ def evaluate(server: Server, task: Task, runs: Path, url: str | None, experiment
         ledger = run.meter.ledger()
     assert result.n == n
     replays = sum(usage.replayed for usage in ledger.by_model.values())
-    return Result(served=server.stats()["served"], replayed=replays, wall_s=wall)
+    return Result(server.stats()["served"], replays, wall, connections[0])
 
 
 def main() -> None:
@@ -146,7 +181,9 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="bench-pgstate-") as tmp,
     ):
         runs = Path(tmp)
-        evaluate(server, task, runs, database, "bench-pg-warmup", 32)  # lazy imports, tables: not measured
+        evaluate(
+            server, task, runs, database, database, "bench-pg-warmup", 32
+        )  # lazy imports, tables: not measured
         settings: list[tuple[str, float | None]] = [("local SQLite", None)]
         settings += [(f"PostgreSQL +{rtt:g} ms", rtt) for rtt in args.rtt_ms]
         for k, (label, rtt) in enumerate(settings):
@@ -154,8 +191,8 @@ def main() -> None:
                 paid, replayed = [], []
                 for i in range(repeat):
                     experiment_id = f"bench-pg-{k}-{i}"
-                    paid.append(evaluate(server, task, runs, url, experiment_id, n))
-                    replayed.append(evaluate(server, task, runs, url, experiment_id, n))
+                    paid.append(evaluate(server, task, runs, database, url, experiment_id, n))
+                    replayed.append(evaluate(server, task, runs, database, url, experiment_id, n))
                     print(f"{label}: paid {paid[-1]}, replayed {replayed[-1]}", file=sys.stderr)
             assert all(r.replayed == 0 for r in paid) and all(r.served == 0 for r in replayed)
             assert all(r.calls == p.calls for r, p in zip(replayed, paid, strict=True)), "all replayed"
@@ -171,12 +208,13 @@ def main() -> None:
                         spread([r.wall_s for r in results]),
                         spread([r.per_s for r in results], "{:.0f}"),
                         f"{paid[0].calls * LATENCY_S / CONCURRENCY:.2f}" if phase == "paid" else "-",
+                        max(r.connections for r in results) if rtt is not None else "-",
                     ]
                 )
     print_table(
         f"Evaluation, call log and cache in PostgreSQL, C = {CONCURRENCY}, L = {LATENCY_S * 1000:.0f} ms, "
         f"{repeat} runs",
-        ["state", "phase", "calls", "wall s", "calls/s", "bound s"],
+        ["state", "phase", "calls", "wall s", "calls/s", "bound s", "connections"],
         rows,
         [
             "local SQLite: LSL_CACHE_URL unset, the runs directory's files (the reference).",
@@ -184,6 +222,7 @@ def main() -> None:
             "paid: a new experiment id; every request sent to the sim server, logged and cached.",
             "replayed: the same evaluation again, every answer read back from the state; nothing sent.",
             "bound = calls * L / C: what the provider allows; replays have no bound but the state's.",
+            "connections: the most the stage held to the database at once (its stage lock's included).",
         ],
     )
 
