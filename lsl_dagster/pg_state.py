@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -61,18 +62,43 @@ def connect(url: str) -> Any:
     return con
 
 
-class PgResponseStore:
-    """One experiment's responses, as JSON text by request key, through one connection behind a lock. Each
-    answer is committed before `set` returns (a local round trip, far below a provider's latency), so a
-    worker killed right after cannot lose it."""
+class ThreadConnections:
+    """One autocommit connection per thread, opened by its first statement, so that a stage's threads (up
+    to max_concurrency per model) look answers up, log and store them side by side rather than queuing
+    behind one connection: each statement is a round trip to the server. A thread's connection closes
+    when the thread ends (its thread-local value goes) or at `close`."""
 
-    def __init__(self, url: str, experiment_id: str):
-        self._experiment = experiment_id
+    def __init__(self, url: str):
+        self._url = url
+        self._local = threading.local()
         self._lock = threading.Lock()
-        self._con = connect(url)
+        self._open: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def cursor(self) -> Any:
+        con = getattr(self._local, "con", None)
+        if con is None or con.closed:  # closed: by `close`, or broken (the server restarted)
+            con = self._local.con = connect(self._url)
+            with self._lock:
+                self._open.add(con)
+        return con.cursor()
+
+    def close(self) -> None:
+        with self._lock:
+            for con in list(self._open):
+                con.close()
+
+
+class PgResponseStore:
+    """One experiment's responses, as JSON text by request key. Each answer is committed before `set`
+    returns (a round trip, far below a provider's latency), so a worker killed right after cannot lose
+    it."""
+
+    def __init__(self, connections: ThreadConnections, experiment_id: str):
+        self._experiment = experiment_id
+        self._connections = connections
 
     def get(self, key: str) -> Any | None:
-        with self._lock, self._con.cursor() as cursor:
+        with self._connections.cursor() as cursor:
             cursor.execute(
                 "SELECT value FROM lsl_responses WHERE experiment = %s AND key = %s", (self._experiment, key)
             )
@@ -80,7 +106,7 @@ class PgResponseStore:
         return None if row is None else json.loads(row[0])
 
     def __contains__(self, key: str) -> bool:
-        with self._lock, self._con.cursor() as cursor:
+        with self._connections.cursor() as cursor:
             cursor.execute(
                 "SELECT 1 FROM lsl_responses WHERE experiment = %s AND key = %s", (self._experiment, key)
             )
@@ -88,7 +114,7 @@ class PgResponseStore:
 
     def set(self, key: str, value: Any) -> None:
         text = json.dumps(value)
-        with self._lock, self._con.cursor() as cursor:
+        with self._connections.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO lsl_responses (experiment, key, value) VALUES (%s, %s, %s) "
                 "ON CONFLICT (experiment, key) DO UPDATE SET value = EXCLUDED.value",
@@ -96,13 +122,12 @@ class PgResponseStore:
             )
 
     def __len__(self) -> int:
-        with self._lock, self._con.cursor() as cursor:
+        with self._connections.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM lsl_responses WHERE experiment = %s", (self._experiment,))
             return cursor.fetchone()[0]
 
     def close(self) -> None:
-        with self._lock:
-            self._con.close()
+        self._connections.close()
 
     def __enter__(self) -> PgResponseStore:
         return self
@@ -113,23 +138,21 @@ class PgResponseStore:
 
 class PgCallLog(CallLog):
     """The experiment's call log as rows of a table. Like the file, each record is committed before the
-    response it records can reach the response cache (a local round trip per request)."""
+    response it records can reach the response cache (a round trip per request)."""
 
-    def __init__(self, url: str, experiment_id: str):
+    def __init__(self, connections: ThreadConnections, experiment_id: str):
         self._experiment = experiment_id
-        self._lock = threading.Lock()
-        self._con = connect(url)
+        self._connections = connections
 
     def append(self, record: dict[str, Any]) -> None:
-        with self._lock, self._con.cursor() as cursor:
+        with self._connections.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO lsl_calls (experiment, record) VALUES (%s, %s)",
                 (self._experiment, json.dumps(record)),
             )
 
     def close(self) -> None:
-        with self._lock:
-            self._con.close()
+        self._connections.close()
 
 
 def _records(con: Any, experiments: list[str]) -> list[dict[str, Any]]:
@@ -146,6 +169,9 @@ class PostgresState:
 
     def __init__(self, url: str):
         self.url = url
+        # Shared by this state's call log and response store: a request is logged and its answer stored
+        # by the same thread, on its one connection.
+        self._connections = ThreadConnections(url)
 
     @property
     def where(self) -> str:
@@ -176,10 +202,10 @@ class PostgresState:
         return iter(rows)
 
     def call_log(self, experiment_id: str) -> PgCallLog:
-        return PgCallLog(self.url, experiment_id)
+        return PgCallLog(self._connections, experiment_id)
 
     def responses(self, experiment_id: str) -> PgResponseStore:
-        return PgResponseStore(self.url, experiment_id)
+        return PgResponseStore(self._connections, experiment_id)
 
     @contextmanager
     def campaign_allowance(

@@ -159,12 +159,14 @@ class Workspace(ConfigurableResource):
                         allowance,
                     )
                 )
-            call_log = state.call_log(spec.experiment_id)
+            # Open until the stage ends, closed by `held` before its allowance and lock are released.
+            call_log = held.enter_context(closing(state.call_log(spec.experiment_id)))
+            store = held.enter_context(closing(state.responses(spec.experiment_id)))
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
             meter.simulated_models({r["model"] for r in calls if r.get("simulated")})
             run = StageRun(spec, meter, models, functools.partial(self.task, spec.task))
             try:
-                with closing(state.responses(spec.experiment_id)) as store, experiment_cache(store, meter):
+                with experiment_cache(store, meter):
                     yield run
                 meter.wait_idle()
                 call_log.append(marker(name, run_id))
@@ -172,7 +174,6 @@ class Workspace(ConfigurableResource):
                 meter.close()
                 meter.wait_idle()
                 run.close()
-                call_log.close()
                 atomic_write_text(
                     run_dir / "ledgers" / f"{name}.json", meter.ledger().model_dump_json(indent=2)
                 )

@@ -5,9 +5,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg2
 import pytest
 from dagster import instance_for_test
 
@@ -88,3 +91,47 @@ def test_a_campaign_cap_holds_across_hosts_and_a_dead_holder_frees_its_share(pos
     finally:
         if holder.poll() is None:
             os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_a_write_held_up_in_the_database_does_not_hold_up_other_threads(postgres_url: str):
+    """A stage's threads each have their own connection: one thread's statement waiting in the database
+    (here its key is held by another transaction) does not stop the others' lookups and log lines."""
+    state = PostgresState(postgres_url)
+    store, log = state.responses("e1"), state.call_log("e1")
+    assert store.get("warm-up") is None  # the tables exist
+    blocker = psycopg2.connect(postgres_url)
+    writer = threading.Thread(target=store.set, args=("held", {"answer": 2}))
+    other = ThreadPoolExecutor(1)
+    try:
+        with blocker.cursor() as cursor:  # an open transaction holding the key "held"
+            cursor.execute("INSERT INTO lsl_responses VALUES ('e1', 'held', '1')")
+        writer.start()
+        _wait_for_lock_waiter(postgres_url)
+        lookup = other.submit(lambda: (store.get("other"), log.append({"stage": "s", "event": "x"})))
+        assert lookup.result(timeout=10) == (None, None)
+    finally:
+        blocker.rollback()  # the writer goes on (and, before each thread had its own connection, the rest)
+        writer.join(30)
+        other.shutdown()
+        blocker.close()
+    assert store.get("held") == {"answer": 2}
+    store.close()
+    log.close()
+
+
+def _wait_for_lock_waiter(url: str) -> None:
+    con = psycopg2.connect(url)
+    con.autocommit = True  # a fresh view of pg_stat_activity at each query
+    try:
+        with con.cursor() as cursor:
+            for _ in range(200):
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                if cursor.fetchone()[0]:
+                    return
+                time.sleep(0.05)
+    finally:
+        con.close()
+    raise AssertionError("the write never waited for the held key")
