@@ -1,6 +1,6 @@
 """An evaluation whose call log and response cache are in PostgreSQL (LSL_CACHE_URL), at max_concurrency 16.
 
-    .venv/bin/python bench/pgstate.py [--repeat 3] [--quick] [--rtt-ms 0 2]
+    .venv/bin/python bench/pgstate.py [--repeat 3] [--quick] [--rtt-ms 0 2 5]
 
 `stages.evaluate_on_large` inside `Workspace.stage` with `cache_url` set (metered engine, call log and
 response cache in a fresh database on the machine's PostgreSQL server, 127.0.0.1:5432 or
@@ -9,7 +9,7 @@ own process with latency L = 50 ms; and the same with local state (SQLite files)
 evaluation runs twice: **paid** (a new experiment id: every request is sent, logged and cached) and
 **replayed** (the same id again: every answer comes from the state, no request is sent). A database on
 another host is simulated by a TCP proxy in its own process that delays every chunk of bytes by RTT / 2
-each way (`--rtt-ms`, default 0 = no proxy, and 2).
+each way (`--rtt-ms`, default 0 = no proxy, 2 and 5).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def evaluate(
 
 def main() -> None:
     args_parser = parser(__doc__.split("\n")[0], repeat=3)
-    args_parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0, 2.0])
+    args_parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0, 2.0, 5.0])
     args = args_parser.parse_args()
     repeat, n = (1, EXAMPLES // 4) if args.quick else (args.repeat, EXAMPLES)
     task = load_task("arithmetic", REPO / "data" / "tasks")
