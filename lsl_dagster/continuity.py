@@ -89,14 +89,14 @@ def check_state(
     missing = [e for e in earlier if (e.stage, e.run_id) not in ended]
     if not missing:
         return
-    stages = "; ".join(f"{e.asset} (run {e.run_id[:8]}, state in {e.state})" for e in missing)
+    stages = "; ".join(f"{e.asset} (materialized by run {e.run_id[:8]}, state in {e.state})" for e in missing)
     raise ForeignState(
-        f"Nothing was called: this worker's call log and response cache for {experiment_id} are in {here}, "
-        f"which does not hold what earlier stages paid for: {stages}. Run here, every one of those "
-        "requests would be paid again and the call log would be split. Give this worker the same "
-        "LSL_CACHE_URL as the workers that ran them (or the same runs directory, LSL_RUNS_DIR, on a disk "
-        "they share). If the experiment's state was deleted on purpose, wipe those materializations of "
-        f"partition {experiment_id} (UI: the asset, Wipe materializations) to start it afresh.",
+        f"Refused before any call: this worker keeps the call log and response cache of {experiment_id} in "
+        f"{here}, which does not hold what earlier runs of the experiment paid for: {stages}. Run here, "
+        "each of those requests would be paid again and the call log would be split. Give this worker the "
+        "same LSL_CACHE_URL as the workers that ran them (or the same runs directory, LSL_RUNS_DIR, on a "
+        "disk they share). If the experiment's state was deleted on purpose, wipe those materializations "
+        f"of partition {experiment_id} (UI: the asset, Wipe materializations) to start it afresh.",
         here,
         missing,
     )
