@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 from collections import Counter
@@ -79,48 +78,39 @@ def evaluate(
     n = errors = fallbacks = 0
     total = 0.0
     kinds: Counter[str] = Counter()
-    # Each dspy.Evaluate starts new threads; what finished threads leave in reference cycles (it was
-    # DSPy's per-thread disk-cache connections; the experiment cache now uses one) would grow with the
-    # number of chunks. One collection per chunk frees it; freezing what existed before the evaluation
-    # keeps that collection ~1 ms instead of ~100 ms (bench/memory.py, throughput.py).
-    gc.freeze()
-    try:
-        callbacks = [*dspy.settings.get("callbacks", []), formats.FormatWatch()]
-        with (
-            atomic_writer(out) as sink,
-            dspy.context(disable_history=True, max_errors=10**9, callbacks=callbacks),
-        ):
-            for chunk in _batched(examples, CHUNK):
-                devset = [to_dspy(example, task) for example in chunk]
-                result = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, max_errors=10**9)(
-                    guarded
-                )
-                for example, (_, prediction, value) in zip(chunk, result.results, strict=True):
-                    get = prediction.get if hasattr(prediction, "get") else {}.get
-                    error, trace = get("error"), get("dspy_lsl_trace") or formats.ExampleTrace()
-                    kind = formats.error_kind(get("dspy_lsl_exc"), float(value), trace)
-                    # A provider failure says nothing about the prompt: recorded, never scored as wrong.
-                    scored = None if kind == "provider_failure" else float(value)
-                    row = {
-                        "example_id": example.id,
-                        "inputs": example.inputs,
-                        "gold": example.labels,
-                        "prediction": {f: _text(prediction, f) for f in task.label_fields},
-                        "score": scored,
-                        "error": error,
-                        "error_kind": kind,
-                        "truncated": trace.truncated,
-                        "adapter_fallback": trace.adapter_fallback,
-                    }
-                    sink.write(json.dumps(row) + "\n")
-                    n += 1
-                    total += scored or 0.0
-                    errors += error is not None
-                    kinds[kind or "ok"] += 1
-                    fallbacks += trace.adapter_fallback
-                gc.collect()
-    finally:
-        gc.unfreeze()
+    callbacks = [*dspy.settings.get("callbacks", []), formats.FormatWatch()]
+    with (
+        atomic_writer(out) as sink,
+        dspy.context(disable_history=True, max_errors=10**9, callbacks=callbacks),
+    ):
+        for chunk in _batched(examples, CHUNK):
+            devset = [to_dspy(example, task) for example in chunk]
+            result = dspy.Evaluate(devset=devset, metric=metric, num_threads=threads, max_errors=10**9)(
+                guarded
+            )
+            for example, (_, prediction, value) in zip(chunk, result.results, strict=True):
+                get = prediction.get if hasattr(prediction, "get") else {}.get
+                error, trace = get("error"), get("dspy_lsl_trace") or formats.ExampleTrace()
+                kind = formats.error_kind(get("dspy_lsl_exc"), float(value), trace)
+                # A provider failure says nothing about the prompt: recorded, never scored as wrong.
+                scored = None if kind == "provider_failure" else float(value)
+                row = {
+                    "example_id": example.id,
+                    "inputs": example.inputs,
+                    "gold": example.labels,
+                    "prediction": {f: _text(prediction, f) for f in task.label_fields},
+                    "score": scored,
+                    "error": error,
+                    "error_kind": kind,
+                    "truncated": trace.truncated,
+                    "adapter_fallback": trace.adapter_fallback,
+                }
+                sink.write(json.dumps(row) + "\n")
+                n += 1
+                total += scored or 0.0
+                errors += error is not None
+                kinds[kind or "ok"] += 1
+                fallbacks += trace.adapter_fallback
     if n == 0:
         raise ValueError(f"no examples to evaluate for task {task.name!r}")
     scored = n - kinds["provider_failure"]
