@@ -22,7 +22,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from _common import REPO, median, parser, print_table, run, spread, starting_candidate
+from _common import REPO, freeze_imports, median, parser, print_table, run, spread, starting_candidate
 
 SIZES = (1_000, 5_000, 20_000)
 QUICK_SIZES = (500, 2_000)
@@ -75,6 +75,7 @@ def child(n: int, trace: bool, threads: int = 8) -> None:
     from lsl_dagster.tasks import load_task
     from lsl_dagster.workspace import Workspace
 
+    freeze_imports()
     task = load_task("arithmetic", REPO / "data" / "tasks")
     spec = ExperimentSpec(
         experiment_id="bench-memory",

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO, median, parser, print_table, spread, starting_candidate
+from _common import REPO, freeze_imports, median, parser, print_table, spread, starting_candidate
 
 from lsl_dagster import stages
 from lsl_dagster.lm import LanguageModels
@@ -120,6 +120,7 @@ def evaluate(server: Server, task: Task, concurrency: int, n: int) -> Result:
 
 def main() -> None:
     args = parser(__doc__.split("\n")[0], repeat=3).parse_args()
+    freeze_imports()
     repeat, per_slot = (1, PER_SLOT // 2) if args.quick else (args.repeat, PER_SLOT)
     task = load_task("arithmetic", REPO / "data" / "tasks")
     rows = []

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
+# The process loading the code location keeps what it has imported for its whole life (Dagster, its CLI
+# and storage): frozen, it is not re-scanned by the full collections that importing DSPy and SciPy below
+# sets off, nor by those of the run (bench/README.md, overhead.py). Frozen again once `defs` is built.
+gc.freeze()
+
 import os
 from pathlib import Path
 
@@ -72,3 +79,4 @@ def build_definitions(
 
 
 defs = build_definitions()
+gc.freeze()
