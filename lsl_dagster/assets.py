@@ -28,7 +28,7 @@ from dagster import (
 from lsl_dagster import CODE_VERSION, stages
 from lsl_dagster.campaigns import summarize
 from lsl_dagster.campaigns import transfer_matrix as transfer_matrix_of
-from lsl_dagster.continuity import STATE_KEY, ForeignState, earlier_stages
+from lsl_dagster.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
 from lsl_dagster.experiments import ExperimentError, spec_versions
 from lsl_dagster.ledger import BudgetExhausted
 from lsl_dagster.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
@@ -123,7 +123,7 @@ def _stage(
             description=f"{name}: the provider kept failing after retries ({exc})",
             metadata=_saved_ledger(workspace, spec, name),
         ) from None
-    context.add_output_metadata({STATE_KEY: workspace.state().where})
+    context.add_output_metadata({STATE_KEY: workspace.state().where, STAGE_KEY: name})
 
 
 def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict:
