@@ -27,12 +27,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
-from _common import REPO, parser, print_table, spread, starting_candidate
-from throughput import LATENCY_S, Server, sim_server
+from _common import REPO, freeze_imports, parser, print_table, spread, starting_candidate
+from throughput import LATENCY_S, Server, evaluation_spec, sim_server
 
 from lsl_dagster import stages
 from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import ExperimentSpec
 from lsl_dagster.state import experiment_state
 from lsl_dagster.tasks import Task, load_task
 from lsl_dagster.workspace import Workspace
@@ -143,14 +142,7 @@ class Result:
 def evaluate(
     server: Server, task: Task, runs: Path, database: str, url: str | None, experiment_id: str, n: int
 ) -> Result:
-    model = {"model": "openai/sim-large", "api_base": server.url, "max_concurrency": CONCURRENCY}
-    spec = ExperimentSpec(
-        experiment_id=experiment_id,
-        task=task.name,
-        large_model=model,
-        small_model=model,
-        evaluation={"split": "test", "limit": n},
-    )
+    spec = evaluation_spec(experiment_id, task, server, CONCURRENCY, n)
     candidate = starting_candidate(spec, task)
     server.reset()
     workspace = Workspace(data_dir=str(REPO / "data"), runs_dir=str(runs), cache_url=url)
@@ -172,6 +164,7 @@ def main() -> None:
     args_parser = parser(__doc__.split("\n")[0], repeat=3)
     args_parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0, 2.0, 5.0])
     args = args_parser.parse_args()
+    freeze_imports()
     repeat, n = (1, EXAMPLES // 4) if args.quick else (args.repeat, EXAMPLES)
     task = load_task("arithmetic", REPO / "data" / "tasks")
     rows = []

@@ -86,15 +86,22 @@ class Result:
         return self.wall_s / self.bound_s
 
 
-def evaluate(server: Server, task: Task, concurrency: int, n: int) -> Result:
+def evaluation_spec(
+    experiment_id: str, task: Task, server: Server, concurrency: int, n: int
+) -> ExperimentSpec:
+    """An experiment evaluating n test examples on the sim server's large model, `concurrency` at once."""
     model = {"model": "openai/sim-large", "api_base": server.url, "max_concurrency": concurrency}
-    spec = ExperimentSpec(
-        experiment_id="bench-throughput",
+    return ExperimentSpec(
+        experiment_id=experiment_id,
         task=task.name,
         large_model=model,
         small_model=model,
         evaluation={"split": "test", "limit": n},
     )
+
+
+def evaluate(server: Server, task: Task, concurrency: int, n: int) -> Result:
+    spec = evaluation_spec("bench-throughput", task, server, concurrency, n)
     candidate = starting_candidate(spec, task)
     server.reset()
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as runs:  # a fresh cache: every call is sent
