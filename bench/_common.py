@@ -190,17 +190,20 @@ def run(
     return wall, done.stdout
 
 
-def materialize(experiment_id: str, select: str = "group:lsl") -> list[str]:
+def materialize(
+    experiment_id: str,
+    select: str = "group:lsl",
+    module: str = "lsl_dagster.definitions",
+    working_directory: Path | None = None,
+) -> list[str]:
+    """`dagster asset materialize` of one partition; a module outside the package needs its directory."""
+    where = ("-d", str(working_directory)) if working_directory else ()
     return [
         str(BIN / "dagster"),
         "asset",
         "materialize",
-        "-m",
-        "lsl_dagster.definitions",
-        "--select",
-        select,
-        "--partition",
-        experiment_id,
+        *where,
+        *("-m", module, "--select", select, "--partition", experiment_id),
     ]
 
 

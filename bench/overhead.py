@@ -5,6 +5,8 @@
 1. One experiment (the shipped arith-sim-01 on the sim models): `dagster asset materialize` in a fresh
    instance against bench/plain.py (the same stage functions in the same order, no Dagster run); both are
    subprocesses, so both pay interpreter start-up and imports. Their call logs must record the same calls.
+   Beside them, Dagster's floor: bench/floor.py, the same asset graph with steps that do nothing, against
+   `python -c "import dagster"`. What lsl_dagster adds is the difference less the floor.
 2. A campaign of 20 experiments (1 task x 1 model pair x 20 seeds): `lsl campaign run` (one run per
    experiment, 4 worker processes) against bench/plain.py running the 20 experiments one after another in
    one process.
@@ -76,8 +78,46 @@ class Single:
     plain_cpu_s: float
     plain_imports_s: float
     plain_experiment_s: float
+    # Dagster's floor: the same graph with no-op steps (fresh instance, then in use), and `import dagster`
+    floor_s: float
+    floor_again_s: float
+    import_dagster_s: float
     calls: int
     same_calls: bool
+
+    @property
+    def floor_over_import_s(self) -> float:
+        return self.floor_s - self.import_dagster_s
+
+    @property
+    def floor_again_over_import_s(self) -> float:
+        return self.floor_again_s - self.import_dagster_s
+
+    @property
+    def above_floor_s(self) -> float:
+        return self.dagster_s - self.plain_s - self.floor_over_import_s
+
+    @property
+    def again_above_floor_s(self) -> float:
+        return self.again_s - self.plain_s - self.floor_again_over_import_s
+
+
+def floor(root: Path) -> tuple[float, float, float]:
+    """bench/floor.py in a fresh instance, again in that instance, and `import dagster`: wall seconds."""
+    from floor import GRAPH, graph_of
+
+    from lsl_dagster.definitions import build_definitions
+
+    lab = make_lab(root)
+    lab.write_experiment(EXPERIMENT, shipped_experiment())
+    graph = root / "graph.json"
+    graph.write_text(json.dumps(graph_of(build_definitions(lab.data_dir, lab.runs_dir), "lsl", EXPERIMENT)))
+    env = {**lab.env(), GRAPH: str(graph)}
+    command = materialize(EXPERIMENT, module="floor", working_directory=BENCH)
+    fresh, _ = run_command(command, env)
+    again, _ = run_command(command, env)
+    imported, _ = run_command([sys.executable, "-c", "import dagster"], env)
+    return fresh, again, imported
 
 
 def single(root: Path) -> Single:
@@ -88,6 +128,7 @@ def single(root: Path) -> Single:
     first = timed_materialize(dagster_lab, EXPERIMENT)
     again = timed_materialize(dagster_lab, AGAIN)
     plain_s, plain_cpu, timings = plain(plain_lab, [EXPERIMENT])
+    floor_s, floor_again_s, import_dagster_s = floor(root / "floor")
     baseline = call_signature(plain_lab.calls(EXPERIMENT))
     ran = [call_signature(dagster_lab.calls(e)) for e in (EXPERIMENT, AGAIN)]
     return Single(
@@ -102,6 +143,9 @@ def single(root: Path) -> Single:
         plain_cpu_s=plain_cpu,
         plain_imports_s=timings["imports_s"],
         plain_experiment_s=timings["per_experiment_s"][0],
+        floor_s=floor_s,
+        floor_again_s=floor_again_s,
+        import_dagster_s=import_dagster_s,
         calls=sum(baseline.values()),
         same_calls=all(r == baseline for r in ran),
     )
@@ -235,6 +279,9 @@ def main() -> None:
     def one(name: str) -> str:
         return spread([getattr(s, name) for s in singles])
 
+    def signed(name: str) -> str:
+        return spread([getattr(s, name) for s in singles], "{:+.2f}")
+
     differences = [s.dagster_s - s.plain_s for s in singles]
     again = [s.again_s - s.plain_s for s in singles]
     relative = median(s.dagster_s / s.plain_s - 1 for s in singles)
@@ -260,6 +307,12 @@ def main() -> None:
                 f"{median(again):+.2f} ({median(s.again_s / s.plain_s - 1 for s in singles):+.0%})",
                 f"{median(s.again_cpu_s - s.plain_cpu_s for s in singles):+.2f}",
             ],
+            ["Dagster's floor: this graph, steps doing nothing (floor.py)", one("floor_s"), ""],
+            ["  over python -c 'import dagster'", signed("floor_over_import_s"), ""],
+            ["  instance in use", one("floor_again_s"), ""],
+            ["  over python -c 'import dagster'", signed("floor_again_over_import_s"), ""],
+            ["lsl_dagster above the floor (difference - floor)", signed("above_floor_s"), ""],
+            ["  instance in use", signed("again_above_floor_s"), ""],
         ],
         [
             "Same calls: equal multisets of (stage, model, ok, tokens in, tokens out) in the two call logs.",
@@ -268,6 +321,8 @@ def main() -> None:
             f"a second experiment ({AGAIN}, the same spec) in that instance, as a researcher's next runs.",
             "Target: one experiment <= 2 s over the plain script: fresh instance "
             f"{median(differences):+.2f} s, instance in use {median(again):+.2f} s.",
+            "The floor runs the same assets, inputs, pool and checks with no work in them, importing only",
+            "Dagster: what Dagster costs any experiment before lsl_dagster does anything.",
         ],
     )
     imports = max(repeat, 3) if not args.quick else 1

@@ -1,0 +1,63 @@
+"""The benchmarks' fixtures. bench/floor.py is what overhead.py measures Dagster's own cost with: it must
+be the experiment's graph (assets, inputs, pool, checks) with no work in it, or its floor would be
+another graph's."""
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from dagster import AssetKey, Definitions
+
+from lsl_dagster.assets import GROUP
+from lsl_dagster_tests.conftest import Lab
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_floor() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("floor", BENCH / "floor.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def shape(defs: Definitions) -> dict[str, Any]:
+    """Each asset of the group with the assets it reads, its other dependencies and pool; its checks."""
+    specs = [s for s in defs.resolve_all_asset_specs() if s.group_name == GROUP]
+    assets = {}
+    for spec in specs:
+        node = defs.resolve_assets_def(spec.key)
+        assets[spec.key.to_user_string()] = (
+            sorted(k.to_user_string() for k in node.keys_by_input_name.values()),
+            sorted(d.asset_key.to_user_string() for d in spec.deps),
+            node.op.pool if node.is_materializable else None,
+            node.is_materializable,
+        )
+    checks = {
+        (s.asset_key.to_user_string(), s.name, s.partitions_def is not None)
+        for c in defs.asset_checks or []
+        for s in c.check_specs
+    }
+    return {"assets": assets, "checks": checks}
+
+
+def test_the_floor_is_the_experiment_graph_with_no_work(lab: Lab) -> None:
+    lab.write("floor-01")
+    defs = lab.defs()
+    floor = load_floor()
+    built = floor.build(floor.graph_of(defs, GROUP, "floor-01"))
+
+    ours, its = shape(defs), shape(built)
+    assert its == ours
+    assert len(ours["assets"]) == 8 and len(ours["checks"]) == 13  # the experiment file, 7 stages; checks
+
+    stages = {key for key, (*_, materializable) in ours["assets"].items() if materializable}
+    result = built.resolve_implicit_global_asset_job_def().execute_in_process(
+        partition_key="floor-01", instance=lab.instance, asset_selection=[AssetKey(k) for k in stages]
+    )
+    assert result.success
+    assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == stages
+    assert len(result.get_asset_check_evaluations()) == 13
+    assert lab.calls("floor-01") == []  # no model was called
