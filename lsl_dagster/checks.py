@@ -43,6 +43,7 @@ class Checked:
         self.spec: ExperimentSpec = workspace.experiment(experiment_id)
         self._task: Task | None = None
         self._held_out: list[Example] | None = None
+        self._rows: dict[str, list[dict]] = {}
 
     @property
     def task(self) -> Task:
@@ -60,8 +61,13 @@ class Checked:
         return self.outputs.load(AssetKey(asset), self.experiment_id, model)
 
     def rows(self, result: EvaluationResult) -> list[dict]:
-        location = self.workspace.located(result.predictions_path)  # a file or an object (LSL_OUTPUTS_URL)
-        return [json.loads(line) for line in storage.read_lines(location)]
+        """The evaluation's prediction rows (a file, or an object under LSL_OUTPUTS_URL), read once for all
+        the checks on it."""
+        stored = result.predictions_path
+        if stored not in self._rows:
+            lines = storage.read_lines(self.workspace.located(stored))
+            self._rows[stored] = [json.loads(line) for line in lines]
+        return self._rows[stored]
 
 
 def all_examples_evaluated(checked: Checked, result: EvaluationResult) -> Verdict:
@@ -90,13 +96,9 @@ def scores_in_range(checked: Checked, result: EvaluationResult) -> Verdict:
 
 
 def no_test_leakage(checked: Checked, candidate: PromptCandidate) -> Verdict:
-    """No few-shot demo is an evaluation example (compared by input content, not by id)."""
-    task, spec = checked.task, checked.spec
-    fields = task.input_fields
-    held_out = {
-        tuple(e.inputs[f] for f in fields)
-        for e in task.examples(spec.evaluation.split, spec.evaluation.limit)
-    }
+    """No few-shot demo is an example the arms are evaluated on (compared by input content, not by id)."""
+    fields = checked.task.input_fields
+    held_out = {tuple(e.inputs[f] for f in fields) for e in checked.held_out()}
     demos = [d for p in candidate.predictors.values() for d in p.demos]
     leaked = [d.get("example_id", "?") for d in demos if tuple(str(d.get(f)) for f in fields) in held_out]
     return not leaked, {"demos": len(demos), "leaked": ", ".join(leaked)}

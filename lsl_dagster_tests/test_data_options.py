@@ -13,6 +13,7 @@ from lsl_dagster.models import ExperimentSpec
 from lsl_dagster.stages import evaluation_examples
 from lsl_dagster.tasks import SPLITS, TaskDataError, load_task
 from lsl_dagster_tests.conftest import FAST, PROJECT, Lab
+from lsl_dagster_tests.test_pipeline import _checks
 from lsl_dagster_tests.test_tasks import SPLIT_OF, examples, make_task
 
 
@@ -64,6 +65,15 @@ def test_a_resampled_test_set_is_what_every_arm_is_evaluated_on(lab: Lab):
     assert checks[("stage3_evaluation", "all_examples_evaluated")] is True
     assert checks[("stage2_hardened_prompt", "no_test_leakage")] is True
     assert len(checks) > 10 and all(checks.values())
+
+    # The leakage check compares demos with the examples drawn, not with the split's first `limit`.
+    drawn = next(e for e in task.examples("test") if e.id in set(expected) - {f"test-{i}" for i in range(20)})
+    prompt_path = lab.runs_dir / "resampled" / "stage1_prompt.json"
+    prompt = json.loads(prompt_path.read_text())
+    prompt["predictors"]["predict"]["demos"].append({**drawn.inputs, **drawn.labels, "example_id": "train-x"})
+    prompt_path.write_text(json.dumps(prompt))
+    failed = {check for check, passed in _checks(lab, "resampled").items() if not passed}
+    assert failed == {"stage1_prompt:no_test_leakage"}
 
 
 HUB = {
