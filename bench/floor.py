@@ -51,7 +51,25 @@ def graph_of(defs: dg.Definitions, group: str, partition: str) -> dict[str, Any]
     return {"group": group, "partition": partition, "assets": assets, "observed": observed, "checks": checks}
 
 
-def build(graph: dict[str, Any]) -> dg.Definitions:
+class JsonFiles(dg.ConfigurableIOManager):
+    """Outputs as small JSON files, like lsl_dagster's IO manager and without the debug log events that
+    Dagster's default one writes for every load and store (31 of them in this graph, ~0.1 s)."""
+
+    base_dir: str
+
+    def _path(self, context: dg.OutputContext | dg.InputContext) -> Path:
+        return Path(self.base_dir, context.asset_partition_key, *context.asset_key.path).with_suffix(".json")
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        path = self._path(context)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj))
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        return json.loads(self._path(context).read_text())
+
+
+def build(graph: dict[str, Any], outputs: Path) -> dg.Definitions:
     partitions = dg.StaticPartitionsDefinition([graph["partition"]])
     common = {"partitions_def": partitions, "group_name": graph["group"]}
 
@@ -71,7 +89,7 @@ def build(graph: dict[str, Any]) -> dg.Definitions:
             **common,
         )
         def _nothing(**_inputs: Any) -> dict[str, Any]:
-            return {}  # stored and loaded by Dagster's default IO manager, as an output is
+            return {}
 
         return _nothing
 
@@ -90,10 +108,12 @@ def build(graph: dict[str, Any]) -> dg.Definitions:
         assets=[*map(observed, graph["observed"]), *map(asset, graph["assets"])],
         asset_checks=list(map(checks, graph["checks"])),
         executor=dg.in_process_executor,
+        resources={"io_manager": JsonFiles(base_dir=str(outputs))},
     )
 
 
 if GRAPH in os.environ:  # loaded as the code location
     gc.freeze()  # as lsl_dagster.definitions does: what the CLI imported is not scanned again
-    defs = build(json.loads(Path(os.environ[GRAPH]).read_text()))
+    graph_file = Path(os.environ[GRAPH])
+    defs = build(json.loads(graph_file.read_text()), graph_file.parent / "floor_outputs")
     gc.freeze()

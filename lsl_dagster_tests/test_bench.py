@@ -43,11 +43,11 @@ def shape(defs: Definitions) -> dict[str, Any]:
     return {"assets": assets, "checks": checks}
 
 
-def test_the_floor_is_the_experiment_graph_with_no_work(lab: Lab) -> None:
+def test_the_floor_is_the_experiment_graph_with_no_work(lab: Lab, tmp_path: Path) -> None:
     lab.write("floor-01")
     defs = lab.defs()
     floor = load_floor()
-    built = floor.build(floor.graph_of(defs, GROUP, "floor-01"))
+    built = floor.build(floor.graph_of(defs, GROUP, "floor-01"), tmp_path / "floor_outputs")
 
     ours, its = shape(defs), shape(built)
     assert its == ours
