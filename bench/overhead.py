@@ -106,12 +106,13 @@ def floor(root: Path) -> tuple[float, float, float]:
     """bench/floor.py in a fresh instance, again in that instance, and `import dagster`: wall seconds."""
     from floor import GRAPH, graph_of
 
+    from lsl_dagster.assets import GROUP
     from lsl_dagster.definitions import build_definitions
 
     lab = make_lab(root)
     lab.write_experiment(EXPERIMENT, shipped_experiment())
     graph = root / "graph.json"
-    graph.write_text(json.dumps(graph_of(build_definitions(lab.data_dir, lab.runs_dir), "lsl", EXPERIMENT)))
+    graph.write_text(json.dumps(graph_of(build_definitions(lab.data_dir, lab.runs_dir), GROUP, EXPERIMENT)))
     env = {**lab.env(), GRAPH: str(graph)}
     command = materialize(EXPERIMENT, module="floor", working_directory=BENCH)
     fresh, _ = run_command(command, env)

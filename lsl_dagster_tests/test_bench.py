@@ -10,9 +10,9 @@ from typing import Any
 from dagster import AssetKey, Definitions
 
 from lsl_dagster.assets import GROUP
-from lsl_dagster_tests.conftest import Lab
+from lsl_dagster_tests.conftest import PROJECT, Lab
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = PROJECT / "bench"
 
 
 def load_floor() -> ModuleType:
