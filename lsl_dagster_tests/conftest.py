@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import shutil
+import signal
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -38,6 +39,13 @@ from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.cluster import ServiceMissing, postgres_database
 
 PROJECT = Path(__file__).resolve().parent.parent
+
+# A job run in this process (execute_in_process) points SIGTERM at whatever handles SIGINT. Tests launched
+# in the background by a script (`make test &`) start with SIGINT ignored: SIGTERM would be ignored from
+# the first run on, here and in every server a test starts, which then could not be stopped. With Python's
+# own SIGINT handler, the children those tests start get SIGTERM's default action back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The stage assets of one experiment in pipeline order, as a user sees them in the UI and `lsl status`.
 STAGE_ASSETS = [
