@@ -23,13 +23,14 @@ GRAPH = "LSL_BENCH_GRAPH"
 def graph_of(defs: dg.Definitions, group: str, partition: str) -> dict[str, Any]:
     """The shape of one group of `defs` (assets, their inputs and deps, pools, checks) as JSON."""
     specs = [s for s in defs.resolve_all_asset_specs() if s.group_name == group]
-    materialized = {s.key for s in specs if defs.resolve_assets_def(s.key).is_materializable}
+    nodes = {s.key: defs.resolve_assets_def(s.key) for s in specs}
+    materialized = {key for key, node in nodes.items() if node.is_materializable}
     assets, observed = [], []
     for spec in specs:
-        if spec.key not in materialized:
+        node = nodes[spec.key]
+        if not node.is_materializable:
             observed.append(spec.key.to_user_string())
             continue
-        node = defs.resolve_assets_def(spec.key)
         loaded = {name: key for name, key in node.keys_by_input_name.items() if key in materialized}
         assets.append(
             {

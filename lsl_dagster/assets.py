@@ -10,7 +10,6 @@ from pathlib import Path
 from dagster import (
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetObservation,
     AssetsDefinition,
     DataVersion,
@@ -52,6 +51,7 @@ from lsl_dagster.models import (
 )
 from lsl_dagster.optimizers import OptimizerOutputError
 from lsl_dagster.plan import forecast
+from lsl_dagster.registry import FILE
 from lsl_dagster.tasks import Task, TaskDataError
 from lsl_dagster.workspace import StageRun, Workspace
 
@@ -59,7 +59,6 @@ from lsl_dagster.workspace import StageRun, Workspace
 POOL = "lsl_llm"
 GROUP = "lsl"  # one experiment's assets, partitioned by experiment
 CAMPAIGN_GROUP = "campaigns"
-EXPERIMENT_FILE = "experiment_file"
 
 
 def _load(workspace: Workspace, experiment_id: str) -> tuple[ExperimentSpec, Task]:
@@ -83,7 +82,7 @@ def _stage(
     materialization records where the experiment's state is, for the stages after it to check."""
     # The experiment file is observed, never materialized: no stage state of its own to check.
     deps = context.assets_def.asset_deps[context.asset_key]
-    read = [key.to_user_string() for key in deps if key != AssetKey(EXPERIMENT_FILE)]
+    read = [key.to_user_string() for key in deps if key != FILE]
     earlier = earlier_stages(
         context.instance, context.partition_key, [context.asset_key.to_user_string(), *read]
     )
@@ -149,7 +148,7 @@ def _plan_metadata(workspace: Workspace, experiment_id: str) -> dict:
 
 
 def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
-    @observable_source_asset(name=EXPERIMENT_FILE, partitions_def=partitions, group_name=GROUP)
+    @observable_source_asset(name=FILE.to_user_string(), partitions_def=partitions, group_name=GROUP)
     def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
         """data/experiments/<experiment_id>.yaml (or its campaign's cell). Its version is the validated
         spec's hash, so editing a file marks exactly that experiment's assets stale."""

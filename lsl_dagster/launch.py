@@ -27,6 +27,7 @@ from pathlib import Path
 import dagster as dg
 
 from lsl_dagster.campaign_budget import pid_alive
+from lsl_dagster.registry import FILE
 
 CAMPAIGN_TAG = "lsl/campaign"
 LAUNCH_TAG = "lsl/launch"
@@ -119,7 +120,7 @@ def run_experiments(
     tags = {**tags, HOST_TAG: socket.gethostname()}
     outcomes: list[Outcome] = []
     pending: dict[Future, str] = {
-        pool.submit(_execute, "lsl_experiment", e, ["experiment_file", *assets], tags): e
+        pool.submit(_execute, "lsl_experiment", e, [FILE.to_user_string(), *assets], tags): e
         for e, assets in todo.items()
     }
     while pending:

@@ -14,6 +14,7 @@ from dagster import (
 )
 
 from lsl_dagster.experiments import spec_versions
+from lsl_dagster.registry import FILE
 from lsl_dagster.workspace import Workspace
 
 # The tag Dagster reads an observation's data version from (what observable source assets emit).
@@ -28,7 +29,7 @@ def experiment_files_sensor(partitions: PartitionsDefinition) -> SensorDefinitio
         seen = json.loads(context.cursor or "{}")
         versions = spec_versions(Path(workspace.data_dir), partitions.get_partition_keys())
         events = [
-            AssetObservation("experiment_file", partition=key, tags={DATA_VERSION_TAG: version})
+            AssetObservation(FILE, partition=key, tags={DATA_VERSION_TAG: version})
             for key, version in versions.items()
             if seen.get(key) != version
         ]
