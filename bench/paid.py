@@ -17,6 +17,7 @@ from _common import make_lab, median, parser, print_table, shipped_experiment
 
 from lsl_dagster.lm import LanguageModels
 from lsl_dagster.sim import TIERS
+from lsl_dagster.sim_keys import data_dir_keys
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster.workspace import Workspace
 
@@ -34,20 +35,23 @@ def _http(server: SimServer, tier: str) -> dict:
 def measure(experiment: str) -> dict:
     from plain import run_experiment
 
-    with tempfile.TemporaryDirectory(prefix="bench-paid-") as root, SimServer().start() as server:
+    with tempfile.TemporaryDirectory(prefix="bench-paid-") as root:
         lab = make_lab(Path(root))
-        spec = shipped_experiment(experiment)
-        spec.update(large_model=_http(server, "large"), small_model=_http(server, "small"))
-        lab.write_experiment(experiment, spec)
-        workspace = Workspace(data_dir=str(lab.data_dir), runs_dir=str(lab.runs_dir))
-        comparison = run_experiment(workspace, LanguageModels(), experiment)
-        stats = server.stats()
-        distinct = len(server.served_requests)
-        replayed = sum(
-            usage.replayed + usage.cache_hits
-            for ledger in comparison.usage.values()
-            for usage in ledger.by_model.values()
-        )
+        # The server plays the answer keys of the lab's tasks, as the tests' sim server does: without
+        # them it answers every task wrongly and the optimizers take another, shorter path.
+        with SimServer(answer_keys=data_dir_keys(lab.data_dir)).start() as server:
+            spec = shipped_experiment(experiment)
+            spec.update(large_model=_http(server, "large"), small_model=_http(server, "small"))
+            lab.write_experiment(experiment, spec)
+            workspace = Workspace(data_dir=str(lab.data_dir), runs_dir=str(lab.runs_dir))
+            comparison = run_experiment(workspace, LanguageModels(), experiment)
+            stats = server.stats()
+            distinct = len(server.served_requests)
+            replayed = sum(
+                usage.replayed + usage.cache_hits
+                for ledger in comparison.usage.values()
+                for usage in ledger.by_model.values()
+            )
     return {
         "served": stats["served"],
         "distinct": distinct,

@@ -23,6 +23,7 @@ from _common import BIN, make_lab, materialize, median, parser, print_table, spr
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from lsl_dagster.experiments import experiment_ids
+from lsl_dagster.sim_keys import data_dir_keys
 from lsl_dagster.sim_server import SimServer
 from lsl_dagster_tests.cluster import CeleryWorkers, postgres_database
 
@@ -53,7 +54,8 @@ def campaign(url: str, seeds: int) -> dict:
 def measure(workers: int, seeds: int, root: Path) -> tuple[float, int]:
     """Wall seconds from submitting the campaign to its last comparison, and the requests served."""
     lab = make_lab(root)
-    with postgres_database() as url, SimServer(latency_s=LATENCY_S).start() as server:
+    keys = data_dir_keys(lab.data_dir)  # what the server plays, as in the tests
+    with postgres_database() as url, SimServer(latency_s=LATENCY_S, answer_keys=keys).start() as server:
         settings = {
             "storage": {"postgres": {"postgres_url": url}},
             "telemetry": {"enabled": False},
