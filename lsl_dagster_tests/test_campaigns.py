@@ -145,26 +145,30 @@ def _comparisons(instance: DagsterInstance, ids: list[str]) -> dict[str, int]:
 LLM_STEPS = set(STAGE_ASSETS) - {"comparison"}  # the stages that call models, in the lsl_llm pool
 
 
-def _most_llm_steps_at_once(instance: DagsterInstance, killed_at: float) -> int:
+def _most_llm_steps_at_once(instance: DagsterInstance, killed_at: float) -> tuple[int, list[str]]:
     """The most steps of the lsl_llm pool executing at one time, across all runs (a step of a killed run
-    ends at the kill), from each step's STEP_START to its end in the runs' event logs."""
-    changes: list[tuple[float, int]] = []
+    ends at the kill), from each step's STEP_START to its end in the runs' event logs; and those steps
+    (run, step, start, end), to show which overlapped."""
+    intervals: list[tuple[float, float, str]] = []
     for record in instance.get_run_records():
+        run_id = record.dagster_run.run_id
         started: dict[str, float] = {}
-        for entry in instance.all_logs(record.dagster_run.run_id):
+        for entry in instance.all_logs(run_id):
             event = entry.dagster_event
             if event is None or event.step_key not in LLM_STEPS:
                 continue
             if event.event_type_value == "STEP_START":
                 started[event.step_key] = entry.timestamp
             elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in started:
-                changes += [(started.pop(event.step_key), 1), (entry.timestamp, -1)]
-        changes += [change for start in started.values() for change in ((start, 1), (killed_at, -1))]
-    running = most = 0
-    for _, change in sorted(changes):  # an end sorts before a start at the same instant
-        running += change
-        most = max(most, running)
-    return most
+                name = f"{run_id[:8]} {event.step_key}"
+                intervals.append((started.pop(event.step_key), entry.timestamp, name))
+        intervals += [(start, killed_at, f"{run_id[:8]} {step} (killed)") for step, start in started.items()]
+    most, peak = 0, []
+    for start, _, _ in intervals:  # the most steps running at a step's start: a step ending then is done
+        running = [i for i in intervals if i[0] <= start < i[1]]
+        if len(running) > most:
+            most, peak = len(running), [f"{name} {a:.3f}-{b:.3f}" for a, b, name in running]
+    return most, peak
 
 
 def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path, lab: Lab):
@@ -225,7 +229,8 @@ def test_campaign_run_survives_a_kill_and_matches_its_experiments(tmp_path: Path
     assert all(done[e] == 1 for e in done_before)  # what was finished was not run again
     # The pool held across the launches: at most 2 LLM steps at once; each step sends at most 3 requests
     # at a time to each model (Stage 2 may have the small model's and the reflecting large model's).
-    assert _most_llm_steps_at_once(instance, killed_at) <= 2
+    most, steps = _most_llm_steps_at_once(instance, killed_at)
+    assert most <= 2, f"{most} LLM steps at once: {steps}"
     assert max_in_flight <= 2 * 3 * 2
     runs = instance.get_run_records()
     assert not any(
