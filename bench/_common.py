@@ -209,8 +209,8 @@ def materialize(
 
 def starting_candidate(spec: Any, task: Any) -> Any:
     """The task's unoptimized program as a PromptCandidate, what an evaluation benchmark evaluates."""
-    from lsl_dagster.models import Ledger, Provenance
-    from lsl_dagster.program import capture
+    from lsl_dagster.method.prompts import capture
+    from lsl_dagster.records import Ledger, Provenance
 
     provenance = Provenance(
         stage="bench",

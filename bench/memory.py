@@ -69,11 +69,11 @@ class FdSampler(threading.Thread):
 def child(n: int, trace: bool, threads: int = 8) -> None:
     """Evaluate n examples with `threads` threads; print one JSON line: peak and starting RSS (KiB), calls,
     peak open descriptors (all, and on the response cache), seconds."""
-    from lsl_dagster import stages
-    from lsl_dagster.lm import LanguageModels
-    from lsl_dagster.models import ExperimentSpec
-    from lsl_dagster.tasks import load_task
-    from lsl_dagster.workspace import Workspace
+    from lsl_dagster.defs.resources import Workspace
+    from lsl_dagster.llm.lm import LanguageModels
+    from lsl_dagster.method import stages
+    from lsl_dagster.spec.experiment import ExperimentSpec
+    from lsl_dagster.tasks.task import load_task
 
     freeze_imports()
     task = load_task("arithmetic", REPO / "data" / "tasks")

@@ -106,8 +106,8 @@ def floor(root: Path) -> tuple[float, float, float]:
     """bench/floor.py in a fresh instance, again in that instance, and `import dagster`: wall seconds."""
     from floor import GRAPH, graph_of
 
-    from lsl_dagster.assets import GROUP
     from lsl_dagster.definitions import build_definitions
+    from lsl_dagster.defs.assets import GROUP
 
     lab = make_lab(root)
     lab.write_experiment(EXPERIMENT, shipped_experiment())
@@ -171,8 +171,8 @@ def import_times(repeat: int) -> list[tuple[str, float]]:
         ("import dspy", "import dspy"),
         ("import dagster", "import dagster"),
         (
-            "import lsl_dagster.stages, .workspace (what plain.py imports)",
-            "import lsl_dagster.stages, lsl_dagster.workspace",
+            "import lsl_dagster.method.stages, .workspace (what plain.py imports)",
+            "import lsl_dagster.method.stages, lsl_dagster.defs.resources",
         ),
         ("import lsl_dagster.definitions (the code location, built)", "import lsl_dagster.definitions"),
     ]

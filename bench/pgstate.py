@@ -30,11 +30,11 @@ import psycopg2
 from _common import REPO, freeze_imports, parser, print_table, spread, starting_candidate
 from throughput import LATENCY_S, Server, evaluation_spec, sim_server
 
-from lsl_dagster import stages
-from lsl_dagster.lm import LanguageModels
-from lsl_dagster.state import experiment_state
-from lsl_dagster.tasks import Task, load_task
-from lsl_dagster.workspace import Workspace
+from lsl_dagster.defs.resources import Workspace
+from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.llm.state import experiment_state
+from lsl_dagster.method import stages
+from lsl_dagster.tasks.task import Task, load_task
 from lsl_dagster_tests.cluster import postgres_database
 
 CONCURRENCY = 16

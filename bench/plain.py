@@ -2,7 +2,7 @@
 
     LSL_DATA_DIR=... LSL_RUNS_DIR=... python bench/plain.py EXPERIMENT_ID [...] [--campaign NAME]
 
-What a researcher would write by hand around `lsl_dagster.stages`: each stage inside `Workspace.stage`
+What a researcher would write by hand around `lsl_dagster.method.stages`: each stage inside `Workspace.stage`
 (budgets, call log, cache), outputs saved as JSON. Used by overhead.py as the baseline; prints one JSON
 line of timings.
 """
@@ -19,10 +19,10 @@ START = time.perf_counter()
 
 from pathlib import Path  # noqa: E402  (imports are part of what is timed)
 
-from lsl_dagster import stages  # noqa: E402
-from lsl_dagster.lm import LanguageModels  # noqa: E402
-from lsl_dagster.models import Comparison, EvaluationResult, PromptCandidate  # noqa: E402
-from lsl_dagster.workspace import Workspace  # noqa: E402
+from lsl_dagster.defs.resources import Workspace  # noqa: E402
+from lsl_dagster.llm.lm import LanguageModels  # noqa: E402
+from lsl_dagster.method import stages  # noqa: E402
+from lsl_dagster.records import Comparison, EvaluationResult, PromptCandidate  # noqa: E402
 
 
 def run_experiment(workspace: Workspace, models: LanguageModels, experiment_id: str) -> Comparison:
@@ -91,8 +91,8 @@ def main() -> None:
         comparisons[experiment_id] = run_experiment(workspace, models, experiment_id)
         per_experiment.append(time.perf_counter() - began)
     if args.campaign:
-        from lsl_dagster.campaigns import summarize
-        from lsl_dagster.plots import campaign_figure
+        from lsl_dagster.results.plots import campaign_figure
+        from lsl_dagster.spec.campaigns import summarize
 
         plot = workspace.run_dir(args.campaign) / "campaign_summary.png"
         plot.parent.mkdir(parents=True, exist_ok=True)

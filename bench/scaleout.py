@@ -22,9 +22,9 @@ import yaml
 from _common import BIN, make_lab, materialize, median, parser, print_table, spread
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-from lsl_dagster.experiments import experiment_ids
-from lsl_dagster.sim_keys import data_dir_keys
-from lsl_dagster.sim_server import SimServer
+from lsl_dagster.sim.keys import data_dir_keys
+from lsl_dagster.sim.server import SimServer
+from lsl_dagster.spec.files import experiment_ids
 from lsl_dagster_tests.cluster import CeleryWorkers, postgres_database
 
 LATENCY_S = 0.5

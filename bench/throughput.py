@@ -24,11 +24,11 @@ from pathlib import Path
 
 from _common import REPO, freeze_imports, median, parser, print_table, spread, starting_candidate
 
-from lsl_dagster import stages
-from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import ExperimentSpec
-from lsl_dagster.tasks import Task, load_task
-from lsl_dagster.workspace import Workspace
+from lsl_dagster.defs.resources import Workspace
+from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.method import stages
+from lsl_dagster.spec.experiment import ExperimentSpec
+from lsl_dagster.tasks.task import Task, load_task
 
 LATENCY_S = 0.05
 CONCURRENCY = (1, 4, 16)
@@ -60,7 +60,7 @@ class Server:
 
 @contextmanager
 def sim_server() -> Iterator[Server]:
-    command = [sys.executable, "-m", "lsl_dagster.sim_server", "--port", "0", "--latency", str(LATENCY_S)]
+    command = [sys.executable, "-m", "lsl_dagster.sim.server", "--port", "0", "--latency", str(LATENCY_S)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

@@ -14,15 +14,15 @@ from pathlib import Path
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job
 
-from lsl_dagster.assets import CAMPAIGN_GROUP, GROUP, build_assets, build_campaign_assets
-from lsl_dagster.checks import build_checks
-from lsl_dagster.executors import executor_from_env
-from lsl_dagster.experiments import experiment_ids, scan_campaigns
-from lsl_dagster.io_managers import PydanticJsonIOManager
-from lsl_dagster.lm import LanguageModels
-from lsl_dagster.partitions import experiments_partitions
-from lsl_dagster.sensors import experiment_files_sensor
-from lsl_dagster.workspace import PROJECT_DIR, Workspace
+from lsl_dagster.defs.assets import CAMPAIGN_GROUP, GROUP, build_assets, build_campaign_assets
+from lsl_dagster.defs.checks import build_checks
+from lsl_dagster.defs.executors import executor_from_env
+from lsl_dagster.defs.io_managers import PydanticJsonIOManager
+from lsl_dagster.defs.partitions import experiments_partitions
+from lsl_dagster.defs.resources import PROJECT_DIR, Workspace
+from lsl_dagster.defs.sensors import experiment_files_sensor
+from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.spec.files import experiment_ids, scan_campaigns
 
 
 def directories(data_dir: Path | None = None, runs_dir: Path | None = None) -> tuple[Path, Path]:

@@ -29,13 +29,13 @@ from dagster import (
 )
 from moto.server import ThreadedMotoServer
 
-from lsl_dagster import storage
 from lsl_dagster.definitions import build_definitions
-from lsl_dagster.ledger import CallLog
-from lsl_dagster.lm import LanguageModels
-from lsl_dagster.sim import AnswerKey
-from lsl_dagster.sim_keys import data_dir_keys
-from lsl_dagster.sim_server import SimServer
+from lsl_dagster.llm.ledger import CallLog
+from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.sim.engine import AnswerKey
+from lsl_dagster.sim.keys import data_dir_keys
+from lsl_dagster.sim.server import SimServer
+from lsl_dagster.storage import outputs as storage
 from lsl_dagster_tests.cluster import ServiceMissing, postgres_database
 
 PROJECT = Path(__file__).resolve().parent.parent

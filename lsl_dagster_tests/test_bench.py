@@ -9,8 +9,8 @@ from typing import Any
 
 from dagster import AssetKey, Definitions
 
-from lsl_dagster.assets import GROUP
-from lsl_dagster.checks import CHECKS
+from lsl_dagster.defs.assets import GROUP
+from lsl_dagster.defs.checks import CHECKS
 from lsl_dagster_tests.conftest import PROJECT, STAGE_ASSETS, Lab
 
 BENCH = PROJECT / "bench"

@@ -23,12 +23,12 @@ from dagster import (
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from lsl_dagster.assets import CAMPAIGN_GROUP
 from lsl_dagster.cli import main
-from lsl_dagster.experiments import campaigns, experiment_ids, load_experiment, scan_campaigns
-from lsl_dagster.models import SIMULATED as LABEL
-from lsl_dagster.models import Comparison, TransferMatrix
-from lsl_dagster.sim_server import SimServer
+from lsl_dagster.defs.assets import CAMPAIGN_GROUP
+from lsl_dagster.records import Comparison, TransferMatrix
+from lsl_dagster.sim.server import SimServer
+from lsl_dagster.spec.experiment import SIMULATED as LABEL
+from lsl_dagster.spec.files import campaigns, experiment_ids, load_experiment, scan_campaigns
 from lsl_dagster_tests.conftest import FAST, PROJECT, STAGE_ASSETS, Lab, shipped_keys
 
 PAIRS = [

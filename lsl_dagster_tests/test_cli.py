@@ -14,7 +14,7 @@ import pytest
 from dagster import AssetKey
 
 from lsl_dagster.cli import COLUMNS, arm_cis, main
-from lsl_dagster.models import Comparison
+from lsl_dagster.records import Comparison
 from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab
 
 

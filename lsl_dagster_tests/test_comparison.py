@@ -4,8 +4,8 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 from lsl_dagster.cli import main
-from lsl_dagster.models import Comparison, PromptCandidate
-from lsl_dagster.stats import verdict
+from lsl_dagster.records import Comparison, PromptCandidate
+from lsl_dagster.results.stats import verdict
 from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab
 
 BEFORE_EDIT = ["stage1_prompt", "stage2_hardened_prompt", "baseline_evaluation"]

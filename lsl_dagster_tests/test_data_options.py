@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lsl_dagster.models import ExperimentSpec
-from lsl_dagster.stages import evaluation_examples
-from lsl_dagster.tasks import SPLITS, TaskDataError, load_task
+from lsl_dagster.method.stages import evaluation_examples
+from lsl_dagster.spec.experiment import ExperimentSpec
+from lsl_dagster.tasks.task import SPLITS, TaskDataError, load_task
 from lsl_dagster_tests.conftest import FAST, PROJECT, Lab
 from lsl_dagster_tests.test_pipeline import _checks
 from lsl_dagster_tests.test_tasks import SPLIT_OF, examples, make_task
@@ -109,7 +109,7 @@ def test_a_dataset_load_dataset_reads_gives_the_same_examples_as_its_files(tmp_p
 def test_an_unreachable_hub_dataset_is_a_clear_error_naming_it(tmp_path: Path):
     make_task(tmp_path, data={**HUB, "hub": {"path": "someorg/some_qa", "name": "distractor"}})
     # As on a machine without the network (this one has none to the Hub either): datasets' offline mode.
-    load = "import sys, pathlib, lsl_dagster.tasks as t; t.load_task('qa', pathlib.Path(sys.argv[1]))"
+    load = "import sys, pathlib, lsl_dagster.tasks.task as t; t.load_task('qa', pathlib.Path(sys.argv[1]))"
     done = subprocess.run(
         [sys.executable, "-c", load, str(tmp_path)],
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

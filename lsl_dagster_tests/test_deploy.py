@@ -16,7 +16,7 @@ from dagster import DagsterInstance
 from dagster_celery.cli import get_validated_config
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-from lsl_dagster.executors import CELERY_SETTINGS
+from lsl_dagster.defs.executors import CELERY_SETTINGS
 from lsl_dagster_tests.cluster import BROKER
 from lsl_dagster_tests.conftest import PROJECT
 

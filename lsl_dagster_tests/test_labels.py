@@ -9,12 +9,12 @@ import pytest
 from dspy.lm15 import Message, Request, Response, TextPart, Usage
 
 from lsl_dagster.cli import main
-from lsl_dagster.ledger import Meter
-from lsl_dagster.lm import MeteredEngine
-from lsl_dagster.models import SIMULATED as LABEL
-from lsl_dagster.models import ModelSpec
-from lsl_dagster.sim import FINGERPRINT, SIMULATED_HEADER
-from lsl_dagster.sim_server import SimServer
+from lsl_dagster.llm.ledger import Meter
+from lsl_dagster.llm.lm import MeteredEngine
+from lsl_dagster.sim.engine import FINGERPRINT, SIMULATED_HEADER
+from lsl_dagster.sim.server import SimServer
+from lsl_dagster.spec.experiment import SIMULATED as LABEL
+from lsl_dagster.spec.experiment import ModelSpec
 from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab
 
 

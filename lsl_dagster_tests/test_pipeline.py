@@ -17,10 +17,10 @@ from dagster import (
 )
 
 from lsl_dagster.definitions import build_definitions
-from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import SIMULATED as LABEL
-from lsl_dagster.models import Comparison, EvaluationResult, PromptCandidate
-from lsl_dagster.sim_server import SimServer
+from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.records import Comparison, EvaluationResult, PromptCandidate
+from lsl_dagster.sim.server import SimServer
+from lsl_dagster.spec.experiment import SIMULATED as LABEL
 from lsl_dagster_tests.conftest import PROJECT, STAGE_ASSETS, Lab, shipped_keys
 
 

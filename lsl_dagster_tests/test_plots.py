@@ -6,7 +6,7 @@ from matplotlib import colormaps
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from lsl_dagster.plots import BAR, contrast, label_bars, text_color
+from lsl_dagster.results.plots import BAR, contrast, label_bars, text_color
 
 
 @pytest.mark.parametrize("scores", [[0.0, 0.0, 0.0], [0.0, 0.05, 0.7], [1.0, 0.11, 0.12], [0.5, 1.0, 0.0]])

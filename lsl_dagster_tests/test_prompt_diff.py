@@ -1,7 +1,7 @@
 """The per-predictor diff of two prompts: instructions, field descriptions and demos."""
 
-from lsl_dagster.models import Ledger, PredictorPrompt, PromptCandidate, Provenance
-from lsl_dagster.prompt_diff import diff_markdown, predictor_diffs
+from lsl_dagster.records import Ledger, PredictorPrompt, PromptCandidate, Provenance
+from lsl_dagster.results.prompt_diff import diff_markdown, predictor_diffs
 
 
 def _candidate(stage: str, **predictors: PredictorPrompt) -> PromptCandidate:

@@ -12,8 +12,8 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus, RunsFilter
 
 from lsl_dagster.cli import main
-from lsl_dagster.ledger import CallLog
-from lsl_dagster.sim_server import SimServer
+from lsl_dagster.llm.ledger import CallLog
+from lsl_dagster.sim.server import SimServer
 from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab, make_lab, shipped_keys
 
 PORT_SERVER_SEED = 0

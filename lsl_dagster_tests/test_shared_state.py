@@ -14,8 +14,8 @@ import psycopg2
 import pytest
 from dagster import instance_for_test
 
-from lsl_dagster.pg_state import PostgresState
-from lsl_dagster.sim_server import SimServer
+from lsl_dagster.llm.pg_state import PostgresState
+from lsl_dagster.sim.server import SimServer
 from lsl_dagster_tests.conftest import Lab
 from lsl_dagster_tests.test_resume import _outputs
 
@@ -60,7 +60,7 @@ def _concluded(outputs: dict) -> dict:
 
 HOLD = """
 import sys, time
-from lsl_dagster.pg_state import PostgresState
+from lsl_dagster.llm.pg_state import PostgresState
 with PostgresState(sys.argv[1]).campaign_allowance("camp", 1.0, ["e1"], "e1--stage1", 0.4) as usd:
     print(usd, flush=True)
     time.sleep(600)

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from lsl_dagster.sim import TIERS, AnswerKey, respond
-from lsl_dagster.sim_server import FAULT_KINDS, MODEL_IDS, FaultPlan, SimServer, main
+from lsl_dagster.sim.engine import TIERS, AnswerKey, respond
+from lsl_dagster.sim.server import FAULT_KINDS, MODEL_IDS, FaultPlan, SimServer, main
 
 SYSTEM = (
     "Your input fields are:\n1. `question` (str)\nYour output fields are:\n1. `answer` (str)\n"
@@ -319,7 +319,7 @@ def test_cli_serves_with_key_from_env_and_never_prints_it():
         [
             sys.executable,
             "-m",
-            "lsl_dagster.sim_server",
+            "lsl_dagster.sim.server",
             "--port",
             "0",
             "--api-key-env",

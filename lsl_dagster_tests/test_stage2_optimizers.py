@@ -5,14 +5,15 @@ gets what Stage 1 + Stage 2 used."""
 import pytest
 import yaml
 
-from lsl_dagster import optimizers, stages
-from lsl_dagster.campaigns import CampaignError, cell_of, expand, load_campaign
-from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import SIMULATED, Ledger, PromptCandidate, Provenance
-from lsl_dagster.plan import forecast, render
-from lsl_dagster.program import capture
-from lsl_dagster.sim_server import SimServer
-from lsl_dagster.workspace import Workspace
+from lsl_dagster.defs.resources import Workspace
+from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.method import optimizers, stages
+from lsl_dagster.method.plan import forecast, render
+from lsl_dagster.method.prompts import capture
+from lsl_dagster.records import Ledger, PromptCandidate, Provenance
+from lsl_dagster.sim.server import SimServer
+from lsl_dagster.spec.campaigns import CampaignError, cell_of, expand, load_campaign
+from lsl_dagster.spec.experiment import SIMULATED
 from lsl_dagster_tests.conftest import Lab
 
 STAGE2_CALLS = 60

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from lsl_dagster.pg_state import PostgresState
+from lsl_dagster.llm.pg_state import PostgresState
 from lsl_dagster_tests.conftest import S3_BUCKET, Lab
 
 PASSWORD = "hunter2-secret"  # the server trusts local connections: a password in the URL is ignored

@@ -8,8 +8,8 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from lsl_dagster import stats
-from lsl_dagster.stats import (
+from lsl_dagster.results import stats
+from lsl_dagster.results.stats import (
     holm,
     is_binary,
     mcnemar_exact_p,

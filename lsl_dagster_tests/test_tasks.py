@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from lsl_dagster.metrics import call_metric, neutral_feedback
-from lsl_dagster.models import Ledger, PredictorPrompt, Provenance
-from lsl_dagster.optimizers import feedback_metric_for, metric_for
-from lsl_dagster.program import ProgramMismatch, capture, rebuild, render
-from lsl_dagster.tasks import TaskDataError, load_task, to_dspy
+from lsl_dagster.method.optimizers import feedback_metric_for, metric_for
+from lsl_dagster.method.prompts import ProgramMismatch, capture, rebuild, render
+from lsl_dagster.records import Ledger, PredictorPrompt, Provenance
+from lsl_dagster.tasks.metrics import call_metric, neutral_feedback
+from lsl_dagster.tasks.task import TaskDataError, load_task, to_dspy
 
 # A user's two-predictor program and metric, as a researcher would write them in program.py.
 PROGRAM = """

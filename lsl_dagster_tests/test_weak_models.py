@@ -12,22 +12,16 @@ import httpx
 import pytest
 from dspy.clients.cache import Cache
 
-from lsl_dagster.evaluation import Totals, evaluate, scores
-from lsl_dagster.ledger import Meter
-from lsl_dagster.lm import LanguageModels
-from lsl_dagster.models import (
-    Comparison,
-    EvaluationResult,
-    ExperimentSpec,
-    Ledger,
-    ModelSpec,
-    PromptCandidate,
-)
-from lsl_dagster.plan import forecast
-from lsl_dagster.sim_server import SimServer
-from lsl_dagster.stages import compare
-from lsl_dagster.tasks import load_task
-from lsl_dagster.workspace import Workspace
+from lsl_dagster.defs.resources import Workspace
+from lsl_dagster.llm.ledger import Meter
+from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.method.evaluation import Totals, evaluate, scores
+from lsl_dagster.method.plan import forecast
+from lsl_dagster.method.stages import compare
+from lsl_dagster.records import Comparison, EvaluationResult, Ledger, PromptCandidate
+from lsl_dagster.sim.server import SimServer
+from lsl_dagster.spec.experiment import ExperimentSpec, ModelSpec
+from lsl_dagster.tasks.task import load_task
 from lsl_dagster_tests.conftest import PROJECT, Lab
 from lsl_dagster_tests.test_cli import run_cli
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from lsl_dagster.cache import ResponseStore, cache_path, experiment_cache
-from lsl_dagster.ledger import Meter
-from lsl_dagster.lm import PROVIDERS, ConfigError, LanguageModels, packaged_price
-from lsl_dagster.models import ModelSpec, Price
-from lsl_dagster.sim_server import SimServer
+from lsl_dagster.llm.cache import ResponseStore, cache_path, experiment_cache
+from lsl_dagster.llm.ledger import Meter
+from lsl_dagster.llm.lm import PROVIDERS, ConfigError, LanguageModels, packaged_price
+from lsl_dagster.sim.server import SimServer
+from lsl_dagster.spec.experiment import ModelSpec, Price
 from lsl_dagster_tests.conftest import Lab
 
 SECRET = "sk-default-provider-key-never-elsewhere"

@@ -1,0 +1,332 @@
+"""The experiment as software-defined assets, one partition per experiment id.
+
+No `from __future__ import annotations` here: Dagster reads the annotations at definition time.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetObservation,
+    AssetsDefinition,
+    DataVersion,
+    DataVersionsByPartition,
+    Failure,
+    Output,
+    PartitionsDefinition,
+    RetryRequested,
+    SourceAsset,
+    StaticPartitionMapping,
+    StaticPartitionsDefinition,
+    asset,
+    observable_source_asset,
+)
+
+from lsl_dagster import CODE_VERSION
+from lsl_dagster.defs.metadata import (
+    campaign_metadata,
+    comparison_metadata,
+    evaluation_metadata,
+    hardening_metadata,
+    ledger_metadata,
+    matrix_metadata,
+    prompt_metadata,
+)
+from lsl_dagster.defs.resources import StageRun, Workspace
+from lsl_dagster.llm.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
+from lsl_dagster.llm.ledger import BudgetExhausted
+from lsl_dagster.llm.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
+from lsl_dagster.method import stages
+from lsl_dagster.method.optimizers import OptimizerOutputError
+from lsl_dagster.method.plan import forecast
+from lsl_dagster.records import CampaignSummary, Comparison, EvaluationResult, PromptCandidate, TransferMatrix
+from lsl_dagster.results.instance import FILE
+from lsl_dagster.spec.campaigns import summarize
+from lsl_dagster.spec.campaigns import transfer_matrix as transfer_matrix_of
+from lsl_dagster.spec.experiment import ExperimentSpec
+from lsl_dagster.spec.files import ExperimentError, spec_versions
+from lsl_dagster.tasks.task import Task, TaskDataError
+
+# Steps that call LLMs take a slot of this Dagster concurrency pool (limit set on the instance).
+POOL = "lsl_llm"
+GROUP = "lsl"  # one experiment's assets, partitioned by experiment
+CAMPAIGN_GROUP = "campaigns"
+
+
+def _load(workspace: Workspace, experiment_id: str) -> tuple[ExperimentSpec, Task]:
+    try:
+        spec = workspace.experiment(experiment_id)
+        return spec, workspace.task(spec.task)
+    except (ExperimentError, TaskDataError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+
+
+@contextmanager
+def _stage(
+    context: AssetExecutionContext,
+    workspace: Workspace,
+    models: LanguageModels,
+    spec: ExperimentSpec,
+    name: str,
+    max_calls: int | None,
+) -> Iterator[StageRun]:
+    """A stage's runtime, with its failures turned into clean Dagster failures carrying the ledger. Its
+    materialization records where the experiment's state is, for the stages after it to check."""
+    # The experiment file is observed, never materialized: no stage state of its own to check.
+    deps = context.assets_def.asset_deps[context.asset_key]
+    read = [key.to_user_string() for key in deps if key != FILE]
+    earlier = earlier_stages(
+        context.instance, context.partition_key, [context.asset_key.to_user_string(), *read]
+    )
+    try:
+        with workspace.stage(
+            spec, name, models, max_calls, run_id=context.run.run_id, earlier=earlier
+        ) as run:
+            yield run
+    except ForeignState as exc:
+        metadata = {
+            "this_worker_state": exc.here,
+            "earlier_state": ", ".join(sorted({e.state for e in exc.earlier})),
+        }
+        raise Failure(description=str(exc), metadata=metadata, allow_retries=False) from None
+    except ConfigError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    except OptimizerOutputError as exc:
+        # Retrying replays the same replies from the cache: only a change to the experiment file helps.
+        raise Failure(
+            description=str(exc), metadata=_saved_ledger(workspace, spec, name), allow_retries=False
+        ) from None
+    except BudgetExhausted as exc:
+        raise Failure(
+            description=f"{exc} before {name} had a result to keep; nothing was saved as its output",
+            metadata=_saved_ledger(workspace, spec, name),
+            allow_retries=False,
+        ) from None
+    except AccessDenied as exc:
+        raise Failure(
+            description=f"{name}: {exc}. Check the key and the account's credit; nothing was retried.",
+            metadata=_saved_ledger(workspace, spec, name),
+            allow_retries=False,
+        ) from None
+    except ProviderUnavailable as exc:
+        if context.retry_number < models.step_retries:
+            # Calls already paid for replay from the cache on the retry.
+            raise RetryRequested(
+                max_retries=models.step_retries, seconds_to_wait=models.step_retry_delay_s
+            ) from exc
+        raise Failure(
+            description=f"{name}: the provider kept failing after retries ({exc})",
+            metadata=_saved_ledger(workspace, spec, name),
+        ) from None
+    context.add_output_metadata({STATE_KEY: workspace.state().where, STAGE_KEY: name})
+
+
+def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict:
+    ledger = workspace.saved_ledger(spec.experiment_id, name)
+    return ledger_metadata(ledger) if ledger is not None else {}
+
+
+def _plan_metadata(workspace: Workspace, experiment_id: str) -> dict:
+    try:
+        spec = workspace.experiment(experiment_id)
+        task = workspace.task(spec.task)
+    except (ExperimentError, TaskDataError):
+        return {}  # the stages report an invalid file; the observation only versions it
+    plan = forecast(spec, task)
+    metadata: dict = {key: value for key, value in plan.metadata().items() if value is not None}
+    if plan.refusal:
+        metadata["plan_refusal"] = plan.refusal
+    return metadata
+
+
+def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
+    @observable_source_asset(name=FILE.to_user_string(), partitions_def=partitions, group_name=GROUP)
+    def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
+        """data/experiments/<experiment_id>.yaml (or its campaign's cell). Its version is the validated
+        spec's hash, so editing a file marks exactly that experiment's assets stale."""
+        # A run of one experiment observes just that one: every run observing every file would grow the
+        # event log with the square of a campaign's size.
+        keys = [context.partition_key] if context.has_partition_key else partitions.get_partition_keys()
+        versions = spec_versions(Path(workspace.data_dir), keys)
+        if context.has_partition_key:
+            # The forecast (lsl plan) of the experiment about to run, logged before its versioned observation.
+            metadata = _plan_metadata(workspace, context.partition_key)
+            if metadata:
+                context.log_event(
+                    AssetObservation(
+                        asset_key=context.asset_key, partition=context.partition_key, metadata=metadata
+                    )
+                )
+        return DataVersionsByPartition({key: DataVersion(version) for key, version in versions.items()})
+
+    # Every stage reads the experiment file, so each depends on it: editing the file marks them all stale.
+    common = {
+        "partitions_def": partitions,
+        "group_name": GROUP,
+        "code_version": CODE_VERSION,
+        "deps": [experiment_file],
+    }
+
+    @asset(pool=POOL, **common)
+    def stage1_prompt(
+        context: AssetExecutionContext, workspace: Workspace, language_models: LanguageModels
+    ) -> Output[PromptCandidate]:
+        """Stage 1: the task program optimized on the large model (MIPROv2 by default)."""
+        spec, task = _load(workspace, context.partition_key)
+        with _stage(context, workspace, language_models, spec, "stage1", spec.stage1.max_calls) as run:
+            candidate = stages.stage1_optimize(spec, task, run)
+        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+
+    @asset(pool=POOL, **common)
+    def stage2_hardened_prompt(
+        context: AssetExecutionContext,
+        workspace: Workspace,
+        language_models: LanguageModels,
+        stage1_prompt: PromptCandidate,
+    ) -> Output[PromptCandidate]:
+        """Stage 2: the Stage 1 prompt hardened against the small model by `stage2.optimizer` (GEPA by
+        default; MIPROv2 or SIMBA)."""
+        spec, task = _load(workspace, context.partition_key)
+        with _stage(context, workspace, language_models, spec, "stage2", spec.stage2.max_calls) as run:
+            candidate = stages.stage2_harden(spec, task, stage1_prompt, run)
+        metadata = {**prompt_metadata(candidate, task, spec), **hardening_metadata(stage1_prompt, candidate)}
+        return Output(candidate, metadata=metadata)
+
+    @asset(pool=POOL, **common)
+    def budget_matched_prompt(
+        context: AssetExecutionContext,
+        workspace: Workspace,
+        language_models: LanguageModels,
+        stage1_prompt: PromptCandidate,
+        stage2_hardened_prompt: PromptCandidate,
+    ) -> Output[PromptCandidate]:
+        """FR-006: the Stage 1 optimizer on the large model with the calls Stage 1 + Stage 2 used."""
+        spec, task = _load(workspace, context.partition_key)
+        budget = stages.matched_budget(stage1_prompt, stage2_hardened_prompt)
+        with _stage(context, workspace, language_models, spec, "budget_matched", budget) as run:
+            candidate = stages.budget_matched_optimize(spec, task, run)
+        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+
+    def evaluation_asset(name: str, arm: str, upstream: str) -> AssetsDefinition:
+        @asset(name=name, pool=POOL, ins={"candidate": AssetIn(upstream)}, **common)
+        def _evaluation(
+            context: AssetExecutionContext,
+            workspace: Workspace,
+            language_models: LanguageModels,
+            candidate: PromptCandidate,
+        ) -> Output[EvaluationResult]:
+            spec, task = _load(workspace, context.partition_key)
+            out = workspace.run_dir(spec.experiment_id) / "predictions" / f"{arm}.jsonl"
+            with _stage(context, workspace, language_models, spec, name, None) as run:
+                result = stages.evaluate_on_large(spec, task, candidate, arm, run, out)
+            # Where every worker and the CLI reach them (object storage when outputs are there).
+            result = result.model_copy(update={"predictions_path": workspace.publish(out)})
+            return Output(result, metadata=evaluation_metadata(result, spec))
+
+        _evaluation.__doc__ = (
+            f"The {upstream} prompt on the large model over the held-out split (arm '{arm}')."
+        )
+        return _evaluation
+
+    baseline_evaluation = evaluation_asset("baseline_evaluation", "baseline", "stage1_prompt")
+    stage3_evaluation = evaluation_asset("stage3_evaluation", "lsl", "stage2_hardened_prompt")
+    budget_matched_evaluation = evaluation_asset(
+        "budget_matched_evaluation", "budget_matched", "budget_matched_prompt"
+    )
+
+    @asset(**common)
+    def comparison(
+        context: AssetExecutionContext,
+        workspace: Workspace,
+        stage1_prompt: PromptCandidate,
+        stage2_hardened_prompt: PromptCandidate,
+        budget_matched_prompt: PromptCandidate,
+        baseline_evaluation: EvaluationResult,
+        stage3_evaluation: EvaluationResult,
+        budget_matched_evaluation: EvaluationResult,
+    ) -> Output[Comparison]:
+        """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
+        spec, _ = _load(workspace, context.partition_key)
+
+        def located(result: EvaluationResult) -> EvaluationResult:  # its predictions where they are now
+            return result.model_copy(update={"predictions_path": workspace.located(result.predictions_path)})
+
+        try:
+            result = stages.compare(
+                spec,
+                stage1=stage1_prompt,
+                stage2=stage2_hardened_prompt,
+                budget_matched=budget_matched_prompt,
+                baseline_evaluation=located(baseline_evaluation),
+                stage3_evaluation=located(stage3_evaluation),
+                budget_matched_evaluation=located(budget_matched_evaluation),
+            )
+        except stages.InconsistentArms as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
+        return Output(result, metadata=comparison_metadata(result, spec))
+
+    return [
+        experiment_file,
+        stage1_prompt,
+        stage2_hardened_prompt,
+        budget_matched_prompt,
+        baseline_evaluation,
+        stage3_evaluation,
+        budget_matched_evaluation,
+        comparison,
+    ]
+
+
+def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str]) -> list[AssetsDefinition]:
+    """The campaign level: one partition per campaign file, fed by the comparisons of its experiments. An
+    invalid campaign file is a partition too: materializing it fails with the file's error, so the UI
+    shows what is wrong with it while every other campaign loads and runs."""
+    experiments_of = StaticPartitionMapping({e: name for name, ids in campaigns.items() for e in ids})
+    per_campaign = {
+        "partitions_def": StaticPartitionsDefinition(sorted({*campaigns, *errors})),
+        "group_name": CAMPAIGN_GROUP,
+        "code_version": CODE_VERSION,
+        "ins": {"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
+    }
+
+    @asset(**per_campaign)
+    def campaign_summary(
+        context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
+    ) -> Output[CampaignSummary]:
+        """Per grid cell of a campaign: each arm's mean score and each paired difference (LSL vs the
+        baselines), with 95% confidence intervals across seeds, as a table and a plot."""
+        if context.partition_key in errors:
+            raise Failure(description=errors[context.partition_key], allow_retries=False)
+        # matplotlib is imported here, not with the code location: every run and `lsl` command loads
+        # the code location, few draw a plot (~0.5 s of start-up saved).
+        from lsl_dagster.results.plots import campaign_figure
+
+        plot = workspace.run_dir(context.partition_key) / "campaign_summary.png"
+        summary = summarize(context.partition_key, comparisons, workspace.location(plot))
+        campaign_figure(summary, plot)
+        workspace.publish(plot)
+        return Output(summary, metadata=campaign_metadata(summary))
+
+    @asset(**per_campaign)
+    def transfer_matrix(
+        context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
+    ) -> Output[TransferMatrix]:
+        """For which (large, small) model pairs does hardening transfer? Rows = large models, columns =
+        small models; each cell LSL - baseline and LSL - budget-matched across the pair's tasks, optimizers
+        and seeds, with 95% t-intervals and Holm-adjusted p-values, as a table and a heat map."""
+        if context.partition_key in errors:
+            raise Failure(description=errors[context.partition_key], allow_retries=False)
+        from lsl_dagster.results.plots import (
+            matrix_figure,  # matplotlib only where a plot is drawn (see above)
+        )
+
+        plot = workspace.run_dir(context.partition_key) / "transfer_matrix.png"
+        matrix = transfer_matrix_of(context.partition_key, comparisons, workspace.location(plot))
+        matrix_figure(matrix, plot)
+        workspace.publish(plot)
+        return Output(matrix, metadata=matrix_metadata(matrix))
+
+    return [campaign_summary, transfer_matrix]

@@ -1,0 +1,290 @@
+"""Forecast before spending: calls, tokens and cost of every stage of an experiment, without calling a model.
+
+The same numbers allocate an experiment's `max_cost_usd` to its stages before the first call: the three
+evaluations get their worst case reserved, the optimization stages share the rest in proportion to their
+worst case, so optimization can never leave the evaluations (and so the comparison) without money. An
+experiment whose cap cannot cover its evaluations is refused up front.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dspy
+from pydantic import BaseModel
+
+from lsl_dagster.llm.lm import PROVIDERS, ConfigError
+from lsl_dagster.method.optimizers import (
+    MAX_BOOTSTRAPPED_DEMOS,
+    MAX_LABELED_DEMOS,
+    check_gepa_budget,
+    simba_plan,
+)
+from lsl_dagster.spec.experiment import SIMULATED, ExperimentSpec, ModelSpec, Price
+from lsl_dagster.tasks.task import Example, Task
+
+EVALUATIONS = ("baseline_evaluation", "stage3_evaluation", "budget_matched_evaluation")
+# What an optimized prompt may add to the task's own: a rewritten instruction and a reasoning per demo.
+INSTRUCTION_CHARS = 1000
+DEMO_REASONING_CHARS = 400
+# Assumed typical reply length for the expected cost; the worst case assumes every reply hits max_tokens.
+EXPECTED_OUTPUT_TOKENS = 150
+
+
+class StageForecast(BaseModel):
+    stage: str
+    optimizer: str | None = None  # None for the evaluations
+    models: list[str]
+    calls: int
+    input_tokens: int  # worst case: the estimate every request reserves (2 characters per token)
+    output_tokens_expected: int
+    output_tokens_max: int
+    expected_cost_usd: float | None
+    worst_cost_usd: float | None
+    share_usd: float | None = None  # this stage's part of max_cost_usd
+
+
+class Forecast(BaseModel):
+    experiment_id: str
+    max_cost_usd: float | None
+    stages: list[StageForecast]
+    # Why the cap cannot finish this experiment (it is then refused before any call), or None.
+    refusal: str | None = None
+    simulated: bool = False  # a sim model is in it: its prices are the simulator's, not a provider's
+
+    @property
+    def calls(self) -> int:
+        return sum(s.calls for s in self.stages)
+
+    @property
+    def expected_cost_usd(self) -> float | None:
+        costs = [s.expected_cost_usd for s in self.stages]
+        return None if None in costs else sum(c for c in costs if c is not None)
+
+    @property
+    def worst_cost_usd(self) -> float | None:
+        costs = [s.worst_cost_usd for s in self.stages]
+        return None if None in costs else sum(c for c in costs if c is not None)
+
+    @property
+    def evaluations_worst_usd(self) -> float | None:
+        costs = [s.worst_cost_usd for s in self.stages if s.stage in EVALUATIONS]
+        return None if None in costs else sum(c for c in costs if c is not None)
+
+    def share(self, stage: str) -> float | None:
+        return next((s.share_usd for s in self.stages if s.stage == stage), None)
+
+    def metadata(self) -> dict[str, float | int | None]:
+        """Flat numbers for Dagster metadata."""
+        out: dict[str, float | int | None] = {
+            "plan_calls": self.calls,
+            "plan_expected_cost_usd": self.expected_cost_usd,
+            "plan_worst_cost_usd": self.worst_cost_usd,
+        }
+        for s in self.stages:
+            out[f"plan_{s.stage}_calls"] = s.calls
+            out[f"plan_{s.stage}_worst_cost_usd"] = s.worst_cost_usd
+        return out
+
+
+def _prompt_chars(task: Task) -> tuple[int, int]:
+    """Characters of a typical and of the largest request one predictor sends: its prompt as DSPy's
+    ChatAdapter renders it with a full set of demos; typical with the mean example, largest with the
+    longest of the first training examples, long demo reasonings and a rewritten instruction."""
+    examples = list(task.examples("train", 20)) or list(task.examples("dev", 20))
+
+    def size(example: Example) -> int:
+        return sum(map(len, example.inputs.values())) + sum(map(len, example.labels.values()))
+
+    ranked = sorted(examples, key=size)
+    typical, longest = ranked[len(ranked) // 2], ranked[-1]
+    n_demos = MAX_BOOTSTRAPPED_DEMOS + MAX_LABELED_DEMOS
+
+    def chars(example: Example, reasoning: int) -> int:
+        # A predictor's fields that are not the program's (e.g. retrieved context) are sized like all of
+        # the example's inputs together: a proxy, as their values exist only when the program runs.
+        proxy = " ".join(example.inputs.values())
+        most = 0
+        for _, predictor in task.program().named_predictors():
+            values = {
+                f: example.inputs.get(f, example.labels.get(f, proxy)) for f in predictor.signature.fields
+            }
+            demo = {**values, "reasoning": "x" * reasoning}
+            inputs = {f: values[f] for f in predictor.signature.input_fields}
+            messages = dspy.ChatAdapter().format(predictor.signature, [demo] * n_demos, inputs)
+            most = max(most, sum(len(str(m.get("content", ""))) for m in messages))
+        return most
+
+    return chars(typical, DEMO_REASONING_CHARS // 4), chars(longest, DEMO_REASONING_CHARS) + INSTRUCTION_CHARS
+
+
+def _cost(price: Price | None, calls: int, input_tokens: int, output_tokens: int) -> float | None:
+    return None if price is None else calls * price.cost(input_tokens, output_tokens)
+
+
+def _stage(
+    stage: str, calls: int, specs: list[ModelSpec], chars: tuple[int, int], optimizer: str | None = None
+) -> StageForecast:
+    prices = [PROVIDERS[s.provider].price(s) for s in specs]
+    # Which model a call goes to is the optimizer's choice: bound each call by the dearest model.
+    worst_price = None if None in prices else max(prices, key=lambda p: p.cost(1000, 1000))
+    task_price = prices[0]
+    max_tokens = max(s.max_tokens for s in specs)
+    worst_in = math.ceil(chars[1] / 2) + 16  # MeteredEngine reserves with the same estimate
+    expected_in = math.ceil(chars[0] / 4)
+    expected_out = min(EXPECTED_OUTPUT_TOKENS, max_tokens)
+    return StageForecast(
+        stage=stage,
+        optimizer=optimizer,
+        models=sorted({s.model for s in specs}),
+        calls=calls,
+        input_tokens=calls * worst_in,
+        output_tokens_expected=calls * expected_out,
+        output_tokens_max=calls * max_tokens,
+        expected_cost_usd=_cost(task_price, calls, expected_in, expected_out),
+        worst_cost_usd=_cost(worst_price, calls, worst_in, max_tokens),
+    )
+
+
+def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
+    """Every stage's calls, tokens and cost, and its share of max_cost_usd. Reads no model."""
+    chars = _prompt_chars(task)
+    predictors = len(task.program().named_predictors())
+    split = spec.evaluation.split
+    examples = (
+        task.sizes[split] if spec.evaluation.limit is None else min(spec.evaluation.limit, task.sizes[split])
+    )
+    large, small = spec.large_model, spec.small_model
+    reflection = spec.model(spec.stage2.reflection)
+    stages = [
+        _stage("stage1", spec.stage1.max_calls, [large], chars, spec.stage1.optimizer),
+        _stage("stage2", spec.stage2.max_calls, [small, reflection], chars, spec.stage2.optimizer),
+        # The budget-matched arm gets at most what Stage 1 and Stage 2 may use, with Stage 1's optimizer.
+        _stage(
+            "budget_matched",
+            spec.stage1.max_calls + spec.stage2.max_calls,
+            [large],
+            chars,
+            spec.stage1.optimizer,
+        ),
+        *(_stage(name, examples * predictors, [large], chars) for name in EVALUATIONS),
+    ]
+    plan = Forecast(
+        experiment_id=spec.experiment_id,
+        max_cost_usd=spec.max_cost_usd,
+        stages=stages,
+        simulated=spec.simulated,
+    )
+    plan.refusal = _budget_refusal(spec, task, predictors)
+    if spec.max_cost_usd is not None and plan.refusal is None:
+        _allocate(plan, spec.max_cost_usd)
+    return plan
+
+
+def _budget_refusal(spec: ExperimentSpec, task: Task, predictors: int) -> str | None:
+    """Why Stage 1's or Stage 2's max_calls cannot buy one step of its optimizer (GEPA, SIMBA), or None:
+    refused before Stage 1 spends anything, not when Stage 2 starts."""
+    n_train = min(spec.data.train, task.sizes["train"])
+    n_val = min(spec.data.val, task.sizes["dev"])
+    try:
+        for stage, optimizer, max_calls in (
+            ("stage1", spec.stage1.optimizer, spec.stage1.max_calls),
+            ("stage2", spec.stage2.optimizer, spec.stage2.max_calls),
+        ):
+            if optimizer == "gepa":
+                check_gepa_budget(stage, max_calls, n_val, predictors)
+            elif optimizer == "simba":
+                simba_plan(stage, max_calls, predictors, n_train, n_val)
+    except ConfigError as exc:
+        return f"{spec.experiment_id}: {exc}"
+    return None
+
+
+def _allocate(plan: Forecast, cap: float) -> None:
+    """Evaluations first (their worst case), the optimization stages share the rest pro rata."""
+    needed = plan.evaluations_worst_usd
+    if needed is None:
+        return  # unpriced: LanguageModels.check refuses a capped experiment before this matters
+    if cap < needed:
+        plan.refusal = (
+            f"{plan.experiment_id}: max_cost_usd ${cap:.4f} cannot cover the three evaluations, which may "
+            f"cost up to ${needed:.4f} ({plan.stages[-1].calls} calls each); raise max_cost_usd to at least "
+            f"${needed:.4f} (plus what optimization should get) or lower evaluation.limit"
+        )
+        return
+    optimization = [s for s in plan.stages if s.stage not in EVALUATIONS]
+    weights = sum(s.worst_cost_usd or 0.0 for s in optimization)
+    left = cap - needed
+    for s in plan.stages:
+        if s.stage in EVALUATIONS:
+            s.share_usd = s.worst_cost_usd
+        else:
+            s.share_usd = left * (s.worst_cost_usd or 0.0) / weights if weights else 0.0
+
+
+def render(plan: Forecast) -> str:
+    """The forecast as a table, for `lsl plan`."""
+
+    def usd(value: float | None) -> str:
+        return "unknown" if value is None else f"${value:.4f}"
+
+    rows = [
+        (
+            "stage",
+            "calls",
+            "input tok (max)",
+            "output tok exp/max",
+            "expected",
+            "worst case",
+            "share of cap",
+            "optimizer",
+        )
+    ]
+    for s in plan.stages:
+        rows.append(
+            (
+                s.stage,
+                str(s.calls),
+                f"{s.input_tokens:,}",
+                f"{s.output_tokens_expected:,}/{s.output_tokens_max:,}",
+                usd(s.expected_cost_usd),
+                usd(s.worst_cost_usd),
+                "-" if s.share_usd is None else usd(s.share_usd),
+                s.optimizer or "-",
+            )
+        )
+    rows.append(
+        (
+            "total",
+            str(plan.calls),
+            f"{sum(s.input_tokens for s in plan.stages):,}",
+            f"{sum(s.output_tokens_expected for s in plan.stages):,}/"
+            f"{sum(s.output_tokens_max for s in plan.stages):,}",
+            usd(plan.expected_cost_usd),
+            usd(plan.worst_cost_usd),
+            "-" if plan.max_cost_usd is None else usd(plan.max_cost_usd),
+            "",
+        )
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [
+        f"Forecast for {plan.experiment_id}; no model was called. Calls are upper bounds (max_calls, one per "
+        "example and predictor); replayed responses are free.",
+        f"Expected cost assumes ~{EXPECTED_OUTPUT_TOKENS} output tokens per call; the worst case assumes "
+        "every reply reaches max_tokens and 2 characters per input token.",
+    ]
+    if plan.simulated:
+        notes.append(f"{SIMULATED}: the sim's prices are made up, so are these costs.")
+    if plan.refusal:
+        notes.append(f"REFUSED: {plan.refusal}")
+    return "\n".join([*lines, "", *notes])
+
+
+def check(plan: Forecast) -> None:
+    """Refuse, before any call, an experiment its cap cannot finish."""
+    if plan.refusal:
+        raise ConfigError(plan.refusal)

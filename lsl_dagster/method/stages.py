@@ -1,0 +1,347 @@
+"""The experiment, one function per stage. Dagster wiring lives in assets.py; this is the method."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from lsl_dagster.defs.resources import StageRun
+from lsl_dagster.method.evaluation import evaluate, scores
+from lsl_dagster.method.optimizers import run_optimizer
+from lsl_dagster.method.prompts import capture, rebuild
+from lsl_dagster.records import (
+    ArmSummary,
+    Comparison,
+    EvaluationResult,
+    FormatCounts,
+    PairedDifference,
+    PromptCandidate,
+    Provenance,
+)
+from lsl_dagster.results import stats
+from lsl_dagster.spec.experiment import ExperimentSpec
+from lsl_dagster.tasks.task import Example, Task, to_dspy
+
+
+def data_seed(spec: ExperimentSpec) -> int:
+    return spec.seed if spec.data.seed is None else spec.data.seed
+
+
+def optimizer_sets(spec: ExperimentSpec, task: Task) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """Optimizers train on the train split and validate on the dev split; the test split is never seen.
+    Which train and dev examples is drawn by the experiment's seed, so that variance across seeds includes
+    the data's."""
+    train = [to_dspy(e, task) for e in task.sample("train", spec.data.train, data_seed(spec))]
+    val = [to_dspy(e, task) for e in task.sample("dev", spec.data.val, data_seed(spec))]
+    return train, val
+
+
+def evaluation_examples(spec: ExperimentSpec, task: Task) -> Iterable[Example]:
+    """The examples every arm is evaluated on, in one order: the split's first `limit`, the same whatever
+    the seed; with `evaluation.resample`, `limit` of them drawn by the data seed (only those are held)."""
+    split, limit = spec.evaluation.split, spec.evaluation.limit
+    if not spec.evaluation.resample or limit is None or limit >= task.sizes[split]:
+        return task.examples(split, limit)
+    return task.sample(split, limit, data_seed(spec))
+
+
+def _optimize(
+    spec: ExperimentSpec,
+    task: Task,
+    run: StageRun,
+    *,
+    stage: str,
+    optimizer: str,
+    student: dspy.Module,
+    role: str,
+    reflection: str,
+    parent: PromptCandidate | None,
+) -> PromptCandidate:
+    trainset, valset = optimizer_sets(spec, task)
+    result = run_optimizer(
+        optimizer,
+        student,
+        trainset,
+        valset,
+        task=task,
+        task_lm=run.lm(role),
+        prompt_lm=run.lm(reflection),
+        meter=run.meter,
+        seed=spec.seed,
+        threads=run.threads(role),
+        stage=stage,
+        # Hardening changes the parent's instructions; its demos were chosen on the large model.
+        keep_demos=parent is not None,
+    )
+    provenance = Provenance(
+        stage=stage,
+        optimizer=optimizer,
+        model=spec.model(role).model,
+        seed=spec.seed,
+        spec_hash=spec.spec_hash,
+        code_version=spec.version.code_version,
+        parent=None if parent is None else parent.provenance.stage,
+        start_val_score=result.start_val_score,
+        val_score=result.val_score,
+        stop_reason=result.stop_reason,
+        unparseable_replies=result.unparseable_replies,
+    )
+    ledger = run.meter.ledger()
+    simulated = spec.simulated or ledger.simulated
+    candidate = capture(result.program, task, spec.experiment_id, provenance, ledger, simulated)
+    if parent is None:
+        return candidate
+    unchanged = candidate.predictors == parent.predictors
+    update: dict[str, Any] = {"unchanged": unchanged}
+    if unchanged:
+        # Never silent: a hardened prompt equal to its parent makes LSL the baseline by construction.
+        why = result.stop_reason or "no proposal beat the starting prompt on the dev set"
+        update["stop_reason"] = f"unchanged: {why}" + (f"; {result.activity}" if result.activity else "")
+    return candidate.model_copy(update={"provenance": provenance.model_copy(update=update)})
+
+
+def stage1_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCandidate:
+    """Stage 1 — baseline optimization: the chosen optimizer tunes the task program on the large model."""
+    return _optimize(
+        spec,
+        task,
+        run,
+        stage="stage1",
+        optimizer=spec.stage1.optimizer,
+        student=task.program(),
+        role="large",
+        reflection=spec.stage1.prompt_model,
+        parent=None,
+    )
+
+
+def stage2_harden(
+    spec: ExperimentSpec, task: Task, stage1: PromptCandidate, run: StageRun
+) -> PromptCandidate:
+    """Stage 2 — weak-agent hardening: starting from the Stage 1 program (instructions and demos), the
+    small model runs it and `stage2.optimizer` changes the prompt from how it fares, with proposals from
+    the `stage2.reflection` model:
+
+    - gepa (default): rewrites each predictor's instructions from the small model's failures and the
+      metric's feedback; Stage 1's demos are kept.
+    - miprov2: proposes new instructions (Stage 1's are candidate 0 of each predictor) and searches them
+      on the dev set; instructions only, so Stage 1's demos are kept (the demo sets it bootstraps with
+      the small model only inform its proposals).
+    - simba: appends rules (advice contrasting the small model's better and worse runs) to Stage 1's
+      instructions, and by its own design may add demos from the small model's successful runs or drop
+      some of Stage 1's. Its pick and the starting program are scored on the dev set; the better is kept.
+    """
+    return _optimize(
+        spec,
+        task,
+        run,
+        stage="stage2",
+        optimizer=spec.stage2.optimizer,
+        student=rebuild(stage1, task),
+        role="small",
+        reflection=spec.stage2.reflection,
+        parent=stage1,
+    )
+
+
+def budget_matched_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCandidate:
+    """FR-006 — the Stage 1 optimizer again on the large model, with the budget Stage 1 + Stage 2 used
+    (`matched_budget`, the run's max_calls), so a gain of LSL cannot be just "more optimization"."""
+    return _optimize(
+        spec,
+        task,
+        run,
+        stage="budget_matched",
+        optimizer=spec.stage1.optimizer,
+        student=task.program(),
+        role="large",
+        reflection=spec.stage1.prompt_model,
+        parent=None,
+    )
+
+
+def matched_budget(stage1: PromptCandidate, stage2: PromptCandidate) -> int:
+    return stage1.ledger.budget_used + stage2.ledger.budget_used
+
+
+def evaluate_on_large(
+    spec: ExperimentSpec, task: Task, candidate: PromptCandidate, arm: str, run: StageRun, out: Path
+) -> EvaluationResult:
+    """Stage 3 and the baselines — a prompt on the large model, on the held-out split; every arm sees the
+    same examples in the same order, so differences are paired."""
+    with dspy.context(lm=run.lm("large")):
+        totals = evaluate(
+            rebuild(candidate, task),
+            task,
+            evaluation_examples(spec, task),
+            threads=run.threads("large"),
+            out=out,
+        )
+    ledger = run.meter.ledger()
+    return EvaluationResult(
+        experiment_id=spec.experiment_id,
+        arm=arm,
+        model=spec.large_model.model,
+        split=spec.evaluation.split,
+        n=totals.n,
+        score=totals.score,
+        n_errors=totals.n_errors,
+        **totals.format_counts().model_dump(),
+        predictions_path=str(out),
+        ledger=ledger,
+        simulated=spec.simulated or candidate.simulated or ledger.simulated,
+        version=spec.version,
+        prompt_digest=candidate.digest,
+    )
+
+
+class InconsistentArms(ValueError):
+    """The comparison's inputs were not all made from the current experiment spec and code."""
+
+
+# Each stage asset and the stage assets it was made from (the asset graph, as far as consistency goes).
+MADE_FROM = {
+    "stage1_prompt": (),
+    "stage2_hardened_prompt": ("stage1_prompt",),
+    "budget_matched_prompt": ("stage1_prompt", "stage2_hardened_prompt"),
+    "baseline_evaluation": ("stage1_prompt",),
+    "stage3_evaluation": ("stage2_hardened_prompt",),
+    "budget_matched_evaluation": ("budget_matched_prompt",),
+}
+EVALUATED = {
+    "baseline_evaluation": "stage1_prompt",
+    "stage3_evaluation": "stage2_hardened_prompt",
+    "budget_matched_evaluation": "budget_matched_prompt",
+}
+
+
+def check_consistent(
+    spec: ExperimentSpec, prompts: dict[str, PromptCandidate], evaluations: dict[str, EvaluationResult]
+) -> None:
+    """Refuse to pair arms that were not all made from the current spec version (spec hash + code
+    version), or an evaluation of a prompt other than the current one; name every asset to re-run."""
+    current = spec.version
+    problems: dict[str, str] = {}
+    for name, prompt in prompts.items():
+        if prompt.version != current:
+            problems[name] = f"made from {prompt.version or 'an unrecorded version'}"
+    for name, result in evaluations.items():
+        if result.version != current:
+            problems[name] = f"made from {result.version or 'an unrecorded version'}"
+        elif result.prompt_digest != prompts[EVALUATED[name]].digest:
+            problems[name] = f"evaluated another {EVALUATED[name]} than the current one"
+    if not problems:
+        return
+    # Whatever was made from an asset that must be re-run must be re-run too (MADE_FROM is in order).
+    rerun: list[str] = []
+    for asset, upstream in MADE_FROM.items():
+        if asset in problems or any(u in rerun for u in upstream):
+            problems.setdefault(asset, "made from an asset that must be re-run")
+            rerun.append(asset)
+    lines = "\n".join(f"  - {asset}: {problems[asset]}" for asset in rerun)
+    raise InconsistentArms(
+        f"comparison of {spec.experiment_id} refuses to pair arms made from different versions of the "
+        f"experiment (current: {current}):\n{lines}\n"
+        f"Re-materialize {', '.join(rerun)} and then comparison (UI: Materialize stale; shell: dagster "
+        f"asset materialize -m lsl_dagster.definitions --select '{','.join([*rerun, 'comparison'])}' "
+        f"--partition {spec.experiment_id})."
+    )
+
+
+def compare(
+    spec: ExperimentSpec,
+    *,
+    stage1: PromptCandidate,
+    stage2: PromptCandidate,
+    budget_matched: PromptCandidate,
+    baseline_evaluation: EvaluationResult,
+    stage3_evaluation: EvaluationResult,
+    budget_matched_evaluation: EvaluationResult,
+) -> Comparison:
+    """The consolidated result: each arm's score and optimization budget, every stage's usage, and paired
+    differences (LSL against both baselines, and the two baselines) with a 95% bootstrap CI, a paired test
+    (exact McNemar for binary metrics) and its Holm adjustment across the three, which the verdict uses.
+    Refuses (InconsistentArms) unless every input was made from the current spec version."""
+    check_consistent(
+        spec,
+        {"stage1_prompt": stage1, "stage2_hardened_prompt": stage2, "budget_matched_prompt": budget_matched},
+        {
+            "baseline_evaluation": baseline_evaluation,
+            "stage3_evaluation": stage3_evaluation,
+            "budget_matched_evaluation": budget_matched_evaluation,
+        },
+    )
+    evaluations = {
+        "baseline": baseline_evaluation,
+        "lsl": stage3_evaluation,
+        "budget_matched": budget_matched_evaluation,
+    }
+    usage = {
+        "stage1": stage1.ledger,
+        "stage2": stage2.ledger,
+        "budget_matched": budget_matched.ledger,
+        "baseline_evaluation": baseline_evaluation.ledger,
+        "stage3_evaluation": stage3_evaluation.ledger,
+        "budget_matched_evaluation": budget_matched_evaluation.ledger,
+    }
+    optimization_calls = {
+        "baseline": stage1.ledger.budget_used,
+        "lsl": matched_budget(stage1, stage2),
+        "budget_matched": budget_matched.ledger.budget_used,
+    }
+    per_example = {arm: scores(result.predictions_path) for arm, result in evaluations.items()}
+    arms = [
+        ArmSummary(
+            arm=arm,
+            score=result.score,
+            n=result.n,
+            calls=result.ledger.calls,
+            cost_usd=result.ledger.cost_usd,
+            optimization_calls=optimization_calls.get(arm),
+            **result.model_dump(include=set(FormatCounts.model_fields)),
+        )
+        for arm, result in evaluations.items()
+    ]
+    raw = []
+    for arm, baseline in (("lsl", "baseline"), ("budget_matched", "baseline"), ("lsl", "budget_matched")):
+        base, other = per_example[baseline], per_example[arm]
+        if base.keys() != other.keys():
+            raise ValueError(f"{arm} and {baseline} were evaluated on different examples; cannot pair them")
+        # Paired over the examples both arms scored: a provider failure is no answer, right or wrong.
+        ids = sorted(i for i in base if base[i] is not None and other[i] is not None)
+        a, b = [base[i] for i in ids], [other[i] for i in ids]
+        diff, low, high = stats.paired_bootstrap_ci(a, b, seed=spec.seed)
+        test, p = stats.paired_test(a, b)
+        raw.append((arm, baseline, len(ids), diff, low, high, test, p))
+    adjusted = stats.holm([p for *_, p in raw])
+    differences = [
+        PairedDifference(
+            arm=arm,
+            baseline=baseline,
+            n=n,
+            diff=diff,
+            ci_low=low,
+            ci_high=high,
+            test=test,
+            p_value=p,
+            p_holm=p_holm,
+            verdict=stats.verdict(diff, low, high, p_holm, label=arm, baseline=baseline),
+        )
+        for (arm, baseline, n, diff, low, high, test, p), p_holm in zip(raw, adjusted, strict=True)
+    ]
+    inputs = [stage1, stage2, budget_matched, *evaluations.values()]
+    return Comparison(
+        experiment_id=spec.experiment_id,
+        task=spec.task,
+        large_model=spec.large_model.model,
+        small_model=spec.small_model.model,
+        arms=arms,
+        differences=differences,
+        usage=usage,
+        simulated=spec.simulated or any(i.simulated for i in inputs),
+        version=spec.version,
+        stage2_unchanged=stage2.provenance.stop_reason if stage2.provenance.unchanged else None,
+    )

@@ -1,0 +1,245 @@
+"""What the stages produce: prompt candidates, evaluations, usage ledgers, comparisons and campaign
+summaries (Pydantic v2, JSON only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from lsl_dagster.spec.experiment import (
+    Slug,
+    SpecVersion,
+    Strict,
+)
+
+
+class PredictorPrompt(Strict):
+    instructions: str
+    field_descriptions: dict[str, str] = Field(default_factory=dict)
+    demos: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Provenance(Strict):
+    stage: str
+    optimizer: str
+    model: str
+    seed: int
+    spec_hash: str
+    # None in outputs made before the code version was recorded: they never pair with current ones.
+    code_version: str | None = None
+    parent: str | None = None
+    # Validation scores of the program the optimizer started from and of the best one it found.
+    start_val_score: float | None = None
+    val_score: float | None = None
+    stop_reason: str | None = None
+    # Stage 2 only: True when hardening returned the parent's prompt as it was (stop_reason says why).
+    unchanged: bool | None = None
+    # Per model, how many of its replies in this stage DSPy's adapters could not parse (None: all parsed).
+    unparseable_replies: str | None = None
+
+
+class PromptCandidate(Strict):
+    """Everything needed to rebuild the optimized program: per-predictor instructions, fields and demos."""
+
+    experiment_id: Slug
+    task: str
+    predictors: dict[str, PredictorPrompt]
+    provenance: Provenance
+    ledger: Ledger
+    simulated: bool
+
+    @property
+    def version(self) -> SpecVersion | None:
+        p = self.provenance
+        if p.code_version is None:
+            return None
+        return SpecVersion(spec_hash=p.spec_hash, code_version=p.code_version)
+
+    @property
+    def digest(self) -> str:
+        """Identity of the prompt itself (what an evaluation of it records), not of its bookkeeping."""
+        prompt = {name: p.model_dump(mode="json") for name, p in sorted(self.predictors.items())}
+        return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ModelUsage(BaseModel):
+    """What one model cost in one stage. cost_usd is None when any paid call had no known price."""
+
+    calls: int = 0
+    failed_attempts: int = 0
+    cache_hits: int = 0
+    # Cache hits that replayed a response an earlier (crashed) attempt of the stage paid for.
+    replayed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = 0.0
+    cost_source: Literal["provider", "price_table", "worst_case", "mixed", "unknown", "none"] = "none"
+    latency_s: float = 0.0
+    # A response said it came from a simulator (the sim server's `system_fingerprint`), whatever the name.
+    simulated: bool = False
+
+    @property
+    def requests(self) -> int:
+        """Requests sent to the provider, paid or failed."""
+        return self.calls + self.failed_attempts
+
+
+class Ledger(BaseModel):
+    """Usage of one stage of one experiment, per model, and whether a budget stopped it."""
+
+    stage: str
+    max_calls: int | None = None
+    # What max_calls counts: requests sent plus responses replayed from an earlier attempt.
+    budget_used: int = 0
+    cost_allowance_usd: float | None = None
+    by_model: dict[str, ModelUsage] = {}
+    stop_reason: str | None = None
+
+    @property
+    def calls(self) -> int:
+        return sum(u.calls for u in self.by_model.values())
+
+    @property
+    def requests(self) -> int:
+        return sum(u.requests for u in self.by_model.values())
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(u.cache_hits for u in self.by_model.values())
+
+    @property
+    def cost_usd(self) -> float | None:
+        costs = [u.cost_usd for u in self.by_model.values()]
+        return None if any(c is None for c in costs) else float(sum(c for c in costs if c is not None))
+
+    @property
+    def simulated(self) -> bool:
+        return any(u.simulated for u in self.by_model.values())
+
+
+class FormatCounts(Strict):
+    """How an arm's rows failed (`error_kind` in the predictions JSONL). Provider failures (e.g. a prompt
+    too long for the context window) are not scored: the score is the mean over the other rows."""
+
+    n_wrong: int = 0
+    n_unparseable: int = 0  # the adapters could not parse a complete reply
+    n_truncated: int = 0  # failed, with a reply cut off at max_tokens (finish_reason "length")
+    n_adapter_fallbacks: int = 0  # ChatAdapter failed to parse and DSPy retried with JSONAdapter
+    n_provider_failures: int = 0
+    # Set when unparseable + truncated rows exceed formats.WARNING_SHARE of the arm.
+    format_warning: str | None = None
+
+
+class EvaluationResult(FormatCounts):
+    """Aggregates of one arm on the evaluation split; per-example rows live in the predictions JSONL."""
+
+    experiment_id: Slug
+    arm: str
+    model: str
+    split: str
+    n: int
+    score: float
+    n_errors: int
+    predictions_path: str  # relative to the runs directory (absolute in outputs made before that)
+    ledger: Ledger
+    simulated: bool
+    # What the arm was made from (None in outputs made before versions were recorded: never paired).
+    version: SpecVersion | None = None
+    prompt_digest: str | None = None
+
+
+class ArmSummary(FormatCounts):
+    arm: str
+    score: float
+    n: int
+    calls: int
+    cost_usd: float | None
+    optimization_calls: int | None = None
+
+
+class PairedDifference(Strict):
+    arm: str
+    baseline: str
+    n: int
+    diff: float
+    ci_low: float
+    ci_high: float
+    # Exact McNemar for 0/1 scores, else a paired t-test; None where the test is undefined.
+    test: Literal["mcnemar_exact", "paired_t"]
+    p_value: float | None
+    # Holm-adjusted across the experiment's differences: what the verdict uses.
+    p_holm: float | None
+    verdict: str
+
+
+class Comparison(Strict):
+    experiment_id: Slug
+    task: str
+    large_model: str
+    small_model: str
+    arms: list[ArmSummary]
+    differences: list[PairedDifference]
+    usage: dict[str, Ledger]
+    simulated: bool
+    version: SpecVersion
+    # Why Stage 2 left the Stage 1 prompt unchanged, when it did: then LSL equals the baseline by
+    # construction and their difference says nothing about hardening.
+    stage2_unchanged: str | None = None
+
+
+class Interval(Strict):
+    mean: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    # For differences: one-sample t-test of mean 0 across replicates, and its Holm adjustment across
+    # every difference of the campaign (summary) or of the matrix.
+    p_value: float | None = None
+    p_holm: float | None = None
+
+
+class CellSummary(Strict):
+    """One grid cell (task x model pair x optimizer) across its seeds."""
+
+    task: str
+    pair: str
+    large_model: str
+    small_model: str
+    optimizer: str
+    experiments: list[str]
+    arms: dict[str, Interval]
+    differences: dict[str, Interval]
+
+
+class CampaignSummary(Strict):
+    campaign: Slug
+    cells: list[CellSummary]
+    plot_path: str  # relative to the runs directory (absolute in outputs made before that)
+    simulated: bool
+
+
+class MatrixCell(Strict):
+    """One (large, small) pair of a campaign: LSL's differences pooled over its tasks, optimizers and
+    seeds, each experiment one replicate."""
+
+    large_model: str
+    small_model: str
+    experiments: list[str]
+    differences: dict[str, Interval]
+
+
+class TransferMatrix(Strict):
+    """Rows = large models, columns = small models: does hardening on the small one transfer?"""
+
+    campaign: Slug
+    large_models: list[str]
+    small_models: list[str]
+    cells: list[MatrixCell]
+    plot_path: str  # relative to the runs directory, like CampaignSummary's
+    simulated: bool
+
+    def cell(self, large: str, small: str) -> MatrixCell | None:
+        return next((c for c in self.cells if (c.large_model, c.small_model) == (large, small)), None)

@@ -1,0 +1,243 @@
+"""The domain: experiment specs, prompt candidates, evaluations and usage ledgers (Pydantic v2, JSON only)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Annotated, Literal, NamedTuple
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class Family(NamedTuple):
+    """A provider family as DSPy spells it (the model string's prefix)."""
+
+    lm15: str  # DSPy's native engine's provider id: the wire format and auth scheme
+    default_url: str  # the provider's own endpoint, used when the model entry has no api_base
+    key_vars: tuple[str, ...]  # its conventional key variables, first set wins; () for keyless servers
+    price_namespace: str | None  # where DSPy's packaged price map lists it
+
+
+FAMILIES: dict[str, Family] = {
+    "openai": Family("openai-chat", "https://api.openai.com/v1", ("OPENAI_API_KEY",), "openai"),
+    "anthropic": Family("anthropic", "https://api.anthropic.com/v1", ("ANTHROPIC_API_KEY",), "anthropic"),
+    "gemini": Family(
+        "gemini",
+        "https://generativelanguage.googleapis.com/v1beta",
+        ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+        "gemini",
+    ),
+    "openrouter": Family("openrouter", "https://openrouter.ai/api/v1", ("OPENROUTER_API_KEY",), "openrouter"),
+    "ollama_chat": Family("ollama", "http://localhost:11434/v1", (), None),
+}
+PROVIDERS = ("sim", *FAMILIES)
+# The offline simulator's tiers (lsl_dagster.sim.engine, reached only through the LM layer) and its label.
+SIM_TIERS = ("large", "medium", "small", "tiny")
+SIMULATED = "SIMULATED (sim models are a deterministic test double, not real LLMs)"
+
+
+def check_slug(value: str) -> str:
+    """Experiment ids become path components and partition keys: only a safe slug is accepted."""
+    if not isinstance(value, str) or not _SLUG.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a safe experiment id: use 1-64 characters of a-z, 0-9, '-' and '_', "
+            "starting and ending with a letter or digit (no '/', '..', spaces or upper case)"
+        )
+    return value
+
+
+Slug = Annotated[str, AfterValidator(check_slug)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(Strict):
+    """USD per million tokens; used to bound and estimate cost when a provider reports none."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+
+
+class ModelSpec(Strict):
+    """One model entry of an experiment file. Never holds a key, only the name of its variable."""
+
+    model: str
+    api_base: str | None = None
+    api_key_env: str | None = None
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=1024, ge=16, le=200_000)
+    max_concurrency: int = Field(default=8, ge=1, le=256)
+    timeout_s: float = Field(default=60.0, gt=0)
+    price: Price | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        provider, _, name = value.partition("/")
+        if provider not in PROVIDERS or not name or (provider == "openrouter" and "/" not in name):
+            raise ValueError(
+                f"model {value!r} must be spelled as DSPy spells it: openai/<model>, anthropic/<model>, "
+                "gemini/<model>, openrouter/<org>/<model>, ollama_chat/<model>, or sim/<tier> "
+                "(any OpenAI-compatible server: openai/<model> with api_base)"
+            )
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            # Catches the classic mistake of pasting the key itself, without echoing it back.
+            raise ValueError(
+                "api_key_env must be the NAME of an environment variable (e.g. MY_KEY), not a key"
+            )
+        return value
+
+    @field_validator("api_base")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"api_base {value!r} must be an http(s) URL, e.g. http://127.0.0.1:8080/v1")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _reachable(self) -> ModelSpec:
+        if self.provider == "sim":
+            if self.model.split("/", 1)[1] not in SIM_TIERS:
+                known = ", ".join(f"sim/{tier}" for tier in SIM_TIERS)
+                raise ValueError(f"unknown sim model {self.model!r}: known tiers are {known}")
+            if self.api_base:
+                raise ValueError(f"{self.model}: the in-process simulator takes no api_base")
+        return self
+
+    @property
+    def provider(self) -> str:
+        return self.model.split("/", 1)[0]
+
+    @property
+    def simulated(self) -> bool:
+        return self.provider == "sim"
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.provider]
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go: api_base, else the provider's own endpoint ("sim" in process)."""
+        if self.simulated:
+            return "sim"
+        return self.api_base or self.family.default_url
+
+    @property
+    def default_endpoint(self) -> bool:
+        """True when requests go to the provider's own endpoint (no api_base, or api_base equal to it)."""
+        return not self.simulated and self.endpoint == self.family.default_url
+
+    @property
+    def key_env(self) -> str | None:
+        """The variable the key is read from; None when no key is sent.
+
+        A key goes only where it belongs: the provider's conventional variable (OPENAI_API_KEY, ...) only to
+        the provider's own endpoint; a custom api_base gets a key only when api_key_env names one.
+        """
+        if self.api_key_env:
+            return self.api_key_env
+        if self.simulated or not self.default_endpoint or not self.family.key_vars:
+            return None
+        return next((v for v in self.family.key_vars if os.environ.get(v)), self.family.key_vars[0])
+
+
+Optimizer = Literal["miprov2", "gepa", "bootstrap_rs", "simba"]
+# Stage 2 hardens a given prompt: optimizers that start from a program's instructions.
+HardeningOptimizer = Literal["gepa", "miprov2", "simba"]
+
+
+class Stage1Spec(Strict):
+    optimizer: Optimizer = "miprov2"
+    max_calls: int = Field(default=200, ge=10)
+    # The model that writes instruction proposals (MIPROv2), reflections (GEPA) and rules (SIMBA); also
+    # used by the budget-matched arm. Small models often cannot write them in a format DSPy can parse.
+    prompt_model: Literal["large", "small"] = "large"
+
+
+class Stage2Spec(Strict):
+    # GEPA rewrites the instructions (demos kept); MIPROv2 proposes instructions only (demos kept);
+    # SIMBA appends rules to the instructions and may add or drop demos (see stages.stage2_harden).
+    optimizer: HardeningOptimizer = "gepa"
+    max_calls: int = Field(default=200, ge=10)
+    # Who writes proposals (GEPA's reflections, MIPROv2's instructions, SIMBA's rules): rewriting
+    # instructions is a job for the stronger model by default.
+    reflection: Literal["large", "small"] = "large"
+
+
+class DataSpec(Strict):
+    """How many examples the optimizers see (taken from the task's train and dev splits)."""
+
+    train: int = Field(default=40, ge=2)
+    val: int = Field(default=30, ge=2)
+    # Which train and dev examples are drawn; the experiment's seed when omitted. The test examples are
+    # drawn by it too only with evaluation.resample.
+    seed: int | None = Field(default=None, ge=0)
+
+
+class EvaluationSpec(Strict):
+    split: Literal["dev", "test"] = "test"
+    limit: int | None = Field(default=100, ge=1)
+    # False: the split's first `limit` examples, the same for every seed. True: `limit` examples drawn by
+    # the data seed (data.seed, else the experiment's), so intervals across seeds include the test sample's.
+    resample: bool = False
+
+
+class ExperimentSpec(Strict):
+    experiment_id: Slug
+    task: str
+    large_model: ModelSpec
+    small_model: ModelSpec
+    stage1: Stage1Spec = Stage1Spec()
+    stage2: Stage2Spec = Stage2Spec()
+    data: DataSpec = DataSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("task")
+    @classmethod
+    def _task_slug(cls, value: str) -> str:
+        return check_slug(value)
+
+    @property
+    def spec_hash(self) -> str:
+        """Content hash of the validated spec: formatting and comments do not change it."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+    @property
+    def simulated(self) -> bool:
+        return self.large_model.simulated or self.small_model.simulated
+
+    @property
+    def version(self) -> SpecVersion:
+        from lsl_dagster import CODE_VERSION
+
+        return SpecVersion(spec_hash=self.spec_hash, code_version=CODE_VERSION)
+
+    def model(self, role: Literal["large", "small"]) -> ModelSpec:
+        return self.large_model if role == "large" else self.small_model
+
+
+class SpecVersion(Strict):
+    """What an output was made from: the validated experiment spec and the code that ran it."""
+
+    spec_hash: str
+    code_version: str
+
+    def __str__(self) -> str:
+        return f"spec {self.spec_hash}, code {self.code_version}"
