@@ -70,7 +70,7 @@ def child(n: int, trace: bool, threads: int = 8) -> None:
     """Evaluate n examples with `threads` threads; print one JSON line: peak and starting RSS (KiB), calls,
     peak open descriptors (all, and on the response cache), seconds."""
     from lsl_dagster.defs.resources import Workspace
-    from lsl_dagster.llm.lm import LanguageModels
+    from lsl_dagster.llm.language_models import LanguageModels
     from lsl_dagster.method import stages
     from lsl_dagster.spec.experiment import ExperimentSpec
     from lsl_dagster.tasks.task import load_task

@@ -16,10 +16,10 @@ from pathlib import Path
 from _common import make_lab, median, parser, print_table, shipped_experiment
 
 from lsl_dagster.defs.resources import Workspace
-from lsl_dagster.llm.lm import LanguageModels
-from lsl_dagster.sim.engine import TIERS
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.sim.keys import data_dir_keys
 from lsl_dagster.sim.server import SimServer
+from lsl_dagster.sim.tiers import TIERS
 
 
 def _http(server: SimServer, tier: str) -> dict:

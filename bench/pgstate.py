@@ -31,7 +31,7 @@ from _common import REPO, freeze_imports, parser, print_table, spread, starting_
 from throughput import LATENCY_S, Server, evaluation_spec, sim_server
 
 from lsl_dagster.defs.resources import Workspace
-from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.state import experiment_state
 from lsl_dagster.method import stages
 from lsl_dagster.tasks.task import Task, load_task

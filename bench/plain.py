@@ -20,7 +20,7 @@ START = time.perf_counter()
 from pathlib import Path  # noqa: E402  (imports are part of what is timed)
 
 from lsl_dagster.defs.resources import Workspace  # noqa: E402
-from lsl_dagster.llm.lm import LanguageModels  # noqa: E402
+from lsl_dagster.llm.language_models import LanguageModels  # noqa: E402
 from lsl_dagster.method import stages  # noqa: E402
 from lsl_dagster.records import Comparison, EvaluationResult, PromptCandidate  # noqa: E402
 

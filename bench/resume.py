@@ -30,9 +30,9 @@ from _common import run as run_command
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from lsl_dagster.cli import STAGES
-from lsl_dagster.sim.engine import TIERS
 from lsl_dagster.sim.keys import data_dir_keys
 from lsl_dagster.sim.server import SimServer
+from lsl_dagster.sim.tiers import TIERS
 
 ASSETS = list(STAGES)  # the stage assets
 KEYS = data_dir_keys(Path(__file__).resolve().parent.parent / "data")  # what the sim server plays

@@ -25,7 +25,7 @@ from pathlib import Path
 from _common import REPO, freeze_imports, median, parser, print_table, spread, starting_candidate
 
 from lsl_dagster.defs.resources import Workspace
-from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.method import stages
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.tasks.task import Task, load_task

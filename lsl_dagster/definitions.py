@@ -21,7 +21,7 @@ from lsl_dagster.defs.io_managers import PydanticJsonIOManager
 from lsl_dagster.defs.partitions import experiments_partitions
 from lsl_dagster.defs.resources import PROJECT_DIR, Workspace
 from lsl_dagster.defs.sensors import experiment_files_sensor
-from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.spec.files import experiment_ids, scan_campaigns
 
 

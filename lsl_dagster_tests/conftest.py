@@ -30,9 +30,9 @@ from dagster import (
 from moto.server import ThreadedMotoServer
 
 from lsl_dagster.definitions import build_definitions
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import CallLog
-from lsl_dagster.llm.lm import LanguageModels
-from lsl_dagster.sim.engine import AnswerKey
+from lsl_dagster.sim.answer_key import AnswerKey
 from lsl_dagster.sim.keys import data_dir_keys
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.storage import outputs as storage

@@ -9,9 +9,9 @@ import pytest
 from dspy.lm15 import Message, Request, Response, TextPart, Usage
 
 from lsl_dagster.cli import main
+from lsl_dagster.llm.engine import SIMULATED_FINGERPRINT, MeteredEngine
 from lsl_dagster.llm.ledger import Meter
-from lsl_dagster.llm.lm import MeteredEngine
-from lsl_dagster.sim.engine import FINGERPRINT, SIMULATED_HEADER
+from lsl_dagster.sim.http import SIMULATED_HEADER
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment import SIMULATED as LABEL
 from lsl_dagster.spec.experiment import ModelSpec
@@ -23,7 +23,7 @@ def test_the_sim_server_identifies_itself(sim_server: SimServer):
     reply = httpx.post(f"{sim_server.url}/chat/completions", json=body, timeout=10)
     assert reply.status_code == 200
     assert reply.headers[SIMULATED_HEADER] == "1"
-    assert reply.json()["system_fingerprint"] == FINGERPRINT
+    assert reply.json()["system_fingerprint"] == SIMULATED_FINGERPRINT
 
 
 class _Replies:
@@ -46,7 +46,7 @@ class _Replies:
 @pytest.mark.parametrize(
     ("provider_data", "simulated"),
     [
-        ({"system_fingerprint": FINGERPRINT}, True),
+        ({"system_fingerprint": SIMULATED_FINGERPRINT}, True),
         ({"system_fingerprint": "fp_44709d6fcb"}, False),
         (None, False),
     ],

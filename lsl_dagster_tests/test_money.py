@@ -13,13 +13,13 @@ import yaml
 from dagster import AssetKey, AssetRecordsFilter
 
 from lsl_dagster.defs.resources import Workspace
-from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.method import stages
 from lsl_dagster.method.plan import forecast
 from lsl_dagster.method.prompts import capture
 from lsl_dagster.records import Comparison, Ledger, PromptCandidate, Provenance
-from lsl_dagster.sim.engine import TIERS
 from lsl_dagster.sim.server import SimServer
+from lsl_dagster.sim.tiers import TIERS
 from lsl_dagster.tasks.task import load_task
 from lsl_dagster_tests.conftest import FAST, Lab
 

@@ -17,7 +17,7 @@ from dagster import (
 )
 
 from lsl_dagster.definitions import build_definitions
-from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.records import Comparison, EvaluationResult, PromptCandidate
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment import SIMULATED as LABEL

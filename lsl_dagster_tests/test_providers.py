@@ -8,8 +8,8 @@ import pytest
 from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.method.plan import forecast
 from lsl_dagster.records import Comparison, EvaluationResult, PromptCandidate
-from lsl_dagster.sim.engine import TIERS
 from lsl_dagster.sim.server import SimServer
+from lsl_dagster.sim.tiers import TIERS
 from lsl_dagster_tests.conftest import Lab, shipped_keys
 
 SECRET = "sk-test-4f1c2a9e7d3b-do-not-leak"

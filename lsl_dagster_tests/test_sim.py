@@ -5,7 +5,6 @@ Requests are built by DSPy's own adapters and replies parsed by them, as in a re
 
 from __future__ import annotations
 
-import ast
 import random
 import re
 from pathlib import Path
@@ -15,10 +14,13 @@ import pytest
 from dspy.lm15 import Config as RequestConfig
 from dspy.lm15 import Message, Request
 
-from lsl_dagster.sim import engine as sim
-from lsl_dagster.sim.engine import AnswerKey, SimEngine, respond
+from lsl_dagster import sim
+from lsl_dagster.sim.answer_key import AnswerKey
+from lsl_dagster.sim.engine import SimEngine, respond
+from lsl_dagster.sim.replies import Reply
+from lsl_dagster.sim.words import SAY
 
-PACKAGE = Path(sim.__file__).resolve().parent
+SIM = Path(sim.__file__).resolve().parent
 
 # A made-up task: which workshop a part goes to. Its vocabulary (parts, finishes, sites) recurs across
 # examples; the labels are arbitrary, so nothing but the answer key can tell the sim the answer.
@@ -62,14 +64,14 @@ def ask(
     seed: int = 0,
     max_tokens: int | None = None,
     signature: type[dspy.Signature] = SIGNATURE,
-) -> sim.Reply:
+) -> Reply:
     if instructions is not None:
         signature = signature.with_instructions(instructions)
     system, messages = _request(signature, inputs, demos)
     return respond(model, system, messages, seed, keys=[KEY], max_tokens=max_tokens)
 
 
-def parse(reply: sim.Reply, signature: type[dspy.Signature] = SIGNATURE) -> dict | None:
+def parse(reply: Reply, signature: type[dspy.Signature] = SIGNATURE) -> dict | None:
     try:
         return ADAPTER.parse(signature, reply.text)
     except Exception:  # DSPy's AdapterParseError and friends: the reply broke the format
@@ -142,7 +144,7 @@ def test_instructions_are_judged_by_the_data_not_by_phrases():
     grounded = accuracy("sim/small", instructions=GROUNDED)
     assert grounded > bare + 0.1
     # The sim's own wording, and generic advice, carry none of the data: no gain.
-    own = " ".join(sim._SAY[k].format("x", "y", "z") for k in ("focus", "format", "more", "noise"))
+    own = " ".join(SAY[k].format("x", "y", "z") for k in ("focus", "format", "more", "noise"))
     for advice in (own, "Think step by step. Double-check every step. Be accurate and concise."):
         assert accuracy("sim/small", instructions="Route the item. " + advice) <= bare + 0.03
     # Naming the field to answer and its data helps; so much text that it drowns the data hurts.
@@ -341,33 +343,11 @@ def test_a_dict_output_field_gets_an_object_keyed_by_the_names_asked_about():
     assert {w for w in re.findall(r"[a-z]{4,}", advice.lower())} & set(re.findall(r"[a-z]{4,}", runs.lower()))
 
 
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names |= {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-    return names
-
-
-def test_the_sim_lives_apart_from_the_method():
-    # The sim reads nothing of the project; only the LM layer and the sim's own server and keys reach it.
-    assert not {n for n in _imports(PACKAGE / "sim.py") if n.startswith("lsl_dagster")}
-    bridges = {"lm.py", "sim.py", "sim_keys.py", "sim_server.py", "sim_dialects.py"}
-    for path in PACKAGE.glob("*.py"):
-        if path.name not in bridges:
-            assert not {"lsl_dagster.sim.engine", "lsl_dagster.sim.keys"} & _imports(path), (
-                f"{path.name} imports the sim"
-            )
-
-
 def test_the_sim_knows_no_task_and_none_of_the_projects_phrases():
     # Behaviour is tested above; this guards against task knowledge creeping back in.
-    source = (PACKAGE / "sim.py").read_text().lower()
-    tasks = [p.name for p in (PACKAGE.parent / "data" / "tasks").iterdir()]
+    # Every module of the sim but its one bridge to the project's tasks (keys.py).
+    source = "\n".join(p.read_text() for p in sorted(SIM.glob("*.py")) if p.name != "keys.py").lower()
+    tasks = [p.name for p in (SIM.parent.parent / "data" / "tasks").iterdir()]
     old = [
         "arithmetic",
         "word_sort",

@@ -13,8 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from lsl_dagster.sim.engine import TIERS, AnswerKey, respond
-from lsl_dagster.sim.server import FAULT_KINDS, MODEL_IDS, FaultPlan, SimServer, main
+from lsl_dagster.sim.answer_key import AnswerKey
+from lsl_dagster.sim.engine import respond
+from lsl_dagster.sim.faults import FAULT_KINDS, FaultPlan
+from lsl_dagster.sim.http import MODEL_IDS
+from lsl_dagster.sim.server import SimServer, main
+from lsl_dagster.sim.tiers import TIERS
 
 SYSTEM = (
     "Your input fields are:\n1. `question` (str)\nYour output fields are:\n1. `answer` (str)\n"

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from lsl_dagster.defs.resources import Workspace
-from lsl_dagster.llm.lm import LanguageModels
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.method import optimizers, stages
 from lsl_dagster.method.plan import forecast, render
 from lsl_dagster.method.prompts import capture

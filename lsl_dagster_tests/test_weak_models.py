@@ -13,8 +13,8 @@ import pytest
 from dspy.clients.cache import Cache
 
 from lsl_dagster.defs.resources import Workspace
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import Meter
-from lsl_dagster.llm.lm import LanguageModels
 from lsl_dagster.method.evaluation import Totals, evaluate, scores
 from lsl_dagster.method.plan import forecast
 from lsl_dagster.method.stages import compare

@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 
 from lsl_dagster.llm.cache import ResponseStore, cache_path, experiment_cache
+from lsl_dagster.llm.http import packaged_price
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import Meter
-from lsl_dagster.llm.lm import PROVIDERS, ConfigError, LanguageModels, packaged_price
+from lsl_dagster.llm.provider import ConfigError
+from lsl_dagster.llm.providers import PROVIDERS
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment import ModelSpec, Price
 from lsl_dagster_tests.conftest import Lab

@@ -37,8 +37,10 @@ from lsl_dagster.defs.metadata import (
 )
 from lsl_dagster.defs.resources import StageRun, Workspace
 from lsl_dagster.llm.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
+from lsl_dagster.llm.engine import AccessDenied, ProviderUnavailable
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import BudgetExhausted
-from lsl_dagster.llm.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
+from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.method import stages
 from lsl_dagster.method.optimizers import OptimizerOutputError
 from lsl_dagster.method.plan import forecast

@@ -14,8 +14,8 @@ from dagster import ConfigurableResource
 
 from lsl_dagster.llm.cache import experiment_cache
 from lsl_dagster.llm.continuity import MATERIALIZED, Earlier, check_state, marker
+from lsl_dagster.llm.language_models import LanguageModels, TaskLoader
 from lsl_dagster.llm.ledger import Meter, spent_usd
-from lsl_dagster.llm.lm import LanguageModels, TaskLoader
 from lsl_dagster.llm.pg_state import PostgresState
 from lsl_dagster.llm.state import LocalState, experiment_state
 from lsl_dagster.method.plan import check, forecast

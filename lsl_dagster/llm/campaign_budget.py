@@ -30,6 +30,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def allowance(cap: float, spent: float, held: float, wanted: float | None) -> float:
+    """What a stage may hold of a campaign's cap: up to `wanted` (all when None) of what is left after
+    what was spent and what other running stages hold."""
+    left = max(0.0, cap - spent - held)
+    return left if wanted is None else min(wanted, left)
+
+
 @contextmanager
 def campaign_allowance(
     runs_dir: Path, campaign: str, cap: float, experiments: list[str], holder: str, wanted: float | None
@@ -48,12 +55,11 @@ def campaign_allowance(
                     record = json.loads(path.read_text())
                     if path != mine and pid_alive(record["pid"]):
                         held += record["usd"]
-            left = max(0.0, cap - spent - held)
-            allowance = left if wanted is None else min(wanted, left)
-            atomic_write_text(mine, json.dumps({"usd": allowance, "pid": os.getpid()}))
+            granted = allowance(cap, spent, held, wanted)
+            atomic_write_text(mine, json.dumps({"usd": granted, "pid": os.getpid()}))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     try:
-        yield allowance
+        yield granted
     finally:
         mine.unlink(missing_ok=True)  # what the stage spent is in its call log now

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from lsl_dagster.llm.campaign_budget import allowance
 from lsl_dagster.llm.ledger import CallLog, spent_usd
 
 log = logging.getLogger(__name__)
@@ -225,16 +226,15 @@ class PostgresState:
                     " AND holder <> %s AND backend IN (SELECT pid FROM pg_stat_activity)",
                     (campaign, holder),
                 )
-                left = max(0.0, cap - spent - cursor.fetchone()[0])
-                allowance = left if wanted is None else min(wanted, left)
+                granted = allowance(cap, spent, cursor.fetchone()[0], wanted)
                 cursor.execute(
                     "INSERT INTO lsl_campaign_holds VALUES (%s, %s, %s, pg_backend_pid()) "
                     "ON CONFLICT (campaign, holder) DO UPDATE"
                     " SET usd = EXCLUDED.usd, backend = EXCLUDED.backend",
-                    (campaign, holder, allowance),
+                    (campaign, holder, granted),
                 )
             con.autocommit = True
-            yield allowance
+            yield granted
         finally:
             if not con.closed:
                 with con.cursor() as cursor:

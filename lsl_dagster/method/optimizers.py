@@ -12,7 +12,7 @@ from dspy.utils.callback import BaseCallback
 from dspy.utils.exceptions import AdapterParseError
 
 from lsl_dagster.llm.ledger import BudgetExhausted, Meter
-from lsl_dagster.llm.lm import ConfigError
+from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.llm.replies import FormatWatch
 from lsl_dagster.tasks.metrics import call_metric, neutral_feedback
 from lsl_dagster.tasks.task import Task

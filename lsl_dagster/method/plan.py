@@ -13,7 +13,9 @@ import math
 import dspy
 from pydantic import BaseModel
 
-from lsl_dagster.llm.lm import PROVIDERS, ConfigError
+from lsl_dagster.llm.engine import worst_input_tokens
+from lsl_dagster.llm.provider import ConfigError
+from lsl_dagster.llm.providers import PROVIDERS
 from lsl_dagster.method.optimizers import (
     MAX_BOOTSTRAPPED_DEMOS,
     MAX_LABELED_DEMOS,
@@ -130,7 +132,7 @@ def _stage(
     worst_price = None if None in prices else max(prices, key=lambda p: p.cost(1000, 1000))
     task_price = prices[0]
     max_tokens = max(s.max_tokens for s in specs)
-    worst_in = math.ceil(chars[1] / 2) + 16  # MeteredEngine reserves with the same estimate
+    worst_in = worst_input_tokens(chars[1])  # what MeteredEngine reserves
     expected_in = math.ceil(chars[0] / 4)
     expected_out = min(EXPECTED_OUTPUT_TOKENS, max_tokens)
     return StageForecast(

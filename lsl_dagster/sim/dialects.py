@@ -1,15 +1,18 @@
-"""The sim server's Anthropic messages and Gemini generateContent wire formats (requests in, replies out).
+"""The sim server's other dialects: Anthropic messages and Gemini generateContent wire formats (requests
+in, replies out), and how llama-cpp-python's server reads limits and writes with a small model.
 
-The OpenAI chat format is sim_server's own; these two let tests drive DSPy's native Anthropic and Gemini
-adapters against a local server that speaks what the real provider speaks, including usage fields.
+The OpenAI chat format is `sim.http`'s; these let tests drive DSPy's native Anthropic and Gemini adapters
+against a local server that speaks what the real provider speaks, including usage fields, and the OpenAI
+adapter against a server that behaves as llama.cpp's do.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from lsl_dagster.sim.engine import Reply
+from lsl_dagster.sim.replies import Reply
 
 MESSAGES_PATHS = ("/v1/messages", "/messages")
 GEMINI_PATH = re.compile(r"/(?:v1|v1beta)/models/(?P<model>[^/:]+):generateContent")
@@ -92,3 +95,31 @@ def render_gemini(model: str, reply: Reply) -> dict[str, Any]:
         },
         "modelVersion": model,
     }
+
+
+def token_limit(body: Mapping[str, Any], dialect: str) -> int | None:
+    """The output-token limit as the dialect reads it: llama-cpp-python knows only `max_tokens`."""
+    fields = ("max_tokens",) if dialect == "llama-cpp" else ("max_completion_tokens", "max_tokens")
+    for name in fields:
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DialectError(400, f"'{name}' must be a positive integer")
+            return value
+    return None
+
+
+def unformatted(reply: Reply) -> Reply:
+    """The reply as plain prose (no field markers, no JSON object), as a small model often writes."""
+    prose = "Sure! " + " ".join(re.sub(r"\[\[ ## \w+ ## \]\]|[{}\[\]\"]", " ", reply.text).split())
+    return Reply(prose, reply.input_tokens, max(1, -(-len(prose) // 4)))
+
+
+def llama_cpp_reply(reply: Reply, limit: int | None, context_tokens: int) -> Reply:
+    """llama-cpp's small model never stops by itself (as small GGUF models behind llama-cpp-python often
+    do not): it repeats itself until the limit, or until the context is full (finish_reason "length")."""
+    room = max(1, context_tokens - reply.input_tokens)
+    length = room if limit is None else min(limit, room)
+    # sim.respond counts a token per 4 characters: `length` tokens are 4 * length characters.
+    text = ((reply.text + "\n") * (4 * length // (len(reply.text) + 1) + 1))[: 4 * length]
+    return Reply(text=text, input_tokens=reply.input_tokens, output_tokens=length)

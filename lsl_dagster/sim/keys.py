@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from lsl_dagster.sim.engine import AnswerKey
+from lsl_dagster.sim.answer_key import AnswerKey
 from lsl_dagster.tasks.task import Task, load_task
 
 _KEYS: dict[tuple[str, str, str], AnswerKey] = {}

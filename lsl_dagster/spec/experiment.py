@@ -35,8 +35,7 @@ FAMILIES: dict[str, Family] = {
     "ollama_chat": Family("ollama", "http://localhost:11434/v1", (), None),
 }
 PROVIDERS = ("sim", *FAMILIES)
-# The offline simulator's tiers (lsl_dagster.sim.engine, reached only through the LM layer) and its label.
-SIM_TIERS = ("large", "medium", "small", "tiny")
+# The label of anything the offline simulator (a provider, see lsl_dagster.llm.providers) produced.
 SIMULATED = "SIMULATED (sim models are a deterministic test double, not real LLMs)"
 
 
@@ -110,12 +109,12 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _reachable(self) -> ModelSpec:
-        if self.provider == "sim":
-            if self.model.split("/", 1)[1] not in SIM_TIERS:
-                known = ", ".join(f"sim/{tier}" for tier in SIM_TIERS)
-                raise ValueError(f"unknown sim model {self.model!r}: known tiers are {known}")
-            if self.api_base:
-                raise ValueError(f"{self.model}: the in-process simulator takes no api_base")
+        # The provider knows its models; imported here because the providers are built on these specs.
+        from lsl_dagster.llm.providers import PROVIDERS
+
+        PROVIDERS[self.provider].check_name(self.model)
+        if self.provider == "sim" and self.api_base:
+            raise ValueError(f"{self.model}: the in-process simulator takes no api_base")
         return self
 
     @property
