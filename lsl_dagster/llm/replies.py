@@ -3,7 +3,7 @@
 Per evaluation row, the kind of failure (`error_kind`); per stage and model, how many replies the adapters
 could not parse. Both come from DSPy's own signals: the adapters' parse callbacks (a ChatAdapter parse
 failure is what triggers its JSONAdapter fallback) and each reply's finish_reason ("length": cut off at
-max_tokens), noted by `lsl_dagster.lm.MeteredLM` for fresh and cached replies alike.
+max_tokens), noted by `lsl_dagster.llm.engine.MeteredLM` for fresh and cached replies alike.
 """
 
 from __future__ import annotations

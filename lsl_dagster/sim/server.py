@@ -3,7 +3,8 @@
 Everything it returns is SIMULATED (see `sim.engine`): replies are a deterministic function of (seed,
 model, messages). It exists to exercise real HTTP clients offline: keep-alive, authentication, latency,
 concurrency limits and the failures a provider produces (rate limits, 5xx, hangs, garbage, dropped
-connections), injected deterministically by a `FaultPlan`. Stdlib only.
+connections), injected deterministically by a `FaultPlan` (`sim.faults`). Here: the server's lifecycle,
+counters, holds and command line; the HTTP handling is `sim.http`'s.
 
     with SimServer(faults={2: "429"}).start() as server:
         httpx.post(f"{server.url}/chat/completions", json={"model": "sim-large", "messages": [...]})
