@@ -65,9 +65,11 @@ def latest_materializations(
         dg.AssetKey(asset), asset_partitions=None if wanted is None else list(partitions)
     )
     found: dict[str, dg.EventLogRecord] = {}
+    # One partition's newest record is the first; more take pages until each has been seen.
+    limit = 1 if wanted is not None and len(wanted) == 1 else 1000
     cursor = None
     while True:  # newest first, a page at a time, until every partition asked for has its newest record
-        result = instance.fetch_materializations(filter_, limit=1000, cursor=cursor)
+        result = instance.fetch_materializations(filter_, limit=limit, cursor=cursor)
         for record in result.records:
             found.setdefault(record.partition_key, record)
         if not result.has_more or (wanted is not None and wanted <= found.keys()):
