@@ -57,12 +57,12 @@ def run_experiment(workspace: Workspace, models: LanguageModels, experiment_id: 
     matched_eval = evaluate("budget_matched_evaluation", "budget_matched", matched)
     comparison = stages.compare(
         spec,
-        stage1=stage1,
-        stage2=stage2,
-        budget_matched=matched,
-        baseline_evaluation=baseline,
-        stage3_evaluation=lsl,
-        budget_matched_evaluation=matched_eval,
+        {"stage1_prompt": stage1, "stage2_hardened_prompt": stage2, "budget_matched_prompt": matched},
+        {
+            "baseline_evaluation": baseline,
+            "stage3_evaluation": lsl,
+            "budget_matched_evaluation": matched_eval,
+        },
     )
     save("comparison", comparison)
     return comparison

@@ -29,7 +29,7 @@ from _common import Lab, make_lab, materialize, median, parser, print_table, shi
 from _common import run as run_command
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-from lsl_dagster.cli import STAGES
+from lsl_dagster.graph import STAGES
 from lsl_dagster.sim.keys import data_dir_keys
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.sim.tiers import TIERS

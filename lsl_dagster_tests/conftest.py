@@ -29,6 +29,7 @@ from dagster import (
 )
 from moto.server import ThreadedMotoServer
 
+from lsl_dagster import graph
 from lsl_dagster.definitions import build_definitions
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import CallLog
@@ -48,15 +49,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The stage assets of one experiment in pipeline order, as a user sees them in the UI and `lsl status`.
-STAGE_ASSETS = [
-    "stage1_prompt",
-    "stage2_hardened_prompt",
-    "budget_matched_prompt",
-    "baseline_evaluation",
-    "stage3_evaluation",
-    "budget_matched_evaluation",
-    "comparison",
-]
+STAGE_ASSETS = list(graph.STAGES)
 
 # Small enough to run in a few seconds, large enough for every optimizer to do real work.
 FAST: dict[str, Any] = {

@@ -13,8 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey
 
-from lsl_dagster.cli import COLUMNS, arm_cis, main
+from lsl_dagster.cli import main
 from lsl_dagster.records import Comparison
+from lsl_dagster.results.arms import arm_cis
+from lsl_dagster.results.export import COLUMNS
 from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab
 
 
@@ -128,7 +130,7 @@ def test_status_results_export_and_plot(cli_env: Lab, capsys: pytest.CaptureFixt
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".arms.png")] == []
     # The error bars: each arm's own 95% bootstrap CI, around its score.
-    cis = arm_cis(lab.instance, Comparison.model_validate(comparison))
+    cis = arm_cis(lab.instance, Comparison.model_validate(comparison), lab.runs_dir)
     for arm in comparison["arms"]:
         low, high = cis[arm["arm"]]
         assert low < arm["score"] < high, (arm, low, high)

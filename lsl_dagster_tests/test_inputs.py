@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lsl_dagster.cli import spec_hashes
+from lsl_dagster.cli.code_location import spec_hashes
 from lsl_dagster.results.instance import stage_status, stages_of
 from lsl_dagster.spec.experiment import check_slug
 from lsl_dagster.spec.files import ExperimentError, experiment_ids, load_experiment

@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from lsl_dagster.cli import campaign_table
+from lsl_dagster.cli.campaign import campaign_table
 from lsl_dagster.method.prompts import capture, rebuild
 from lsl_dagster.records import Comparison, PromptCandidate
 from lsl_dagster.sim.server import SimServer

@@ -23,9 +23,9 @@ from dagster import (
 )
 from dagster_postgres import PostgresRunStorage
 
-from lsl_dagster.cli import STAGES
 from lsl_dagster.defs.assets import POOL
 from lsl_dagster.defs.resources import PROJECT_DIR
+from lsl_dagster.graph import STAGES
 from lsl_dagster.llm.pg_state import PostgresState
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.files import experiment_ids, load_experiment

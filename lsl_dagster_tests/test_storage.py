@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lsl_dagster.cli import STAGES, main
+from lsl_dagster.cli import main
+from lsl_dagster.graph import STAGES
 from lsl_dagster.records import Comparison
 from lsl_dagster_tests.conftest import S3_BUCKET as BUCKET
 from lsl_dagster_tests.conftest import Lab

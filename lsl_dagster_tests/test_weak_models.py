@@ -278,12 +278,8 @@ def test_the_comparison_pairs_only_examples_both_arms_answered(tmp_path: Path):
     matched = arm("budget_matched", [0, 0, 1, 1, 0, 1], budget_matched)
     result = compare(
         spec,
-        stage1=stage1,
-        stage2=stage2,
-        budget_matched=budget_matched,
-        baseline_evaluation=baseline,
-        stage3_evaluation=lsl,
-        budget_matched_evaluation=matched,
+        {"stage1_prompt": stage1, "stage2_hardened_prompt": stage2, "budget_matched_prompt": budget_matched},
+        {"baseline_evaluation": baseline, "stage3_evaluation": lsl, "budget_matched_evaluation": matched},
     )
     lsl_vs_baseline = next(d for d in result.differences if (d.arm, d.baseline) == ("lsl", "baseline"))
     assert lsl_vs_baseline.n == 4  # e0, e1, e4, e5

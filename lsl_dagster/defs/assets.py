@@ -3,8 +3,9 @@
 No `from __future__ import annotations` here: Dagster reads the annotations at definition time.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import (
@@ -25,7 +26,7 @@ from dagster import (
     observable_source_asset,
 )
 
-from lsl_dagster import CODE_VERSION
+from lsl_dagster import CODE_VERSION, graph
 from lsl_dagster.defs.metadata import (
     campaign_metadata,
     comparison_metadata,
@@ -144,6 +145,42 @@ def _plan_metadata(workspace: Workspace, experiment_id: str) -> dict:
     return metadata
 
 
+Read = dict[str, PromptCandidate]  # the prompts a prompt stage reads, by asset key
+
+
+@dataclass(frozen=True)
+class PromptMethod:
+    """How a prompt stage of the graph runs: the calls it may make and the prompt it makes, from the
+    prompts it reads (graph.Prompt.reads)."""
+
+    max_calls: Callable[[ExperimentSpec, Read], int]
+    optimize: Callable[[ExperimentSpec, Task, Read, StageRun], PromptCandidate]
+    description: str  # the asset's description in the UI
+
+
+# Each prompt stage of graph.PROMPTS by its stage name.
+PROMPT_METHODS = {
+    graph.STAGE1.stage: PromptMethod(
+        max_calls=lambda spec, read: spec.stage1.max_calls,
+        optimize=lambda spec, task, read, run: stages.stage1_optimize(spec, task, run),
+        description="Stage 1: the task program optimized on the large model (MIPROv2 by default).",
+    ),
+    graph.STAGE2.stage: PromptMethod(
+        max_calls=lambda spec, read: spec.stage2.max_calls,
+        optimize=lambda spec, task, read, run: stages.stage2_harden(
+            spec, task, read[graph.STAGE1.asset], run
+        ),
+        description="Stage 2: the Stage 1 prompt hardened against the small model by `stage2.optimizer` "
+        "(GEPA by default; MIPROv2 or SIMBA).",
+    ),
+    graph.BUDGET_MATCHED.stage: PromptMethod(
+        max_calls=lambda spec, read: stages.matched_budget(*read.values()),
+        optimize=lambda spec, task, read, run: stages.budget_matched_optimize(spec, task, run),
+        description="FR-006: the Stage 1 optimizer on the large model with the calls Stage 1 + Stage 2 used.",
+    ),
+}
+
+
 def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
     @observable_source_asset(name=FILE.to_user_string(), partitions_def=partitions, group_name=GROUP)
     def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
@@ -172,48 +209,41 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         "deps": [experiment_file],
     }
 
-    @asset(pool=POOL, **common)
-    def stage1_prompt(
-        context: AssetExecutionContext, workspace: Workspace, language_models: LanguageModels
-    ) -> Output[PromptCandidate]:
-        """Stage 1: the task program optimized on the large model (MIPROv2 by default)."""
-        spec, task = _load(workspace, context.partition_key)
-        with _stage(context, workspace, language_models, spec, "stage1", spec.stage1.max_calls) as run:
-            candidate = stages.stage1_optimize(spec, task, run)
-        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+    def prompt_asset(prompt: graph.Prompt) -> AssetsDefinition:
+        method = PROMPT_METHODS[prompt.stage]
+        ins = {name: AssetIn(name, dagster_type=PromptCandidate) for name in prompt.reads}
 
-    @asset(pool=POOL, **common)
-    def stage2_hardened_prompt(
-        context: AssetExecutionContext,
-        workspace: Workspace,
-        language_models: LanguageModels,
-        stage1_prompt: PromptCandidate,
-    ) -> Output[PromptCandidate]:
-        """Stage 2: the Stage 1 prompt hardened against the small model by `stage2.optimizer` (GEPA by
-        default; MIPROv2 or SIMBA)."""
-        spec, task = _load(workspace, context.partition_key)
-        with _stage(context, workspace, language_models, spec, "stage2", spec.stage2.max_calls) as run:
-            candidate = stages.stage2_harden(spec, task, stage1_prompt, run)
-        metadata = {**prompt_metadata(candidate, task, spec), **hardening_metadata(stage1_prompt, candidate)}
-        return Output(candidate, metadata=metadata)
+        # One keyword argument per prompt it reads, named by its asset key (Dagster passes exactly `ins`).
+        @asset(name=prompt.asset, pool=POOL, ins=ins, description=method.description, **common)
+        def _prompt(
+            context: AssetExecutionContext,
+            workspace: Workspace,
+            language_models: LanguageModels,
+            **read: PromptCandidate,
+        ) -> Output[PromptCandidate]:
+            spec, task = _load(workspace, context.partition_key)
+            budget = method.max_calls(spec, read)
+            with _stage(context, workspace, language_models, spec, prompt.stage, budget) as run:
+                candidate = method.optimize(spec, task, read, run)
+            metadata = prompt_metadata(candidate, task, spec)
+            if prompt.starts_from is not None:
+                metadata |= hardening_metadata(read[prompt.starts_from], candidate)
+            return Output(candidate, metadata=metadata)
 
-    @asset(pool=POOL, **common)
-    def budget_matched_prompt(
-        context: AssetExecutionContext,
-        workspace: Workspace,
-        language_models: LanguageModels,
-        stage1_prompt: PromptCandidate,
-        stage2_hardened_prompt: PromptCandidate,
-    ) -> Output[PromptCandidate]:
-        """FR-006: the Stage 1 optimizer on the large model with the calls Stage 1 + Stage 2 used."""
-        spec, task = _load(workspace, context.partition_key)
-        budget = stages.matched_budget(stage1_prompt, stage2_hardened_prompt)
-        with _stage(context, workspace, language_models, spec, "budget_matched", budget) as run:
-            candidate = stages.budget_matched_optimize(spec, task, run)
-        return Output(candidate, metadata=prompt_metadata(candidate, task, spec))
+        return _prompt
 
-    def evaluation_asset(name: str, arm: str, upstream: str) -> AssetsDefinition:
-        @asset(name=name, pool=POOL, ins={"candidate": AssetIn(upstream)}, **common)
+    def evaluation_asset(arm: graph.Arm) -> AssetsDefinition:
+        description = (
+            f"The {arm.prompt} prompt on the large model over the held-out split (arm '{arm.name}')."
+        )
+
+        @asset(
+            name=arm.evaluation,
+            pool=POOL,
+            ins={"candidate": AssetIn(arm.prompt)},
+            description=description,
+            **common,
+        )
         def _evaluation(
             context: AssetExecutionContext,
             workspace: Workspace,
@@ -221,63 +251,47 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
             candidate: PromptCandidate,
         ) -> Output[EvaluationResult]:
             spec, task = _load(workspace, context.partition_key)
-            out = workspace.run_dir(spec.experiment_id) / "predictions" / f"{arm}.jsonl"
-            with _stage(context, workspace, language_models, spec, name, None) as run:
-                result = stages.evaluate_on_large(spec, task, candidate, arm, run, out)
+            out = workspace.run_dir(spec.experiment_id) / "predictions" / f"{arm.name}.jsonl"
+            with _stage(context, workspace, language_models, spec, arm.evaluation, None) as run:
+                result = stages.evaluate_on_large(spec, task, candidate, arm.name, run, out)
             # Where every worker and the CLI reach them (object storage when outputs are there).
             result = result.model_copy(update={"predictions_path": workspace.publish(out)})
             return Output(result, metadata=evaluation_metadata(result, spec))
 
-        _evaluation.__doc__ = (
-            f"The {upstream} prompt on the large model over the held-out split (arm '{arm}')."
-        )
         return _evaluation
 
-    baseline_evaluation = evaluation_asset("baseline_evaluation", "baseline", "stage1_prompt")
-    stage3_evaluation = evaluation_asset("stage3_evaluation", "lsl", "stage2_hardened_prompt")
-    budget_matched_evaluation = evaluation_asset(
-        "budget_matched_evaluation", "budget_matched", "budget_matched_prompt"
-    )
+    comparison_ins = {
+        **{p.asset: AssetIn(p.asset, dagster_type=PromptCandidate) for p in graph.PROMPTS},
+        **{a.evaluation: AssetIn(a.evaluation, dagster_type=EvaluationResult) for a in graph.ARMS},
+    }
 
-    @asset(**common)
+    # Every prompt and evaluation as a keyword argument named by its asset key (exactly `ins`).
+    @asset(name=graph.COMPARISON, ins=comparison_ins, **common)
     def comparison(
         context: AssetExecutionContext,
         workspace: Workspace,
-        stage1_prompt: PromptCandidate,
-        stage2_hardened_prompt: PromptCandidate,
-        budget_matched_prompt: PromptCandidate,
-        baseline_evaluation: EvaluationResult,
-        stage3_evaluation: EvaluationResult,
-        budget_matched_evaluation: EvaluationResult,
+        **read: PromptCandidate | EvaluationResult,
     ) -> Output[Comparison]:
         """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
         spec, _ = _load(workspace, context.partition_key)
-
-        def located(result: EvaluationResult) -> EvaluationResult:  # its predictions where they are now
-            return result.model_copy(update={"predictions_path": workspace.located(result.predictions_path)})
-
-        try:
-            result = stages.compare(
-                spec,
-                stage1=stage1_prompt,
-                stage2=stage2_hardened_prompt,
-                budget_matched=budget_matched_prompt,
-                baseline_evaluation=located(baseline_evaluation),
-                stage3_evaluation=located(stage3_evaluation),
-                budget_matched_evaluation=located(budget_matched_evaluation),
+        prompts = {p.asset: read[p.asset] for p in graph.PROMPTS}
+        # Each evaluation with its predictions where they are now.
+        evaluations = {
+            a.evaluation: read[a.evaluation].model_copy(
+                update={"predictions_path": workspace.located(read[a.evaluation].predictions_path)}
             )
+            for a in graph.ARMS
+        }
+        try:
+            result = stages.compare(spec, prompts, evaluations)
         except stages.InconsistentArms as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         return Output(result, metadata=comparison_metadata(result, spec))
 
     return [
         experiment_file,
-        stage1_prompt,
-        stage2_hardened_prompt,
-        budget_matched_prompt,
-        baseline_evaluation,
-        stage3_evaluation,
-        budget_matched_evaluation,
+        *map(prompt_asset, graph.PROMPTS),
+        *map(evaluation_asset, graph.ARMS),
         comparison,
     ]
 
@@ -291,10 +305,10 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         "partitions_def": StaticPartitionsDefinition(sorted({*campaigns, *errors})),
         "group_name": CAMPAIGN_GROUP,
         "code_version": CODE_VERSION,
-        "ins": {"comparisons": AssetIn("comparison", partition_mapping=experiments_of)},
+        "ins": {"comparisons": AssetIn(graph.COMPARISON, partition_mapping=experiments_of)},
     }
 
-    @asset(**per_campaign)
+    @asset(name=graph.CAMPAIGN_SUMMARY, **per_campaign)
     def campaign_summary(
         context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
     ) -> Output[CampaignSummary]:
@@ -312,7 +326,7 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         workspace.publish(plot)
         return Output(summary, metadata=campaign_metadata(summary))
 
-    @asset(**per_campaign)
+    @asset(name=graph.TRANSFER_MATRIX, **per_campaign)
     def transfer_matrix(
         context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
     ) -> Output[TransferMatrix]:

@@ -23,6 +23,7 @@ from dagster import (
 )
 from pydantic import BaseModel
 
+from lsl_dagster import graph
 from lsl_dagster.defs.io_managers import PydanticJsonIOManager
 from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.method.stages import evaluation_examples
@@ -32,8 +33,6 @@ from lsl_dagster.storage import outputs as storage
 from lsl_dagster.tasks.task import Example, Task
 
 Verdict = tuple[bool, dict[str, Any]]  # passed, and what the check saw
-EVALUATIONS = ("baseline_evaluation", "stage3_evaluation", "budget_matched_evaluation")
-PROMPTS = ("stage1_prompt", "stage2_hardened_prompt", "budget_matched_prompt")
 
 
 class Checked:
@@ -129,9 +128,9 @@ def within_cost_budget(checked: Checked, comparison: Comparison) -> Verdict:
 Check = Callable[[Checked, Any], Verdict]
 # asset -> (the model its output is, the checks on it)
 CHECKS: dict[str, tuple[type[BaseModel], list[Check]]] = {
-    **{asset: (EvaluationResult, [all_examples_evaluated, scores_in_range]) for asset in EVALUATIONS},
-    **{asset: (PromptCandidate, [no_test_leakage, within_call_budget]) for asset in PROMPTS},
-    "comparison": (Comparison, [within_cost_budget]),
+    **{asset: (EvaluationResult, [all_examples_evaluated, scores_in_range]) for asset in graph.EVALUATIONS},
+    **{p.asset: (PromptCandidate, [no_test_leakage, within_call_budget]) for p in graph.PROMPTS},
+    graph.COMPARISON: (Comparison, [within_cost_budget]),
 }
 
 

@@ -15,12 +15,12 @@ from lsl_dagster.records import (
     Comparison,
     EvaluationResult,
     FormatCounts,
-    Interval,
     Ledger,
     PromptCandidate,
     TransferMatrix,
 )
 from lsl_dagster.results.prompt_diff import diff_markdown, predictor_diffs
+from lsl_dagster.results.text import cost_field, interval_text, matrix_cell_text, p_text
 from lsl_dagster.spec.experiment import SIMULATED, ExperimentSpec
 from lsl_dagster.tasks.task import Task
 
@@ -41,14 +41,6 @@ _USAGE_SCHEMA = TableSchema(
 )
 
 
-def _cost(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.6f}"
-
-
-def _p(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
 def ledger_metadata(ledger: Ledger) -> dict[str, Any]:
     rows = [
         TableRecord(
@@ -60,7 +52,7 @@ def ledger_metadata(ledger: Ledger) -> dict[str, Any]:
                 "replayed": u.replayed,
                 "input_tokens": u.input_tokens,
                 "output_tokens": u.output_tokens,
-                "cost_usd": _cost(u.cost_usd),
+                "cost_usd": cost_field(u.cost_usd),
                 "cost_source": u.cost_source,
                 "latency_s": round(u.latency_s, 3),
             }
@@ -74,7 +66,7 @@ def ledger_metadata(ledger: Ledger) -> dict[str, Any]:
         "budget_used": ledger.budget_used,
         "cost_usd": MetadataValue.float(ledger.cost_usd) if ledger.cost_usd is not None else "unknown",
         "usage": MetadataValue.table(rows, schema=_USAGE_SCHEMA),
-        "budget": f"max_calls={ledger.max_calls}, cost allowance={_cost(ledger.cost_allowance_usd)} USD",
+        "budget": f"max_calls={ledger.max_calls}, cost allowance={cost_field(ledger.cost_allowance_usd)} USD",
     }
     if ledger.stop_reason:
         metadata["stop_reason"] = ledger.stop_reason
@@ -157,7 +149,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                     "n": a.n,
                     "optimization_calls": a.optimization_calls if a.optimization_calls is not None else -1,
                     "evaluation_calls": a.calls,
-                    "evaluation_cost_usd": _cost(a.cost_usd),
+                    "evaluation_cost_usd": cost_field(a.cost_usd),
                     **{name: getattr(a, name) for name in _FORMAT_COLUMNS},
                 }
             )
@@ -184,8 +176,8 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                     "ci_low": round(d.ci_low, 4),
                     "ci_high": round(d.ci_high, 4),
                     "test": d.test,
-                    "p": _p(d.p_value),
-                    "p_holm": _p(d.p_holm),
+                    "p": p_text(d.p_value, digits=4, missing="n/a"),
+                    "p_holm": p_text(d.p_holm, digits=4, missing="n/a"),
                     "n": d.n,
                 }
             )
@@ -230,17 +222,6 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
     return metadata
 
 
-def interval_text(value: Interval) -> str:
-    """mean [95% CI], and for a difference its raw and Holm-adjusted p-values side by side."""
-    if value.ci_low is None or value.ci_high is None:
-        text = f"{value.mean:+.3f} (n={value.n}, no CI)"
-    else:
-        text = f"{value.mean:+.3f} [{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
-    if value.p_value is not None or value.p_holm is not None:
-        text += f" p={_p(value.p_value)} Holm p={_p(value.p_holm)}"
-    return text
-
-
 def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
     cell = summary.cells[0]
     columns = ["cell", "seeds", *cell.arms, *cell.differences]
@@ -268,10 +249,6 @@ def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
         "plot": MetadataValue.path(summary.plot_path),
         "experiments": sum(len(c.experiments) for c in summary.cells),
     }
-
-
-def matrix_cell_text(value: Interval) -> str:
-    return interval_text(value) + ("" if value.ci_low is None else f" (n={value.n})")
 
 
 def matrix_markdown(matrix: TransferMatrix) -> str:

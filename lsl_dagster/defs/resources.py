@@ -84,11 +84,6 @@ class Workspace(ConfigurableResource):
         directory (LSL_RUNS_DIR) keeps every stored path valid."""
         return path.relative_to(self.runs_dir).as_posix()
 
-    def resolve(self, stored: str) -> Path:
-        """A stored path back to a file: relative ones under the runs directory (absolute ones, as older
-        outputs have, stay as they are)."""
-        return Path(self.runs_dir) / stored
-
     def location(self, path: Path) -> str:
         """Where a file this step writes under the runs directory is kept for every worker and the CLI: the
         same place under outputs_url when that is set (its URL), else the file itself (stored relative)."""
@@ -105,7 +100,7 @@ class Workspace(ConfigurableResource):
 
     def located(self, stored: str) -> str:
         """A stored location as storage reads it: a URL as it is, a relative path under the runs directory."""
-        return stored if storage.is_remote(stored) else str(self.resolve(stored))
+        return storage.located(stored, self.runs_dir)
 
     @contextmanager
     def stage(

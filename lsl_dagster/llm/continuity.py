@@ -17,6 +17,8 @@ from typing import Any
 
 import dagster as dg
 
+from lsl_dagster.results.instance import latest_materializations
+
 MATERIALIZED = "materialized"  # the call-log event that ends a stage which completed
 # A stage's materialization metadata: where its call log and cache were, and its name in the call log.
 STATE_KEY = "experiment_state"
@@ -52,14 +54,13 @@ def earlier_stages(instance: dg.DagsterInstance, experiment_id: str, assets: Ite
     asset, 12 per experiment; checking every stage of the experiment would be 36)."""
     found = []
     for asset in assets:
-        filter_ = dg.AssetRecordsFilter(dg.AssetKey(asset), asset_partitions=[experiment_id])
-        records = instance.fetch_materializations(filter_, limit=1).records
-        if not records:
+        record = latest_materializations(instance, asset, [experiment_id]).get(experiment_id)
+        if record is None:
             continue
-        metadata = records[0].asset_materialization.metadata
+        metadata = record.asset_materialization.metadata
         if STATE_KEY in metadata and STAGE_KEY in metadata:
             state, stage = str(metadata[STATE_KEY].value), str(metadata[STAGE_KEY].value)
-            found.append(Earlier(asset, stage, records[0].run_id, state))
+            found.append(Earlier(asset, stage, record.run_id, state))
     return found
 
 

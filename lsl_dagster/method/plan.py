@@ -13,6 +13,7 @@ import math
 import dspy
 from pydantic import BaseModel
 
+from lsl_dagster.graph import EVALUATIONS
 from lsl_dagster.llm.engine import worst_input_tokens
 from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.llm.providers import PROVIDERS
@@ -22,10 +23,10 @@ from lsl_dagster.method.optimizers import (
     check_gepa_budget,
     simba_plan,
 )
+from lsl_dagster.results.text import table, usd
 from lsl_dagster.spec.experiment import SIMULATED, ExperimentSpec, ModelSpec, Price
 from lsl_dagster.tasks.task import Example, Task
 
-EVALUATIONS = ("baseline_evaluation", "stage3_evaluation", "budget_matched_evaluation")
 # What an optimized prompt may add to the task's own: a rewritten instruction and a reasoning per demo.
 INSTRUCTION_CHARS = 1000
 DEMO_REASONING_CHARS = 400
@@ -226,22 +227,17 @@ def _allocate(plan: Forecast, cap: float) -> None:
 
 def render(plan: Forecast) -> str:
     """The forecast as a table, for `lsl plan`."""
-
-    def usd(value: float | None) -> str:
-        return "unknown" if value is None else f"${value:.4f}"
-
-    rows = [
-        (
-            "stage",
-            "calls",
-            "input tok (max)",
-            "output tok exp/max",
-            "expected",
-            "worst case",
-            "share of cap",
-            "optimizer",
-        )
-    ]
+    header = (
+        "stage",
+        "calls",
+        "input tok (max)",
+        "output tok exp/max",
+        "expected",
+        "worst case",
+        "share of cap",
+        "optimizer",
+    )
+    rows = [header]
     for s in plan.stages:
         rows.append(
             (
@@ -268,11 +264,6 @@ def render(plan: Forecast) -> str:
             "",
         )
     )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     notes = [
         f"Forecast for {plan.experiment_id}; no model was called. Calls are upper bounds (max_calls, one per "
         "example and predictor); replayed responses are free.",
@@ -283,7 +274,7 @@ def render(plan: Forecast) -> str:
         notes.append(f"{SIMULATED}: the sim's prices are made up, so are these costs.")
     if plan.refusal:
         notes.append(f"REFUSED: {plan.refusal}")
-    return "\n".join([*lines, "", *notes])
+    return "\n".join([table(rows, rule=True), "", *notes])
 
 
 def check(plan: Forecast) -> None:

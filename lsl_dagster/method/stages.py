@@ -8,6 +8,7 @@ from typing import Any
 
 import dspy
 
+from lsl_dagster import graph
 from lsl_dagster.defs.resources import StageRun
 from lsl_dagster.method.evaluation import evaluate, scores
 from lsl_dagster.method.optimizers import run_optimizer
@@ -163,8 +164,9 @@ def budget_matched_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> 
     )
 
 
-def matched_budget(stage1: PromptCandidate, stage2: PromptCandidate) -> int:
-    return stage1.ledger.budget_used + stage2.ledger.budget_used
+def matched_budget(*prompts: PromptCandidate) -> int:
+    """The calls the optimizations that made these prompts used."""
+    return sum(prompt.ledger.budget_used for prompt in prompts)
 
 
 def evaluate_on_large(
@@ -203,19 +205,8 @@ class InconsistentArms(ValueError):
 
 
 # Each stage asset and the stage assets it was made from (the asset graph, as far as consistency goes).
-MADE_FROM = {
-    "stage1_prompt": (),
-    "stage2_hardened_prompt": ("stage1_prompt",),
-    "budget_matched_prompt": ("stage1_prompt", "stage2_hardened_prompt"),
-    "baseline_evaluation": ("stage1_prompt",),
-    "stage3_evaluation": ("stage2_hardened_prompt",),
-    "budget_matched_evaluation": ("budget_matched_prompt",),
-}
-EVALUATED = {
-    "baseline_evaluation": "stage1_prompt",
-    "stage3_evaluation": "stage2_hardened_prompt",
-    "budget_matched_evaluation": "budget_matched_prompt",
-}
+MADE_FROM = {asset: reads for asset, reads in graph.READS.items() if asset != graph.COMPARISON}
+EVALUATED = {arm.evaluation: arm.prompt for arm in graph.ARMS}  # evaluation -> the prompt it scores
 
 
 def check_consistent(
@@ -246,53 +237,29 @@ def check_consistent(
         f"comparison of {spec.experiment_id} refuses to pair arms made from different versions of the "
         f"experiment (current: {current}):\n{lines}\n"
         f"Re-materialize {', '.join(rerun)} and then comparison (UI: Materialize stale; shell: dagster "
-        f"asset materialize -m lsl_dagster.definitions --select '{','.join([*rerun, 'comparison'])}' "
+        f"asset materialize -m lsl_dagster.definitions --select '{','.join([*rerun, graph.COMPARISON])}' "
         f"--partition {spec.experiment_id})."
     )
 
 
 def compare(
-    spec: ExperimentSpec,
-    *,
-    stage1: PromptCandidate,
-    stage2: PromptCandidate,
-    budget_matched: PromptCandidate,
-    baseline_evaluation: EvaluationResult,
-    stage3_evaluation: EvaluationResult,
-    budget_matched_evaluation: EvaluationResult,
+    spec: ExperimentSpec, prompts: dict[str, PromptCandidate], evaluations: dict[str, EvaluationResult]
 ) -> Comparison:
-    """The consolidated result: each arm's score and optimization budget, every stage's usage, and paired
-    differences (LSL against both baselines, and the two baselines) with a 95% bootstrap CI, a paired test
-    (exact McNemar for binary metrics) and its Holm adjustment across the three, which the verdict uses.
+    """The consolidated result, from every prompt and evaluation of graph.PROMPTS and graph.ARMS by asset
+    key: each arm's score and optimization budget, every stage's usage, and the paired differences of
+    graph.DIFFERENCES (LSL against both baselines, and the two baselines) with a 95% bootstrap CI, a paired
+    test (exact McNemar for binary metrics) and its Holm adjustment across them, which the verdict uses.
     Refuses (InconsistentArms) unless every input was made from the current spec version."""
-    check_consistent(
-        spec,
-        {"stage1_prompt": stage1, "stage2_hardened_prompt": stage2, "budget_matched_prompt": budget_matched},
-        {
-            "baseline_evaluation": baseline_evaluation,
-            "stage3_evaluation": stage3_evaluation,
-            "budget_matched_evaluation": budget_matched_evaluation,
-        },
-    )
-    evaluations = {
-        "baseline": baseline_evaluation,
-        "lsl": stage3_evaluation,
-        "budget_matched": budget_matched_evaluation,
-    }
+    check_consistent(spec, prompts, evaluations)
+    by_arm = {arm.name: evaluations[arm.evaluation] for arm in graph.ARMS}
     usage = {
-        "stage1": stage1.ledger,
-        "stage2": stage2.ledger,
-        "budget_matched": budget_matched.ledger,
-        "baseline_evaluation": baseline_evaluation.ledger,
-        "stage3_evaluation": stage3_evaluation.ledger,
-        "budget_matched_evaluation": budget_matched_evaluation.ledger,
+        **{p.stage: prompts[p.asset].ledger for p in graph.PROMPTS},
+        **{arm.evaluation: evaluations[arm.evaluation].ledger for arm in graph.ARMS},
     }
     optimization_calls = {
-        "baseline": stage1.ledger.budget_used,
-        "lsl": matched_budget(stage1, stage2),
-        "budget_matched": budget_matched.ledger.budget_used,
+        arm.name: matched_budget(*(prompts[p] for p in arm.optimized_by)) for arm in graph.ARMS
     }
-    per_example = {arm: scores(result.predictions_path) for arm, result in evaluations.items()}
+    per_example = {arm: scores(result.predictions_path) for arm, result in by_arm.items()}
     arms = [
         ArmSummary(
             arm=arm,
@@ -300,13 +267,13 @@ def compare(
             n=result.n,
             calls=result.ledger.calls,
             cost_usd=result.ledger.cost_usd,
-            optimization_calls=optimization_calls.get(arm),
+            optimization_calls=optimization_calls[arm],
             **result.model_dump(include=set(FormatCounts.model_fields)),
         )
-        for arm, result in evaluations.items()
+        for arm, result in by_arm.items()
     ]
     raw = []
-    for arm, baseline in (("lsl", "baseline"), ("budget_matched", "baseline"), ("lsl", "budget_matched")):
+    for arm, baseline in graph.DIFFERENCES:
         base, other = per_example[baseline], per_example[arm]
         if base.keys() != other.keys():
             raise ValueError(f"{arm} and {baseline} were evaluated on different examples; cannot pair them")
@@ -332,7 +299,8 @@ def compare(
         )
         for (arm, baseline, n, diff, low, high, test, p), p_holm in zip(raw, adjusted, strict=True)
     ]
-    inputs = [stage1, stage2, budget_matched, *evaluations.values()]
+    inputs = [*prompts.values(), *evaluations.values()]
+    stage2 = prompts[graph.STAGE2.asset]
     return Comparison(
         experiment_id=spec.experiment_id,
         task=spec.task,

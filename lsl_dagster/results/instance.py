@@ -13,23 +13,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
+from pydantic import BaseModel
+
+from lsl_dagster import graph
+from lsl_dagster.records import Comparison
+from lsl_dagster.storage import outputs as storage
+
+M = TypeVar("M", bound=BaseModel)
 
 CODE_VERSION_TAG = "dagster/code_version"
-FILE = dg.AssetKey("experiment_file")
-
-# The stage assets in pipeline order (every stage after its upstream stages).
-STAGES = (
-    "stage1_prompt",
-    "stage2_hardened_prompt",
-    "budget_matched_prompt",
-    "baseline_evaluation",
-    "stage3_evaluation",
-    "budget_matched_evaluation",
-    "comparison",
-)
+FILE = dg.AssetKey(graph.FILE)
 NEEDS_WORK = ("missing", "stale", "failed")
+
+
+class ReportError(Exception):
+    """What was asked for is not in the instance, or cannot be read; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -49,24 +51,64 @@ def stages_of(specs: Iterable[dg.AssetSpec]) -> dict[str, Stage]:
                 d.asset_key.to_user_string() for d in by_key[dg.AssetKey(name)].deps if d.asset_key != FILE
             ),
         )
-        for name in STAGES
+        for name in graph.STAGES
     }
 
 
 def latest_materializations(
-    instance: dg.DagsterInstance, asset: str, partitions: Sequence[str]
+    instance: dg.DagsterInstance, asset: str, partitions: Sequence[str] | None = None
 ) -> dict[str, dg.EventLogRecord]:
-    """partition -> its newest materialization of `asset` (partitions never materialized are absent)."""
-    wanted, found = set(partitions), {}
-    filter_ = dg.AssetRecordsFilter(dg.AssetKey(asset), asset_partitions=list(partitions))
+    """partition -> its newest materialization of `asset`, for the partitions asked for (default: every
+    partition it has); partitions never materialized are absent. Every reader of the instance uses this."""
+    wanted = None if partitions is None else set(partitions)
+    filter_ = dg.AssetRecordsFilter(
+        dg.AssetKey(asset), asset_partitions=None if wanted is None else list(partitions)
+    )
+    found: dict[str, dg.EventLogRecord] = {}
+    # One partition's newest record is the first; more take pages until each has been seen.
+    limit = 1 if wanted is not None and len(wanted) == 1 else 1000
     cursor = None
     while True:  # newest first, a page at a time, until every partition asked for has its newest record
-        result = instance.fetch_materializations(filter_, limit=1000, cursor=cursor)
+        result = instance.fetch_materializations(filter_, limit=limit, cursor=cursor)
         for record in result.records:
             found.setdefault(record.partition_key, record)
-        if not result.has_more or wanted <= found.keys():
-            return {key: found[key] for key in partitions if key in found}
+        if not result.has_more or (wanted is not None and wanted <= found.keys()):
+            break
         cursor = result.cursor
+    return found if partitions is None else {key: found[key] for key in partitions if key in found}
+
+
+def stored_value(record: dg.EventLogRecord, model: type[M], what: str, runs_dir: Path) -> tuple[M, str]:
+    """An asset value and where it is now, from where its materialization says it is (the IO manager's
+    `path` metadata: an s3:// object, or a file relative to the runs directory `runs_dir`)."""
+    location = storage.located(str(record.asset_materialization.metadata["path"].value), runs_dir)
+    try:
+        return model.model_validate_json(storage.read_text(location)), location
+    except (OSError, ValueError) as exc:  # a missing, unreadable or invalid file
+        raise ReportError(
+            f"cannot read {what} of {record.partition_key} named in the instance: {exc}"
+        ) from None
+
+
+def latest_value(
+    instance: dg.DagsterInstance, asset: str, partition: str, model: type[M], runs_dir: Path
+) -> tuple[M, str]:
+    """The latest materialized value of one asset partition and where it is."""
+    record = latest_materializations(instance, asset, [partition]).get(partition)
+    if record is None:
+        raise ReportError(f"{asset} has not been materialized for {partition} yet")
+    return stored_value(record, model, asset, runs_dir)
+
+
+def latest_comparisons(
+    instance: dg.DagsterInstance, experiments: Sequence[str] | None, runs_dir: Path
+) -> dict[str, tuple[Comparison, str]]:
+    """The latest comparison of each experiment asked for (None: every one) that has one, and where it is."""
+    records = latest_materializations(instance, graph.COMPARISON, experiments)
+    return {
+        e: stored_value(record, Comparison, "the comparison", runs_dir)
+        for e, record in sorted(records.items())
+    }
 
 
 def _metadata_text(record: dg.EventLogRecord, key: str) -> str | None:
@@ -138,3 +180,18 @@ def stage_status(
                 status = "materialized"
             table[e][asset] = status
     return table
+
+
+def campaign_needs(
+    instance: dg.DagsterInstance, table: Mapping[str, Mapping[str, str]], campaign: str
+) -> tuple[dict[str, list[str]], bool]:
+    """What a campaign still needs, from the status `table` of its experiments: the stage assets of each
+    experiment that are missing, stale or failed, and whether its summary and matrix are to be redone
+    (either is missing or older than a comparison of its experiments)."""
+    todo = {e: [a for a in graph.STAGES if row[a] in NEEDS_WORK] for e, row in table.items()}
+    comparisons = latest_materializations(instance, graph.COMPARISON, list(table))
+    stale = False
+    for asset in graph.CAMPAIGN_ASSETS:
+        record = latest_materializations(instance, asset, [campaign]).get(campaign)
+        stale |= record is None or any(r.storage_id > record.storage_id for r in comparisons.values())
+    return {e: assets for e, assets in todo.items() if assets}, stale

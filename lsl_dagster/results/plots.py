@@ -12,7 +12,9 @@ from matplotlib.colors import Normalize, to_rgb
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure  # not pyplot: no global state; a Figure renders with Agg
 
-from lsl_dagster.records import CampaignSummary, Comparison, Interval, PairedDifference, TransferMatrix
+from lsl_dagster import graph
+from lsl_dagster.records import CampaignSummary, Comparison, Interval, TransferMatrix
+from lsl_dagster.results.text import bounds, difference_text, p_text
 from lsl_dagster.spec.experiment import SIMULATED
 from lsl_dagster.storage.files import atomic_writer
 
@@ -54,10 +56,6 @@ def label_bars(ax: Axes, bars: BarContainer, values: list[float], tops: list[flo
         )
 
 
-def _ci(d: PairedDifference, sep: str = " ") -> str:
-    return f"{d.diff:+.3f}{sep}[{d.ci_low:+.3f}, {d.ci_high:+.3f}]"
-
-
 def _save(fig: Figure, path: Path, simulated: bool) -> None:
     if simulated:
         fig.suptitle(SIMULATED, color="#b00000", fontsize="medium", wrap=True)
@@ -72,9 +70,12 @@ def experiments_figure(
     fig = Figure(figsize=(4.8 * len(comparisons), 5), layout="constrained")
     axes = fig.subplots(1, len(comparisons), squeeze=False)[0]
     for ax, (experiment_id, c) in zip(axes, comparisons.items(), strict=True):
-        diffs = {d.arm: d for d in c.differences if d.baseline == "baseline"}
+        diffs = {d.arm: d for d in c.differences if d.baseline == graph.BASELINE.name}
         # The paired difference under each bar: overlapping CIs of two arms do not mean "no difference".
-        labels = [a.arm + ("\nΔ " + _ci(diffs[a.arm], sep="\n") if a.arm in diffs else "") for a in c.arms]
+        labels = [
+            a.arm + ("\nΔ " + difference_text(diffs[a.arm], sep="\n") if a.arm in diffs else "")
+            for a in c.arms
+        ]
         low = [max(0.0, a.score - cis[experiment_id][a.arm][0]) for a in c.arms]
         high = [max(0.0, cis[experiment_id][a.arm][1] - a.score) for a in c.arms]
         bars = ax.bar(labels, [a.score for a in c.arms], yerr=[low, high], capsize=6, color=BAR)
@@ -147,8 +148,8 @@ def matrix_figure(matrix: TransferMatrix, path: Path) -> None:
                 if value is None:
                     ax.text(j, i, "not run", ha="center", va="center", color="black", fontsize=8)
                     continue
-                ci = "no CI" if value.ci_low is None else f"[{value.ci_low:+.3f}, {value.ci_high:+.3f}]"
-                p = "" if value.p_holm is None else f"\nHolm p={value.p_holm:.3g}"
+                ci = "no CI" if value.ci_low is None else bounds(value.ci_low, value.ci_high)
+                p = "" if value.p_holm is None else f"\nHolm p={p_text(value.p_holm)}"
                 ax.text(
                     j,
                     i,

@@ -84,6 +84,14 @@ def paired_bootstrap_ci(
     return diff, float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def bootstrap_mean_ci(scores: Scores) -> tuple[float, float]:
+    """95% percentile-bootstrap CI of a mean score over examples. Paired with zeros, each example's
+    difference is its score, so this is `paired_bootstrap_ci` of (zeros, scores), with its degenerate case
+    (every score equal: the interval is that score) and its refusal of no scores."""
+    _, low, high = paired_bootstrap_ci(np.zeros(len(scores)), scores)
+    return low, high
+
+
 def mcnemar_exact_p(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> float:
     """Exact two-sided McNemar p-value: scipy's binomial test of the discordant pairs against p=1/2."""
     a_arr = np.asarray(a_correct, dtype=bool)

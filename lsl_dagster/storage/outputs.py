@@ -27,6 +27,13 @@ def is_remote(location: str) -> bool:
     return location.startswith(S3)
 
 
+def located(stored: str, runs_dir: str | Path) -> str:
+    """Where a location stored in outputs or metadata is now: an s3:// URL as it is; a path relative to the
+    runs directory under `runs_dir`, the one in force now, wherever the runs directory was then (an
+    absolute path, as older outputs have, stays as it is)."""
+    return stored if is_remote(stored) else str(Path(runs_dir) / stored)
+
+
 def parent(location: str) -> str:
     return location.rsplit("/", 1)[0] if is_remote(location) else str(Path(location).parent)
 

@@ -1,0 +1,59 @@
+"""Numbers and tables as text: how the CLI, the plan, metadata and plots write costs, p-values and
+intervals, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lsl_dagster.records import Interval, PairedDifference
+
+
+def usd(value: float | None) -> str:
+    """A cost for people: dollars to 4 decimals, or "unknown" (an unpriced model)."""
+    return "unknown" if value is None else f"${value:.4f}"
+
+
+def cost_field(value: float | None) -> str:
+    """A cost in a metadata table's string column: 6 decimals, no unit, or "unknown"."""
+    return "unknown" if value is None else f"{value:.6f}"
+
+
+def p_text(value: float | None, *, digits: int = 3, missing: str = "-") -> str:
+    return missing if value is None else f"{value:.{digits}g}"
+
+
+def bounds(low: float, high: float) -> str:
+    """A 95% CI: [low, high], signed."""
+    return f"[{low:+.3f}, {high:+.3f}]"
+
+
+def difference_text(d: PairedDifference, sep: str = " ") -> str:
+    """A paired difference and its CI: +0.100 [+0.020, +0.180]."""
+    return f"{d.diff:+.3f}{sep}{bounds(d.ci_low, d.ci_high)}"
+
+
+def interval_text(value: Interval) -> str:
+    """mean [95% CI], and for a difference its raw and Holm-adjusted p-values side by side."""
+    if value.ci_low is None or value.ci_high is None:
+        text = f"{value.mean:+.3f} (n={value.n}, no CI)"
+    else:
+        text = f"{value.mean:+.3f} {bounds(value.ci_low, value.ci_high)}"
+    if value.p_value is not None or value.p_holm is not None:
+        p, p_holm = (p_text(v, digits=4, missing="n/a") for v in (value.p_value, value.p_holm))
+        text += f" p={p} Holm p={p_holm}"
+    return text
+
+
+def matrix_cell_text(value: Interval) -> str:
+    return interval_text(value) + ("" if value.ci_low is None else f" (n={value.n})")
+
+
+def table(rows: Sequence[Sequence[str]], min_widths: Sequence[int] = (), rule: bool = False) -> str:
+    """Left-aligned columns two spaces apart, each as wide as its widest cell (or its minimum width); with
+    `rule`, a line of dashes under the header."""
+    minimum = [*min_widths, *[0] * (len(rows[0]) - len(min_widths))]
+    widths = [max(m, *(len(row[i]) for row in rows)) for i, m in enumerate(minimum)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
