@@ -40,7 +40,7 @@ from lsl_dagster.llm.continuity import STAGE_KEY, STATE_KEY, ForeignState, earli
 from lsl_dagster.llm.ledger import BudgetExhausted
 from lsl_dagster.llm.lm import AccessDenied, ConfigError, LanguageModels, ProviderUnavailable
 from lsl_dagster.method import stages
-from lsl_dagster.method.optimizers import OptimizerOutputError
+from lsl_dagster.method.optimizers.unparseable import OptimizerOutputError
 from lsl_dagster.method.plan import forecast
 from lsl_dagster.records import CampaignSummary, Comparison, EvaluationResult, PromptCandidate, TransferMatrix
 from lsl_dagster.results.instance import FILE
