@@ -38,7 +38,8 @@ from lsl_dagster.llm.ledger import Meter
 from lsl_dagster.llm.replies import note_finish_reasons
 from lsl_dagster.sim import engine as sim
 from lsl_dagster.sim.keys import answer_key
-from lsl_dagster.spec.experiment import FAMILIES, ExperimentSpec, ModelSpec, Price
+from lsl_dagster.spec.experiment import ExperimentSpec, ModelSpec, Price
+from lsl_dagster.spec.providers import FAMILIES, api_key, key_variable
 from lsl_dagster.tasks.task import Task
 
 # Loads the experiment's task; only the sim reads it (its answer key), and only when it is used.
@@ -203,8 +204,8 @@ class Provider(ABC):
 
     def check(self, spec: ModelSpec, *, need_price: bool) -> None:
         """Everything that would make the first call fail, checked before any call."""
-        var = spec.key_env
-        if var is not None and not key_from_env(spec):
+        var = key_variable(spec, os.environ)
+        if var is not None and not api_key(spec, os.environ):
             raise ConfigError(f"{spec.model} needs an API key: set the environment variable {var}")
         if need_price and self.price(spec) is None:
             raise ConfigError(
@@ -220,12 +221,6 @@ class Provider(ABC):
                 f"{spec.model} cannot run with temperature {spec.temperature} and max_tokens "
                 f"{spec.max_tokens}; change them in its model entry. DSPy said: {exc}"
             ) from None
-
-
-def key_from_env(spec: ModelSpec) -> str | None:
-    """The key this model's endpoint may receive (see ModelSpec.key_env), read at call time."""
-    names = (spec.api_key_env,) if spec.api_key_env else spec.family.key_vars if spec.default_endpoint else ()
-    return next((os.environ[name] for name in names if os.environ.get(name)), None)
 
 
 class SimProvider(Provider):
@@ -272,9 +267,9 @@ class HttpProvider(Provider):
     def engine(self, spec: ModelSpec, seed: int, task: TaskLoader | None = None) -> Any:
         family = spec.family
         config = RouterConfig(
-            # Only the key this endpoint may receive (key_from_env); a keyless server gets a placeholder,
+            # Only the key this endpoint may receive (api_key); a keyless server gets a placeholder,
             # never another provider's key. env={}: lm15 must not look keys up by itself.
-            api_keys={family.lm15: key_from_env(spec) or "not-needed"},
+            api_keys={family.lm15: api_key(spec, os.environ) or "not-needed"},
             base_urls={family.lm15: spec.endpoint},
             timeouts=timeouts_for(spec.timeout_s),
             env={},

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from lsl_dagster.records import CampaignSummary, CellSummary, Comparison, Interval, MatrixCell, TransferMatrix
 from lsl_dagster.results import stats
 from lsl_dagster.spec.campaign import CampaignSpec
-from lsl_dagster.spec.experiment import ExperimentSpec, check_slug
+from lsl_dagster.spec.experiment import ExperimentSpec
+from lsl_dagster.spec.strict import check_slug
 
 SEPARATOR = "--"
 
