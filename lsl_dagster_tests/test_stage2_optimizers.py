@@ -2,6 +2,8 @@
 max_calls is a hard limit, a budget stop keeps the best validated candidate, and the budget-matched arm
 gets what Stage 1 + Stage 2 used."""
 
+from typing import get_args
+
 import pytest
 import yaml
 
@@ -15,7 +17,7 @@ from lsl_dagster.method.prompts import capture
 from lsl_dagster.records import Ledger, PromptCandidate, Provenance
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.campaigns import CampaignError, cell_of, expand, load_campaign
-from lsl_dagster.spec.experiment import SIMULATED
+from lsl_dagster.spec.experiment import SIMULATED, HardeningOptimizer, Optimizer
 from lsl_dagster_tests.conftest import Lab
 
 STAGE2_CALLS = 60
@@ -108,6 +110,10 @@ def test_simba_is_sized_to_fit_its_budget():
     # A larger budget buys more steps or larger minibatches.
     small, large = (simba.simba_plan("stage2", c, 1, 40, 30) for c in (200, 2000))
     assert large.max_steps * large.bsize > small.max_steps * small.bsize
+
+
+def test_the_optimizers_files_may_name_are_the_ones_the_table_runs():
+    assert set(get_args(Optimizer)) == set(OPTIMIZERS) >= set(get_args(HardeningOptimizer))
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
