@@ -92,7 +92,7 @@ def main() -> None:
         per_experiment.append(time.perf_counter() - began)
     if args.campaign:
         from lsl_dagster.results.plots import campaign_figure
-        from lsl_dagster.spec.campaigns import summarize
+        from lsl_dagster.results.summary import summarize
 
         plot = workspace.run_dir(args.campaign) / "campaign_summary.png"
         plot.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from lsl_dagster.spec.experiment import (
-    Slug,
-    SpecVersion,
-    Strict,
-)
+from lsl_dagster.spec.experiment import SpecVersion
+from lsl_dagster.spec.strict import Slug, Strict
 
 
 class PredictorPrompt(Strict):

@@ -2,18 +2,22 @@
 max_calls is a hard limit, a budget stop keeps the best validated candidate, and the budget-matched arm
 gets what Stage 1 + Stage 2 used."""
 
+from typing import get_args
+
 import pytest
 import yaml
 
 from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.llm.language_models import LanguageModels
-from lsl_dagster.method import optimizers, stages
+from lsl_dagster.method import stages
+from lsl_dagster.method.optimizers import OPTIMIZERS, simba
+from lsl_dagster.method.optimizers.base import Budget
 from lsl_dagster.method.plan import forecast, render
 from lsl_dagster.method.prompts import capture
 from lsl_dagster.records import Ledger, PromptCandidate, Provenance
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.campaigns import CampaignError, cell_of, expand, load_campaign
-from lsl_dagster.spec.experiment import SIMULATED
+from lsl_dagster.spec.experiment import SIMULATED, HardeningOptimizer, Optimizer
 from lsl_dagster_tests.conftest import Lab
 
 STAGE2_CALLS = 60
@@ -62,9 +66,9 @@ def test_a_simba_cut_off_by_its_budget_keeps_the_validated_starting_prompt(
 ):
     # A SIMBA planned far past the budget (its own sizing never plans that): the meter stops it mid-way.
     monkeypatch.setattr(
-        optimizers,
+        simba,
         "simba_plan",
-        lambda *_: optimizers.SimbaPlan(bsize=8, num_candidates=4, max_steps=8, train=12, runs=10**4),
+        lambda *_: simba.SimbaPlan(bsize=8, num_candidates=4, max_steps=8, train=12, runs=10**4),
     )
     lab.write("cut", stage2={"optimizer": "simba", "max_calls": 40})
     workspace = Workspace(data_dir=str(lab.data_dir), runs_dir=str(lab.runs_dir))
@@ -97,15 +101,27 @@ def test_a_stage2_budget_too_small_for_one_simba_step_is_refused_before_any_call
 
 def test_simba_is_sized_to_fit_its_budget():
     for max_calls, calls_per_run, n_train, n_val in [(60, 1, 12, 8), (200, 1, 40, 30), (150, 3, 20, 10)]:
-        plan = optimizers.simba_plan("stage2", max_calls, calls_per_run, n_train, n_val)
+        plan = simba.simba_plan("stage2", max_calls, calls_per_run, n_train, n_val)
         assert plan.runs * calls_per_run <= max_calls
         assert plan.bsize <= plan.train <= n_train
-        assert plan.runs == optimizers.simba_runs(
+        assert plan.runs == simba.simba_runs(
             plan.bsize, plan.num_candidates, plan.max_steps, plan.train, n_val
         )
     # A larger budget buys more steps or larger minibatches.
-    small, large = (optimizers.simba_plan("stage2", c, 1, 40, 30) for c in (200, 2000))
+    small, large = (simba.simba_plan("stage2", c, 1, 40, 30) for c in (200, 2000))
     assert large.max_steps * large.bsize > small.max_steps * small.bsize
+
+
+def test_the_optimizers_files_may_name_are_the_ones_the_table_runs():
+    assert set(get_args(Optimizer)) == set(OPTIMIZERS) >= set(get_args(HardeningOptimizer))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_plans_its_calls_within_a_roomy_budget(name: str):
+    for max_calls, calls_per_run in [(200, 1), (1000, 1), (600, 2)]:
+        optimizer = OPTIMIZERS[name](Budget("stage1", max_calls, calls_per_run, n_train=40, n_val=30))
+        # Planned so the meter's hard limit does not cut it off before it has validated what it found.
+        assert 0.8 * max_calls <= optimizer.planned_calls <= max_calls
 
 
 def test_stage2_with_miprov2_and_an_unparseable_proposer_says_what_to_change(lab: Lab):

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from lsl_dagster.method.optimizers import feedback_metric_for, metric_for
+from lsl_dagster.method.optimizers.metrics import feedback_metric_for, metric_for
 from lsl_dagster.method.prompts import ProgramMismatch, capture, rebuild, render
 from lsl_dagster.records import Ledger, PredictorPrompt, Provenance
 from lsl_dagster.tasks.metrics import call_metric, neutral_feedback

@@ -1,6 +1,7 @@
 """Each provider family's wire format against a local server that speaks it, and where keys go."""
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.llm.providers import PROVIDERS
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment import ModelSpec, Price
+from lsl_dagster.spec.providers import api_key, key_variable
 from lsl_dagster_tests.conftest import Lab
 
 SECRET = "sk-default-provider-key-never-elsewhere"
@@ -73,7 +75,7 @@ def test_a_default_key_is_never_sent_to_a_custom_api_base(
         monkeypatch.setenv(name, SECRET)
     with SimServer().start() as server:
         spec = ModelSpec(model=f"{family}/sim-large", api_base=_base(server, family), price=PRICE)
-        assert spec.key_env is None
+        assert key_variable(spec, os.environ) is None and api_key(spec, os.environ) is None
         _call(spec, tmp_path)
         seen = server.headers_seen
     assert len(seen) == 1
@@ -90,12 +92,13 @@ def test_default_endpoints_read_their_own_conventional_variable(monkeypatch: pyt
     ):
         monkeypatch.delenv(name, raising=False)
     assert ModelSpec(model="openai/gpt-4.1-mini").endpoint == "https://api.openai.com/v1"
-    assert ModelSpec(model="anthropic/claude-sonnet-4-5").key_env == "ANTHROPIC_API_KEY"
-    assert ModelSpec(model="openrouter/openai/gpt-4o-mini").key_env == "OPENROUTER_API_KEY"
-    monkeypatch.setenv("GOOGLE_API_KEY", "g")
-    assert ModelSpec(model="gemini/gemini-2.5-flash").key_env == "GOOGLE_API_KEY"
-    assert ModelSpec(model="gemini/gemini-2.5-flash", api_key_env="MINE").key_env == "MINE"
-    assert ModelSpec(model="ollama_chat/llama3.2").key_env is None
+    assert key_variable(ModelSpec(model="anthropic/claude-sonnet-4-5"), {}) == "ANTHROPIC_API_KEY"
+    assert key_variable(ModelSpec(model="openrouter/openai/gpt-4o-mini"), {}) == "OPENROUTER_API_KEY"
+    google = {"GOOGLE_API_KEY": "g"}
+    assert key_variable(ModelSpec(model="gemini/gemini-2.5-flash"), google) == "GOOGLE_API_KEY"
+    assert api_key(ModelSpec(model="gemini/gemini-2.5-flash"), google) == "g"
+    assert key_variable(ModelSpec(model="gemini/gemini-2.5-flash", api_key_env="MINE"), google) == "MINE"
+    assert key_variable(ModelSpec(model="ollama_chat/llama3.2"), google) is None
     # A missing key fails before any call, naming the variable.
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         LanguageModels().check_model(ModelSpec(model="openai/gpt-4.1-mini"), need_price=False)

@@ -43,12 +43,12 @@ from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import BudgetExhausted
 from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.method import stages
-from lsl_dagster.method.optimizers import OptimizerOutputError
+from lsl_dagster.method.optimizers.unparseable import OptimizerOutputError
 from lsl_dagster.method.plan import forecast
 from lsl_dagster.records import CampaignSummary, Comparison, EvaluationResult, PromptCandidate, TransferMatrix
 from lsl_dagster.results.instance import FILE
-from lsl_dagster.spec.campaigns import summarize
-from lsl_dagster.spec.campaigns import transfer_matrix as transfer_matrix_of
+from lsl_dagster.results.summary import summarize
+from lsl_dagster.results.summary import transfer_matrix as transfer_matrix_of
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.spec.files import ExperimentError, spec_versions
 from lsl_dagster.tasks.task import Task, TaskDataError

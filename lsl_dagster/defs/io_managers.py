@@ -8,7 +8,7 @@ from typing import TypeVar, get_args, get_origin
 from dagster import AssetKey, ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 from pydantic import BaseModel
 
-from lsl_dagster.spec.experiment import check_slug
+from lsl_dagster.spec.strict import check_slug
 from lsl_dagster.storage import outputs as storage
 
 M = TypeVar("M", bound=BaseModel)

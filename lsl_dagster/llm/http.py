@@ -10,8 +10,9 @@ from urllib.parse import urlsplit
 from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
 from dspy.lm15 import Request, Response, RouterConfig
 
-from lsl_dagster.llm.provider import Provider, TaskLoader, key_from_env
+from lsl_dagster.llm.provider import Provider, TaskLoader
 from lsl_dagster.spec.experiment import ModelSpec, Price
+from lsl_dagster.spec.providers import api_key
 
 # Prices come from the price map packaged with DSPy; never fetched over the network at run time.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
@@ -44,9 +45,9 @@ class HttpProvider(Provider):
     def engine(self, spec: ModelSpec, seed: int, task: TaskLoader | None = None) -> Any:
         family = spec.family
         config = RouterConfig(
-            # Only the key this endpoint may receive (key_from_env); a keyless server gets a placeholder,
+            # Only the key this endpoint may receive (api_key); a keyless server gets a placeholder,
             # never another provider's key. env={}: lm15 must not look keys up by itself.
-            api_keys={family.lm15: key_from_env(spec) or "not-needed"},
+            api_keys={family.lm15: api_key(spec, os.environ) or "not-needed"},
             base_urls={family.lm15: spec.endpoint},
             timeouts=timeouts_for(spec.timeout_s),
             env={},

@@ -12,6 +12,7 @@ import dspy
 from dspy.utils.exceptions import LMConfigurationError
 
 from lsl_dagster.spec.experiment import ModelSpec, Price
+from lsl_dagster.spec.providers import api_key, key_variable
 from lsl_dagster.tasks.task import Task
 
 # Loads the experiment's task; only a provider that reads answer keys (the sim) calls it, when it is used.
@@ -35,8 +36,8 @@ class Provider(ABC):
 
     def check(self, spec: ModelSpec, *, need_price: bool) -> None:
         """Everything that would make the first call fail, checked before any call."""
-        var = spec.key_env
-        if var is not None and not key_from_env(spec):
+        var = key_variable(spec, os.environ)
+        if var is not None and not api_key(spec, os.environ):
             raise ConfigError(f"{spec.model} needs an API key: set the environment variable {var}")
         if need_price and self.price(spec) is None:
             raise ConfigError(
@@ -52,9 +53,3 @@ class Provider(ABC):
                 f"{spec.model} cannot run with temperature {spec.temperature} and max_tokens "
                 f"{spec.max_tokens}; change them in its model entry. DSPy said: {exc}"
             ) from None
-
-
-def key_from_env(spec: ModelSpec) -> str | None:
-    """The key this model's endpoint may receive (see ModelSpec.key_env), read at call time."""
-    names = (spec.api_key_env,) if spec.api_key_env else spec.family.key_vars if spec.default_endpoint else ()
-    return next((os.environ[name] for name in names if os.environ.get(name)), None)

@@ -13,7 +13,7 @@ from typing import Any
 import dspy
 
 from lsl_dagster.llm import replies as formats
-from lsl_dagster.method.optimizers import metric_for
+from lsl_dagster.method.optimizers.metrics import metric_for
 from lsl_dagster.records import FormatCounts
 from lsl_dagster.storage import outputs as storage
 from lsl_dagster.storage.files import atomic_writer

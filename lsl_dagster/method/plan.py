@@ -17,12 +17,8 @@ from lsl_dagster.graph import EVALUATIONS
 from lsl_dagster.llm.engine import worst_input_tokens
 from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.llm.providers import PROVIDERS
-from lsl_dagster.method.optimizers import (
-    MAX_BOOTSTRAPPED_DEMOS,
-    MAX_LABELED_DEMOS,
-    check_gepa_budget,
-    simba_plan,
-)
+from lsl_dagster.method.optimizers import OPTIMIZERS
+from lsl_dagster.method.optimizers.base import MAX_BOOTSTRAPPED_DEMOS, MAX_LABELED_DEMOS, Budget
 from lsl_dagster.results.text import table, usd
 from lsl_dagster.spec.experiment import SIMULATED, ExperimentSpec, ModelSpec, Price
 from lsl_dagster.tasks.task import Example, Task
@@ -185,7 +181,7 @@ def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
 
 
 def _budget_refusal(spec: ExperimentSpec, task: Task, predictors: int) -> str | None:
-    """Why Stage 1's or Stage 2's max_calls cannot buy one step of its optimizer (GEPA, SIMBA), or None:
+    """Why Stage 1's or Stage 2's max_calls cannot buy one step of its optimizer, or None:
     refused before Stage 1 spends anything, not when Stage 2 starts."""
     n_train = min(spec.data.train, task.sizes["train"])
     n_val = min(spec.data.val, task.sizes["dev"])
@@ -194,10 +190,7 @@ def _budget_refusal(spec: ExperimentSpec, task: Task, predictors: int) -> str | 
             ("stage1", spec.stage1.optimizer, spec.stage1.max_calls),
             ("stage2", spec.stage2.optimizer, spec.stage2.max_calls),
         ):
-            if optimizer == "gepa":
-                check_gepa_budget(stage, max_calls, n_val, predictors)
-            elif optimizer == "simba":
-                simba_plan(stage, max_calls, predictors, n_train, n_val)
+            OPTIMIZERS[optimizer](Budget(stage, max_calls, predictors, n_train, n_val))
     except ConfigError as exc:
         return f"{spec.experiment_id}: {exc}"
     return None

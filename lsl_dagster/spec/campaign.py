@@ -7,13 +7,8 @@ from typing import Any
 
 from pydantic import Field
 
-from lsl_dagster.spec.experiment import (
-    HardeningOptimizer,
-    ModelSpec,
-    Optimizer,
-    Slug,
-    Strict,
-)
+from lsl_dagster.spec.experiment import HardeningOptimizer, ModelSpec, Optimizer
+from lsl_dagster.spec.strict import Slug, Strict
 
 
 class ModelPair(Strict):

@@ -1,59 +1,21 @@
-"""The domain: experiment specs, prompt candidates, evaluations and usage ledgers (Pydantic v2, JSON only)."""
+"""An experiment file's schema: the two models, the stages' optimizers and budgets, data and evaluation."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from typing import Annotated, Literal, NamedTuple
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?")
+from lsl_dagster.spec.providers import FAMILIES, PROVIDER_NAMES, Family
+from lsl_dagster.spec.strict import Slug, Strict, check_slug
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class Family(NamedTuple):
-    """A provider family as DSPy spells it (the model string's prefix)."""
-
-    lm15: str  # DSPy's native engine's provider id: the wire format and auth scheme
-    default_url: str  # the provider's own endpoint, used when the model entry has no api_base
-    key_vars: tuple[str, ...]  # its conventional key variables, first set wins; () for keyless servers
-    price_namespace: str | None  # where DSPy's packaged price map lists it
-
-
-FAMILIES: dict[str, Family] = {
-    "openai": Family("openai-chat", "https://api.openai.com/v1", ("OPENAI_API_KEY",), "openai"),
-    "anthropic": Family("anthropic", "https://api.anthropic.com/v1", ("ANTHROPIC_API_KEY",), "anthropic"),
-    "gemini": Family(
-        "gemini",
-        "https://generativelanguage.googleapis.com/v1beta",
-        ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-        "gemini",
-    ),
-    "openrouter": Family("openrouter", "https://openrouter.ai/api/v1", ("OPENROUTER_API_KEY",), "openrouter"),
-    "ollama_chat": Family("ollama", "http://localhost:11434/v1", (), None),
-}
-PROVIDERS = ("sim", *FAMILIES)
 # The label of anything the offline simulator (a provider, see lsl_dagster.llm.providers) produced.
 SIMULATED = "SIMULATED (sim models are a deterministic test double, not real LLMs)"
-
-
-def check_slug(value: str) -> str:
-    """Experiment ids become path components and partition keys: only a safe slug is accepted."""
-    if not isinstance(value, str) or not _SLUG.fullmatch(value):
-        raise ValueError(
-            f"{value!r} is not a safe experiment id: use 1-64 characters of a-z, 0-9, '-' and '_', "
-            "starting and ending with a letter or digit (no '/', '..', spaces or upper case)"
-        )
-    return value
-
-
-Slug = Annotated[str, AfterValidator(check_slug)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Price(Strict):
@@ -82,7 +44,7 @@ class ModelSpec(Strict):
     @classmethod
     def _known_provider(cls, value: str) -> str:
         provider, _, name = value.partition("/")
-        if provider not in PROVIDERS or not name or (provider == "openrouter" and "/" not in name):
+        if provider not in PROVIDER_NAMES or not name or (provider == "openrouter" and "/" not in name):
             raise ValueError(
                 f"model {value!r} must be spelled as DSPy spells it: openai/<model>, anthropic/<model>, "
                 "gemini/<model>, openrouter/<org>/<model>, ollama_chat/<model>, or sim/<tier> "
@@ -140,19 +102,6 @@ class ModelSpec(Strict):
     def default_endpoint(self) -> bool:
         """True when requests go to the provider's own endpoint (no api_base, or api_base equal to it)."""
         return not self.simulated and self.endpoint == self.family.default_url
-
-    @property
-    def key_env(self) -> str | None:
-        """The variable the key is read from; None when no key is sent.
-
-        A key goes only where it belongs: the provider's conventional variable (OPENAI_API_KEY, ...) only to
-        the provider's own endpoint; a custom api_base gets a key only when api_key_env names one.
-        """
-        if self.api_key_env:
-            return self.api_key_env
-        if self.simulated or not self.default_endpoint or not self.family.key_vars:
-            return None
-        return next((v for v in self.family.key_vars if os.environ.get(v)), self.family.key_vars[0])
 
 
 Optimizer = Literal["miprov2", "gepa", "bootstrap_rs", "simba"]

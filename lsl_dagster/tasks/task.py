@@ -11,144 +11,22 @@ any paid call: every row, split disjointness (by id and by input content), the p
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import random
-import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Literal
+from typing import Any
 
 import dspy
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
+from lsl_dagster.tasks import TaskDataError
 from lsl_dagster.tasks.data import DataFileError, Format, HubSource, Row, file_format, hub_rows, rows
-from lsl_dagster.tasks.metrics import BUILTIN_METRICS, builtin_metric, call_metric
-
-SPLITS = ("train", "dev", "test")
-
-
-class TaskDataError(ValueError):
-    """A task file, its program or metric, or a data row is malformed; the message says where."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Generator(_Strict):
-    name: Literal["arithmetic"]
-    seed: int = 0
-    sizes: dict[str, int] = Field(default_factory=lambda: {"train": 500, "dev": 500, "test": 100_000})
-
-
-DataFiles = str | list[str] | dict[str, str | list[str]]
-
-
-class Hub(_Strict):
-    """A dataset `datasets.load_dataset` reads: a Hub name (where the network allows), a dataset directory
-    or script (relative to the task directory), or a builder ("csv", "parquet", "json") over data_files."""
-
-    path: str
-    name: str | None = None  # the dataset's configuration
-    data_files: DataFiles | None = None  # relative to the task directory
-    revision: str | None = None
-
-
-class DataDef(_Strict):
-    """Where a task's examples come from: one file per split, or one pool split by `seed`. With `hub`, the
-    split names (train, dev, test, pool) are the dataset's splits, e.g. "validation[:500]"."""
-
-    format: Format | None = None  # from the file name when omitted (.jsonl, .csv, .parquet, a directory)
-    hub: Hub | None = None
-    train: str | None = None
-    dev: str | None = None
-    test: str | None = None
-    pool: str | None = None
-    # Fractions of the pool per split (summing to 1); each row's split is a hash of (seed, its id), so the
-    # assignment is stable, streamable and independent of the experiment's seed: the test set stays fixed.
-    split: dict[Literal["train", "dev", "test"], float] | None = None
-    seed: int = 0
-    # Program field -> column, for columns named differently from the program's fields.
-    columns: dict[str, str] = {}
-    id: str = "id"  # the id column; rows without one get "<split>-<row>" (stable: predictions pair by id)
-
-    @model_validator(mode="after")
-    def _one_layout(self) -> DataDef:
-        if self.hub is not None and self.format is not None:
-            raise ValueError("data.format applies to files; a hub dataset's format is load_dataset's")
-        files = [self.train, self.dev, self.test]
-        if self.pool is None:
-            if None in files:
-                raise ValueError("data needs train, dev and test files, or a pool with a split")
-            if self.split is not None:
-                raise ValueError("data.split applies to a pool")
-        else:
-            if any(f is not None for f in files):
-                raise ValueError("data has either train/dev/test files or a pool, not both")
-            if not self.split or set(self.split) != set(SPLITS):
-                raise ValueError("data.split must give a fraction for each of train, dev and test")
-            if any(v <= 0 for v in self.split.values()) or abs(sum(self.split.values()) - 1) > 1e-9:
-                raise ValueError("data.split fractions must be positive and sum to 1 (no row is dropped)")
-        return self
-
-
-class TaskDef(_Strict):
-    """data/tasks/<task>/task.yaml."""
-
-    name: str
-    # "module:function" returning a dspy.Module; omitted for a declarative task.
-    program: str | None = None
-    # A built-in metric name, or "module:function" (example, prediction, trace=None) -> float or
-    # dspy.Prediction(score=..., feedback=...).
-    metric: str
-    instructions: str | None = None
-    inputs: dict[str, str] = Field(min_length=1)
-    # The gold output fields (labels): `outputs` for several, `output` (+ description) for one.
-    outputs: dict[str, str] = {}
-    output: str | None = None
-    output_description: str = ""
-    data: DataDef = DataDef(train="train.jsonl", dev="dev.jsonl", test="test.jsonl")
-    generator: Generator | None = None
-
-    @field_validator("inputs", "outputs", mode="before")
-    @classmethod
-    def _names_or_descriptions(cls, value: Any) -> Any:
-        # A list of names is enough for a program task: its own signatures describe the fields.
-        return dict.fromkeys(value, "") if isinstance(value, list) else value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> TaskDef:
-        if (self.output is None) == (not self.outputs):
-            raise ValueError("give the label fields as `outputs` (a list or mapping) or as one `output`")
-        if self.program is None and not self.instructions:
-            raise ValueError("a declarative task (no `program`) needs `instructions`")
-        if self.program is not None and self.instructions:
-            raise ValueError("`instructions` apply to declarative tasks; a program carries its own")
-        if ":" not in self.metric and self.metric not in BUILTIN_METRICS:
-            raise ValueError(
-                f"metric {self.metric!r} is neither built in ({', '.join(BUILTIN_METRICS)}) "
-                "nor an import path module:function"
-            )
-        overlap = set(self.inputs) & set(self.labels)
-        if overlap:
-            raise ValueError(f"fields {sorted(overlap)} are both inputs and outputs")
-        return self
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return dict(self.outputs) if self.outputs else {self.output: self.output_description}  # type: ignore[dict-item]
-
-
-@dataclass(frozen=True)
-class Example:
-    id: str
-    inputs: dict[str, str]
-    labels: dict[str, str]  # the gold output fields
+from lsl_dagster.tasks.definition import SPLITS, DataFiles, Example, TaskDef
+from lsl_dagster.tasks.generated import arithmetic_example
+from lsl_dagster.tasks.metrics import builtin_metric, call_metric
+from lsl_dagster.tasks.user_code import resolve
 
 
 class Task:
@@ -160,9 +38,9 @@ class Task:
         self.path = directory / "task.yaml"
         self.input_fields = list(definition.inputs)
         self.label_fields = list(definition.labels)
-        self._build = self._resolve("program", definition.program) if definition.program else None
+        self._build = resolve(self.path, "program", definition.program) if definition.program else None
         self.metric: Callable[..., Any] = (
-            self._resolve("metric", definition.metric)
+            resolve(self.path, "metric", definition.metric)
             if ":" in definition.metric
             else builtin_metric(definition.metric, self.label_fields)  # type: ignore[arg-type]
         )
@@ -185,21 +63,6 @@ class Task:
         for name, desc in definition.labels.items():
             fields[name] = dspy.OutputField(desc=desc)
         return dspy.ChainOfThought(dspy.Signature(fields, definition.instructions))
-
-    def _resolve(self, what: str, target: str) -> Callable[..., Any]:
-        module_name, _, attr = target.partition(":")
-        if not module_name or not attr:
-            raise TaskDataError(f"{self.path}: {what} {target!r} must be an import path module:function")
-        try:
-            module = _import(module_name, self.directory)
-        except Exception as exc:
-            raise TaskDataError(
-                f"{self.path}: {what} {target!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})"
-            ) from None
-        value = getattr(module, attr, None)
-        if not callable(value):
-            raise TaskDataError(f"{self.path}: {what} {target!r}: {module_name} has no function {attr!r}")
-        return value
 
     def _check_program(self) -> None:
         """Build the program once and run the metric on the first dev example against its own gold labels:
@@ -374,40 +237,6 @@ def _uniform(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
-# Modules loaded from task directories, by file: two tasks may each have a program.py.
-_MODULES: dict[tuple[str, int], ModuleType] = {}
-
-
-def _import(module_name: str, directory: Path) -> ModuleType:
-    """`module_name` from the task directory when it is there (under a name unique to its file, with the
-    directory importable for its own imports), else as an installed module."""
-    relative = Path(*module_name.split("."))
-    local = next(
-        (
-            p
-            for p in (directory / relative.with_suffix(".py"), directory / relative / "__init__.py")
-            if p.is_file()
-        ),
-        None,
-    )
-    if local is None:
-        return importlib.import_module(module_name)
-    if str(directory) not in sys.path:
-        sys.path.insert(0, str(directory))
-    key = (str(local.resolve()), local.stat().st_mtime_ns)
-    if key not in _MODULES:
-        unique = (
-            f"lsl_task_{hashlib.sha256(key[0].encode()).hexdigest()[:12]}_{module_name.replace('.', '_')}"
-        )
-        spec = importlib.util.spec_from_file_location(unique, local)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[unique] = module
-        spec.loader.exec_module(module)
-        _MODULES[key] = module
-    return _MODULES[key]
-
-
 def to_dspy(example: Example, task: Task) -> dspy.Example:
     record = {**example.inputs, **example.labels, "example_id": example.id}
     return dspy.Example(**record).with_inputs(*task.input_fields)
@@ -437,42 +266,3 @@ def load_task(name: str, tasks_dir: Path) -> Task:
     if definition.name != name:
         raise TaskDataError(f"{path}: name {definition.name!r} does not match its directory {name!r}")
     return Task(definition, directory)
-
-
-# The generated task: multi-step arithmetic word problems, a pure function of (seed, split, index).
-_NAMES = ("Mia", "Ravi", "Lena", "Tomas", "Aiko", "Sam", "Nora", "Omar", "Ines", "Kofi")
-_ITEMS = ("apples", "stamps", "marbles", "books", "coins", "shells", "stickers", "pencils")
-
-
-def arithmetic_example(seed: int, split: str, index: int) -> Example:
-    digest = hashlib.sha256(f"arithmetic|{seed}|{split}|{index}".encode()).digest()
-    rng = random.Random(digest)
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
-    # The starting amount's residue mod 3 encodes the split, so no problem can appear in two splits.
-    start = rng.randrange(4, 40) * 3 + SPLITS.index(split)
-    total = start
-    sentences = [f"{name} has {start} {item}."]
-    for _ in range(rng.randint(2, 4)):
-        choices = ["add", "mul" if total < 500 else "add"]
-        if total > 3:
-            choices.append("sub")
-        if total % 2 == 0:
-            choices.append("div")
-        op = rng.choice(choices)
-        if op == "add":
-            k = rng.randint(2, 30)
-            total += k
-            sentences.append(f"Then {name} buys {k} more.")
-        elif op == "sub":
-            k = rng.randint(1, total - 1)
-            total -= k
-            sentences.append(f"Then {name} gives away {k}.")
-        elif op == "mul":
-            k = rng.choice((2, 3))
-            total *= k
-            sentences.append(f"Then {name} {'doubles' if k == 2 else 'triples'} the collection.")
-        else:
-            total //= 2
-            sentences.append(f"Then {name} gives half of them to a friend.")
-    question = " ".join(sentences) + f" How many {item} does {name} have now?"
-    return Example(id=f"{split}-{index}", inputs={"question": question}, labels={"answer": str(total)})
