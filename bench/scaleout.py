@@ -24,7 +24,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from lsl_dagster.sim.keys import data_dir_keys
 from lsl_dagster.sim.server import SimServer
-from lsl_dagster.spec.files import experiment_ids
+from lsl_dagster.spec.experiment_files import experiment_ids
 from lsl_dagster_tests.cluster import CeleryWorkers, postgres_database
 
 LATENCY_S = 0.5

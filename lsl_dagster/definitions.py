@@ -9,34 +9,38 @@ import gc
 # sets off, nor by those of the run (bench/README.md, overhead.py). Frozen again once `defs` is built.
 gc.freeze()
 
-import os
 from pathlib import Path
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job
 
 from lsl_dagster.defs.assets import CAMPAIGN_GROUP, GROUP, build_assets, build_campaign_assets
 from lsl_dagster.defs.checks import build_checks
-from lsl_dagster.defs.executors import executor_from_env
+from lsl_dagster.defs.executors import executor_for
 from lsl_dagster.defs.io_managers import PydanticJsonIOManager
 from lsl_dagster.defs.partitions import experiments_partitions
-from lsl_dagster.defs.resources import PROJECT_DIR, Workspace
+from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.defs.sensors import experiment_files_sensor
 from lsl_dagster.llm.language_models import LanguageModels
-from lsl_dagster.spec.files import experiment_ids, scan_campaigns
+from lsl_dagster.settings import Settings
+from lsl_dagster.spec.experiment_files import experiment_ids, scan_campaigns
 
 
-def directories(data_dir: Path | None = None, runs_dir: Path | None = None) -> tuple[Path, Path]:
+def directories(
+    data_dir: Path | None = None, runs_dir: Path | None = None, settings: Settings | None = None
+) -> tuple[Path, Path]:
     """The data directory (experiments, campaigns, tasks) and the runs directory (outputs): the ones
     given, else LSL_DATA_DIR and LSL_RUNS_DIR, else data/ and data/runs/."""
-    data_dir = data_dir or Path(os.environ.get("LSL_DATA_DIR", PROJECT_DIR / "data"))
-    return data_dir, runs_dir or Path(os.environ.get("LSL_RUNS_DIR", data_dir / "runs"))
+    settings = settings or Settings.from_env()
+    data_dir = data_dir or settings.data_dir
+    return data_dir, runs_dir or settings.runs_dir or data_dir / "runs"
 
 
 def build_definitions(
     data_dir: Path | None = None, runs_dir: Path | None = None, language_models: LanguageModels | None = None
 ) -> Definitions:
-    data_dir, runs_dir = directories(data_dir, runs_dir)
-    outputs_url = os.environ.get("LSL_OUTPUTS_URL") or None
+    settings = Settings.from_env()
+    data_dir, runs_dir = directories(data_dir, runs_dir, settings)
+    outputs_url = settings.outputs_url
     partitions = experiments_partitions(experiment_ids(data_dir))
     valid, errors = scan_campaigns(data_dir)
     grids = {name: sorted(specs) for name, (_, specs) in valid.items()}
@@ -60,7 +64,7 @@ def build_definitions(
         ],
         # Stages of one experiment run one at a time anyway (they share its budget), so steps run
         # in-process by default; experiments run in parallel as separate runs. LSL_EXECUTOR chooses.
-        executor=executor_from_env(),
+        executor=executor_for(settings),
         resources={
             # Past one disk: outputs and the files they point to (predictions, plots) go to LSL_OUTPUTS_URL
             # (s3://bucket/prefix), call logs and response caches to LSL_CACHE_URL (a PostgreSQL
@@ -70,7 +74,7 @@ def build_definitions(
                 runs_dir=str(runs_dir),
                 outputs_url=outputs_url,
                 # Read when a step starts, shown in the UI by name only: the URL may hold a password.
-                cache_url=EnvVar("LSL_CACHE_URL") if os.environ.get("LSL_CACHE_URL") else None,
+                cache_url=EnvVar("LSL_CACHE_URL") if settings.cache_url_set else None,
             ),
             "language_models": language_models or LanguageModels(),
             "io_manager": PydanticJsonIOManager(runs_dir=outputs_url or str(runs_dir)),

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 from kombu import Connection
 
-from lsl_dagster.defs.resources import PROJECT_DIR
+from lsl_dagster.settings import PROJECT_DIR
 
 # Services the machine runs (before the session and in CI); the variables point elsewhere.
 POSTGRES_SERVER = os.environ.get("LSL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

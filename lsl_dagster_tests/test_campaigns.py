@@ -28,7 +28,7 @@ from lsl_dagster.defs.assets import CAMPAIGN_GROUP
 from lsl_dagster.records import Comparison, TransferMatrix
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment import SIMULATED as LABEL
-from lsl_dagster.spec.files import campaigns, experiment_ids, load_experiment, scan_campaigns
+from lsl_dagster.spec.experiment_files import campaigns, experiment_ids, load_experiment, scan_campaigns
 from lsl_dagster_tests.conftest import FAST, PROJECT, STAGE_ASSETS, Lab, shipped_keys
 
 PAIRS = [

@@ -7,7 +7,7 @@ import pytest
 
 from lsl_dagster.cli.code_location import spec_hashes
 from lsl_dagster.results.instance import stage_status, stages_of
-from lsl_dagster.spec.files import ExperimentError, experiment_ids, load_experiment
+from lsl_dagster.spec.experiment_files import ExperimentError, experiment_ids, load_experiment
 from lsl_dagster.spec.strict import check_slug
 from lsl_dagster.tasks.task import TaskDataError, load_task
 from lsl_dagster_tests.conftest import Lab

@@ -10,7 +10,7 @@ from lsl_dagster.method.prompts import capture, rebuild
 from lsl_dagster.records import Comparison, PromptCandidate
 from lsl_dagster.results.summary import summarize
 from lsl_dagster.sim.server import SimServer
-from lsl_dagster.spec.files import campaigns
+from lsl_dagster.spec.experiment_files import campaigns
 from lsl_dagster.tasks.task import load_task
 from lsl_dagster_tests.conftest import PROJECT, Lab
 

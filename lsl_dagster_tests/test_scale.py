@@ -24,11 +24,11 @@ from dagster import (
 from dagster_postgres import PostgresRunStorage
 
 from lsl_dagster.defs.assets import POOL
-from lsl_dagster.defs.resources import PROJECT_DIR
 from lsl_dagster.graph import STAGES
 from lsl_dagster.llm.pg_state import PostgresState
+from lsl_dagster.settings import PROJECT_DIR
 from lsl_dagster.sim.server import SimServer
-from lsl_dagster.spec.files import experiment_ids, load_experiment
+from lsl_dagster.spec.experiment_files import experiment_ids, load_experiment
 from lsl_dagster_tests.cluster import CeleryWorkers
 from lsl_dagster_tests.conftest import FAST, S3_BUCKET, Lab, make_lab
 from lsl_dagster_tests.test_deploy import _free_port

@@ -16,7 +16,7 @@ from lsl_dagster.method.plan import forecast, render
 from lsl_dagster.method.prompts import capture
 from lsl_dagster.records import Ledger, PromptCandidate, Provenance
 from lsl_dagster.sim.server import SimServer
-from lsl_dagster.spec.campaigns import CampaignError, cell_of, expand, load_campaign
+from lsl_dagster.spec.campaign_files import CampaignError, cell_of, expand, load_campaign
 from lsl_dagster.spec.experiment import SIMULATED, HardeningOptimizer, Optimizer
 from lsl_dagster_tests.conftest import Lab
 

@@ -14,7 +14,7 @@ import dagster as dg
 from lsl_dagster.cli import campaign, export, plan, plot, results, status, validate
 from lsl_dagster.cli.code_location import CliError
 from lsl_dagster.results.instance import ReportError
-from lsl_dagster.spec.campaigns import CampaignError
+from lsl_dagster.spec.campaign_files import CampaignError
 
 
 class _NoMissingConfigWarning(logging.Filter):

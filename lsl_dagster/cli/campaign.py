@@ -23,7 +23,7 @@ from lsl_dagster.results import reports
 from lsl_dagster.results.instance import ReportError, campaign_needs, latest_value, stage_status
 from lsl_dagster.results.text import interval_text, table
 from lsl_dagster.spec.experiment import SIMULATED
-from lsl_dagster.spec.files import scan_campaigns
+from lsl_dagster.spec.experiment_files import scan_campaigns
 from lsl_dagster.storage import outputs as storage
 
 

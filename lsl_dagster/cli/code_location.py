@@ -12,7 +12,7 @@ import dagster as dg
 from lsl_dagster import graph
 from lsl_dagster.records import Comparison
 from lsl_dagster.results.instance import Stage, latest_comparisons, stages_of
-from lsl_dagster.spec.files import spec_versions
+from lsl_dagster.spec.experiment_files import spec_versions
 
 
 class CliError(Exception):

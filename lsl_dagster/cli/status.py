@@ -12,7 +12,7 @@ from lsl_dagster import graph
 from lsl_dagster.cli.code_location import CliError, check_known, code_location, open_instance, spec_hashes
 from lsl_dagster.results.instance import stage_status
 from lsl_dagster.results.text import table as text_table
-from lsl_dagster.spec.files import problems
+from lsl_dagster.spec.experiment_files import problems
 
 HELP = "which stages of each experiment are materialized, stale, failed or missing"
 

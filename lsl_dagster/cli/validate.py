@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lsl_dagster.spec.files import problems, scan_campaigns
+from lsl_dagster.spec.experiment_files import problems, scan_campaigns
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -27,6 +27,7 @@ from dagster import (
 )
 
 from lsl_dagster import CODE_VERSION, graph
+from lsl_dagster.defs.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
 from lsl_dagster.defs.metadata import (
     campaign_metadata,
     comparison_metadata,
@@ -36,8 +37,7 @@ from lsl_dagster.defs.metadata import (
     matrix_metadata,
     prompt_metadata,
 )
-from lsl_dagster.defs.resources import StageRun, Workspace
-from lsl_dagster.llm.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
+from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.llm.engine import AccessDenied, ProviderUnavailable
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import BudgetExhausted
@@ -45,12 +45,13 @@ from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.method import stages
 from lsl_dagster.method.optimizers.unparseable import OptimizerOutputError
 from lsl_dagster.method.plan import forecast
+from lsl_dagster.method.run import StageRun
 from lsl_dagster.records import CampaignSummary, Comparison, EvaluationResult, PromptCandidate, TransferMatrix
 from lsl_dagster.results.instance import FILE
 from lsl_dagster.results.summary import summarize
 from lsl_dagster.results.summary import transfer_matrix as transfer_matrix_of
 from lsl_dagster.spec.experiment import ExperimentSpec
-from lsl_dagster.spec.files import ExperimentError, spec_versions
+from lsl_dagster.spec.experiment_files import ExperimentError, spec_versions
 from lsl_dagster.tasks.task import Task, TaskDataError
 
 # Steps that call LLMs take a slot of this Dagster concurrency pool (limit set on the instance).
@@ -73,6 +74,7 @@ def _stage(
     workspace: Workspace,
     models: LanguageModels,
     spec: ExperimentSpec,
+    task: Task,
     name: str,
     max_calls: int | None,
 ) -> Iterator[StageRun]:
@@ -86,7 +88,7 @@ def _stage(
     )
     try:
         with workspace.stage(
-            spec, name, models, max_calls, run_id=context.run.run_id, earlier=earlier
+            spec, name, models, max_calls, task=task, run_id=context.run.run_id, earlier=earlier
         ) as run:
             yield run
     except ForeignState as exc:
@@ -223,7 +225,7 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         ) -> Output[PromptCandidate]:
             spec, task = _load(workspace, context.partition_key)
             budget = method.max_calls(spec, read)
-            with _stage(context, workspace, language_models, spec, prompt.stage, budget) as run:
+            with _stage(context, workspace, language_models, spec, task, prompt.stage, budget) as run:
                 candidate = method.optimize(spec, task, read, run)
             metadata = prompt_metadata(candidate, task, spec)
             if prompt.starts_from is not None:
@@ -252,7 +254,7 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         ) -> Output[EvaluationResult]:
             spec, task = _load(workspace, context.partition_key)
             out = workspace.run_dir(spec.experiment_id) / "predictions" / f"{arm.name}.jsonl"
-            with _stage(context, workspace, language_models, spec, arm.evaluation, None) as run:
+            with _stage(context, workspace, language_models, spec, task, arm.evaluation, None) as run:
                 result = stages.evaluate_on_large(spec, task, candidate, arm.name, run, out)
             # Where every worker and the CLI reach them (object storage when outputs are there).
             result = result.model_copy(update={"predictions_path": workspace.publish(out)})

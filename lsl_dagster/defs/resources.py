@@ -2,58 +2,28 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import dspy
 from dagster import ConfigurableResource
 
+from lsl_dagster.defs.continuity import MATERIALIZED, Earlier, check_state, marker
 from lsl_dagster.llm.cache import experiment_cache
-from lsl_dagster.llm.continuity import MATERIALIZED, Earlier, check_state, marker
-from lsl_dagster.llm.language_models import LanguageModels, TaskLoader
+from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import Meter, spent_usd
 from lsl_dagster.llm.pg_state import PostgresState
 from lsl_dagster.llm.state import LocalState, experiment_state
 from lsl_dagster.method.plan import check, forecast
+from lsl_dagster.method.run import StageRun
 from lsl_dagster.records import Ledger
+from lsl_dagster.settings import PROJECT_DIR
 from lsl_dagster.spec.campaign import CampaignSpec
-from lsl_dagster.spec.experiment import ExperimentSpec, ModelSpec
-from lsl_dagster.spec.files import campaigns, load_experiment
+from lsl_dagster.spec.experiment import ExperimentSpec
+from lsl_dagster.spec.experiment_files import campaigns, load_experiment
 from lsl_dagster.storage import outputs as storage
 from lsl_dagster.storage.files import atomic_write_text
 from lsl_dagster.tasks.task import Task, load_task
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class StageRun:
-    """What a running stage uses: its meter and the experiment's models, metered and cached."""
-
-    spec: ExperimentSpec
-    meter: Meter
-    models: LanguageModels
-    task: TaskLoader | None = None
-    _lms: dict[ModelSpec, dspy.LM] = field(default_factory=dict)
-
-    def lm(self, role: Literal["large", "small"]) -> dspy.LM:
-        # One LM per model and stage, so its max_concurrency holds however many roles it plays.
-        spec = self.spec.model(role)
-        if spec not in self._lms:
-            self._lms[spec] = self.models.lm(spec, self.meter, self.spec.seed, self.task)
-        return self._lms[spec]
-
-    def threads(self, role: Literal["large", "small"]) -> int:
-        return self.spec.model(role).max_concurrency
-
-    def close(self) -> None:
-        """DSPy leaves a custom engine's connections to its owner: close them with the stage."""
-        for lm in self._lms.values():
-            lm.engine.close()
 
 
 class Workspace(ConfigurableResource):
@@ -110,6 +80,7 @@ class Workspace(ConfigurableResource):
         models: LanguageModels,
         max_calls: int | None,
         *,
+        task: Task | None = None,
         run_id: str | None = None,
         earlier: Sequence[Earlier] = (),
     ) -> Iterator[StageRun]:
@@ -124,10 +95,13 @@ class Workspace(ConfigurableResource):
         response cache for free.
         The ledger is written when the stage ends, also when it fails.
         Before that, the state must hold the markers of the `earlier` stages the instance says were
-        materialized (lsl_dagster.llm.continuity): otherwise ForeignState, before any call. `run_id` names
+        materialized (lsl_dagster.defs.continuity): otherwise ForeignState, before any call. `run_id` names
         the Dagster run in this stage's own marker.
         """
         models.check(spec)
+        # Loaded (every split read and checked, the metric run) once for the stage: the allowance's
+        # forecast and the providers that read answer keys use this one.
+        task = task or self.task(spec.task)
         run_dir = self.run_dir(spec.experiment_id)
         run_dir.mkdir(parents=True, exist_ok=True)  # this worker's ledgers; shared state is in `state`
         state = self.state()
@@ -142,7 +116,7 @@ class Workspace(ConfigurableResource):
                     else:
                         prior.append(record)
             calls = [r for r in records if "event" not in r]
-            allowance = self._allowance(spec, name, calls, prior)
+            allowance = self._allowance(spec, task, name, calls, prior)
             campaign = self._capped_campaign(spec.experiment_id)
             if campaign is not None:
                 capped, experiments = campaign
@@ -161,7 +135,7 @@ class Workspace(ConfigurableResource):
             store = held.enter_context(closing(state.responses(spec.experiment_id)))
             meter = Meter(name, max_calls=max_calls, cost_allowance_usd=allowance, log=call_log, prior=prior)
             meter.simulated_models({r["model"] for r in calls if r.get("simulated")})
-            run = StageRun(spec, meter, models, functools.partial(self.task, spec.task))
+            run = StageRun(spec, meter, models, lambda: task)
             try:
                 with experiment_cache(store, meter):
                     yield run
@@ -183,13 +157,13 @@ class Workspace(ConfigurableResource):
         return None
 
     def _allowance(
-        self, spec: ExperimentSpec, name: str, calls: list[dict], prior: list[dict]
+        self, spec: ExperimentSpec, task: Task, name: str, calls: list[dict], prior: list[dict]
     ) -> float | None:
         """What the stage may still spend: its share of max_cost_usd (allocated up front by the plan, so
         the evaluations always have theirs) less what its earlier attempts spent, and never more than the
         cap has left. Raises ConfigError, before any call, when the cap cannot cover the evaluations or a
         stage's max_calls cannot buy one step of its optimizer (see plan.forecast)."""
-        plan = forecast(spec, self.task(spec.task))
+        plan = forecast(spec, task)
         check(plan)
         if spec.max_cost_usd is None:
             return None

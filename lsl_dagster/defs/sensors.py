@@ -15,7 +15,7 @@ from dagster import (
 
 from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.results.instance import FILE
-from lsl_dagster.spec.files import spec_versions
+from lsl_dagster.spec.experiment_files import spec_versions
 
 # The tag Dagster reads an observation's data version from (what observable source assets emit).
 DATA_VERSION_TAG = "dagster/data_version"

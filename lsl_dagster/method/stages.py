@@ -9,10 +9,10 @@ from typing import Any
 import dspy
 
 from lsl_dagster import graph
-from lsl_dagster.defs.resources import StageRun
 from lsl_dagster.method.evaluation import evaluate, scores
 from lsl_dagster.method.optimizers.run import run_optimizer
 from lsl_dagster.method.prompts import capture, rebuild
+from lsl_dagster.method.run import StageRun
 from lsl_dagster.records import (
     ArmSummary,
     Comparison,

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from lsl_dagster.records import CampaignSummary, CellSummary, Comparison, Interval, MatrixCell, TransferMatrix
 from lsl_dagster.results import stats
-from lsl_dagster.spec.campaigns import cell_of
+from lsl_dagster.spec.campaign_files import cell_of
 
 
 def _interval(values: list[float], *, test: bool = False) -> Interval:

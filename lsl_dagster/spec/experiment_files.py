@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from lsl_dagster.spec.campaign import CampaignSpec
-from lsl_dagster.spec.campaigns import CampaignError, expand, load_campaign
+from lsl_dagster.spec.campaign_files import CampaignError, expand, load_campaign
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.spec.strict import check_slug
 from lsl_dagster.tasks.task import TaskDataError, load_task
