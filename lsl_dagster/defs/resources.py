@@ -20,7 +20,7 @@ from lsl_dagster.records import Ledger
 from lsl_dagster.settings import PROJECT_DIR
 from lsl_dagster.spec.campaign import CampaignSpec
 from lsl_dagster.spec.experiment import ExperimentSpec
-from lsl_dagster.spec.experiment_files import campaigns, load_experiment
+from lsl_dagster.spec.experiment_files import load_experiment, scan_campaigns
 from lsl_dagster.storage import outputs as storage
 from lsl_dagster.storage.files import atomic_write_text
 from lsl_dagster.tasks.task import Task, load_task
@@ -151,8 +151,8 @@ class Workspace(ConfigurableResource):
 
     def _capped_campaign(self, experiment_id: str) -> tuple[CampaignSpec, list[str]] | None:
         """The campaign with its own max_cost_usd that this experiment belongs to, with its experiments."""
-        for campaign, specs in campaigns(Path(self.data_dir)).values():
-            if campaign.max_cost_usd is not None and experiment_id in specs:
+        for campaign, specs in scan_campaigns(Path(self.data_dir), only_capped=True)[0].values():
+            if experiment_id in specs:
                 return campaign, sorted(specs)
         return None
 

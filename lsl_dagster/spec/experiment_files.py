@@ -24,10 +24,11 @@ class ExperimentError(ValueError):
 
 
 def scan_campaigns(
-    data_dir: Path,
+    data_dir: Path, *, only_capped: bool = False
 ) -> tuple[dict[str, tuple[CampaignSpec, dict[str, ExperimentSpec]]], dict[str, str]]:
     """Every campaign file: the valid ones with their expanded experiments, and name -> error for the
-    others. An invalid campaign spoils only itself: nothing of it runs, every other campaign does."""
+    others. An invalid campaign spoils only itself: nothing of it runs, every other campaign does.
+    `only_capped`: just the campaigns with a max_cost_usd of their own (the others are not expanded)."""
     found, errors = {}, {}
     files = set(_file_ids(data_dir))
     for path in sorted((data_dir / "campaigns").glob("*.yaml")):
@@ -38,6 +39,8 @@ def scan_campaigns(
             continue
         try:
             campaign = load_campaign(path)
+            if only_capped and campaign.max_cost_usd is None:
+                continue
             specs = expand(campaign, path, data_dir / "tasks")
             if clash := sorted(files & (set(specs) | {name})):
                 raise CampaignError(f"{path}: reuses the experiment id(s) {clash} of data/experiments/")
@@ -95,7 +98,13 @@ def problems(data_dir: Path) -> dict[str, str]:
 def spec_versions(data_dir: Path, experiment_ids: Sequence[str]) -> dict[str, str]:
     """The data version of each experiment: its validated spec's hash, so comments and formatting do not
     count; an invalid file gets its raw hash, so that fixing it shows as a change too."""
-    cells = {e: spec for _, specs in campaigns(data_dir).values() for e, spec in specs.items()}
+    # Campaign cells are expanded only when an experiment asked for has no file of its own.
+    files = set(_file_ids(data_dir))
+    cells = (
+        {e: spec for _, specs in campaigns(data_dir).values() for e, spec in specs.items()}
+        if set(experiment_ids) - files
+        else {}
+    )
     versions = {}
     for experiment_id in experiment_ids:
         path = data_dir / "experiments" / f"{experiment_id}.yaml"
