@@ -142,12 +142,12 @@ class GaugedSimServer(SimServer):
         super().__init__(**settings)
         self.gauge = gauge
 
-    def _begin(self) -> int:
+    def begin(self) -> int:
         self.gauge.add(1)
-        return super()._begin()
+        return super().begin()
 
-    def _end(self) -> None:
-        super()._end()
+    def end(self) -> None:
+        super().end()
         self.gauge.add(-1)
 
 
