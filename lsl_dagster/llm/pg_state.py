@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import weakref
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -191,6 +192,27 @@ class PostgresState:
                     log.info("waiting for another stage of %s to finish", experiment_id)
                     cursor.execute("SELECT pg_advisory_lock(%s)", (key,))
             yield
+        finally:
+            con.close()  # releases the lock
+
+    @contextmanager
+    def slot(self, pool: str, limit: int, holder: str) -> Iterator[int]:
+        """As LocalState.slot, across hosts: session advisory locks, released by PostgreSQL when the
+        holder's connection goes."""
+        con = connect(self.url)
+        try:
+            with con.cursor() as cursor:
+                taken = None
+                for i in range(limit):
+                    cursor.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(f"slot:{pool}:{i}"),))
+                    if cursor.fetchone()[0]:
+                        taken = i
+                        break
+                if taken is None:
+                    taken = zlib.crc32(holder.encode()) % limit  # spread the waiters
+                    log.info("waiting for a slot of the %s pool (limit %d)", pool, limit)
+                    cursor.execute("SELECT pg_advisory_lock(%s)", (_lock_key(f"slot:{pool}:{taken}"),))
+            yield taken
         finally:
             con.close()  # releases the lock
 

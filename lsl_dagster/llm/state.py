@@ -1,11 +1,13 @@
-"""Where an experiment's call log, response cache and stage lock live: files in its run directory (the
-default, for one machine or a shared disk), or tables in PostgreSQL when LSL_CACHE_URL names a database
-(lsl_dagster.llm.pg_state: workers on several hosts, sharing no disk)."""
+"""Where an experiment's call log, response cache and stage lock live, and the slots that bound how many
+steps call LLMs at once: files in its run directory (the default, for one machine or a shared disk), or
+tables and advisory locks in PostgreSQL when LSL_CACHE_URL names a database (lsl_dagster.llm.pg_state:
+workers on several hosts, sharing no disk)."""
 
 from __future__ import annotations
 
 import fcntl
 import logging
+import zlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -43,6 +45,28 @@ class LocalState:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
+    @contextmanager
+    def slot(self, pool: str, limit: int, holder: str) -> Iterator[int]:
+        """One of `limit` slots of `pool` (which one is yielded, from 0) for as long as the step calls
+        LLMs, across processes: file locks under <runs_dir>/.slots, released by the kernel when their
+        holder dies. A free slot is taken at once; with none free, `holder` waits for one of them."""
+        slots = self.runs_dir / ".slots"
+        slots.mkdir(parents=True, exist_ok=True)
+        files = [(slots / f"{pool}-{i}.lock").open("w") for i in range(limit)]
+        try:
+            taken = next((i for i, file in enumerate(files) if _try_lock(file.fileno())), None)
+            if taken is None:
+                taken = zlib.crc32(holder.encode()) % limit  # spread the waiters over the slots
+                log.info("waiting for a slot of the %s pool (limit %d)", pool, limit)
+                fcntl.flock(files[taken], fcntl.LOCK_EX)
+            for i, file in enumerate(files):
+                if i != taken:
+                    file.close()
+            yield taken
+        finally:
+            for file in files:
+                file.close()  # closing releases the lock
+
     def calls(self, experiment_id: str) -> Iterator[dict[str, Any]]:
         return CallLog.read(self.runs_dir / experiment_id / "calls.jsonl")
 
@@ -56,6 +80,14 @@ class LocalState:
         self, campaign: str, cap: float, experiments: list[str], holder: str, wanted: float | None
     ) -> AbstractContextManager[float]:
         return campaign_allowance(self.runs_dir, campaign, cap, experiments, holder, wanted)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def experiment_state(runs_dir: Path, cache_url: str | None) -> LocalState | PostgresState:
