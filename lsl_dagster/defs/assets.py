@@ -143,8 +143,7 @@ def _pool_slot(context: AssetExecutionContext, workspace: Workspace) -> Iterator
     limit = storage.get_concurrency_info(POOL).limit if storage.supports_global_concurrency_limits else None
     with ExitStack() as held:
         if limit:
-            holder = f"{context.run.run_id}:{context.asset_key.to_user_string()}"
-            taken = held.enter_context(workspace.state().slot(POOL, limit, holder))
+            taken = held.enter_context(workspace.state().slot(POOL, limit))
             context.log.info(f"{POOL} slot {taken + 1} of {limit} taken")
         yield
 

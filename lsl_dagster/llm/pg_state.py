@@ -10,7 +10,6 @@ import json
 import logging
 import threading
 import weakref
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +19,7 @@ import psycopg2.extensions
 
 from lsl_dagster.llm.campaign_budget import allowance
 from lsl_dagster.llm.ledger import CallLog, spent_usd
+from lsl_dagster.llm.slots import first_free
 
 log = logging.getLogger(__name__)
 
@@ -196,22 +196,18 @@ class PostgresState:
             con.close()  # releases the lock
 
     @contextmanager
-    def slot(self, pool: str, limit: int, holder: str) -> Iterator[int]:
+    def slot(self, pool: str, limit: int) -> Iterator[int]:
         """As LocalState.slot, across hosts: session advisory locks, released by PostgreSQL when the
         holder's connection goes."""
         con = connect(self.url)
         try:
             with con.cursor() as cursor:
-                taken = None
-                for i in range(limit):
+
+                def take(i: int) -> bool:
                     cursor.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(f"slot:{pool}:{i}"),))
-                    if cursor.fetchone()[0]:
-                        taken = i
-                        break
-                if taken is None:
-                    taken = zlib.crc32(holder.encode()) % limit  # spread the waiters
-                    log.info("waiting for a slot of the %s pool (limit %d)", pool, limit)
-                    cursor.execute("SELECT pg_advisory_lock(%s)", (_lock_key(f"slot:{pool}:{taken}"),))
+                    return cursor.fetchone()[0]
+
+                taken = first_free(take, pool, limit)
             yield taken
         finally:
             con.close()  # releases the lock

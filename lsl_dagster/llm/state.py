@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import zlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from lsl_dagster.llm.cache import ResponseStore, cache_path
 from lsl_dagster.llm.campaign_budget import campaign_allowance
 from lsl_dagster.llm.ledger import CallLog
 from lsl_dagster.llm.pg_state import PostgresState
+from lsl_dagster.llm.slots import first_free
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +46,15 @@ class LocalState:
             yield
 
     @contextmanager
-    def slot(self, pool: str, limit: int, holder: str) -> Iterator[int]:
+    def slot(self, pool: str, limit: int) -> Iterator[int]:
         """One of `limit` slots of `pool` (which one is yielded, from 0) for as long as the step calls
         LLMs, across processes: file locks under <runs_dir>/.slots, released by the kernel when their
-        holder dies. A free slot is taken at once; with none free, `holder` waits for one of them."""
+        holder dies. With none free (Dagster let one step too many through), it waits for any of them."""
         slots = self.runs_dir / ".slots"
         slots.mkdir(parents=True, exist_ok=True)
         files = [(slots / f"{pool}-{i}.lock").open("w") for i in range(limit)]
         try:
-            taken = next((i for i, file in enumerate(files) if _try_lock(file.fileno())), None)
-            if taken is None:
-                taken = zlib.crc32(holder.encode()) % limit  # spread the waiters over the slots
-                log.info("waiting for a slot of the %s pool (limit %d)", pool, limit)
-                fcntl.flock(files[taken], fcntl.LOCK_EX)
+            taken = first_free(lambda i: _try_lock(files[i].fileno()), pool, limit)
             for i, file in enumerate(files):
                 if i != taken:
                     file.close()
