@@ -10,6 +10,7 @@ code location or a command starts, and passed down from there.
 | LSL_EXECUTOR | in_process (default), multiprocess or celery |
 | LSL_CELERY_BROKER, LSL_CELERY_BACKEND | the Celery broker and result backend (read when a run starts) |
 | LSL_CELERY_QUEUE | the queue Celery workers listen on (default: dagster) |
+| LSL_KEY_VARS | comma-separated variable names `api_key_env` may name beyond the key rules (spec.providers) |
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Settings:
     executor: str
     celery_queue: str
     celery_missing: tuple[str, ...]
+    key_vars: frozenset[str]  # the operator's exceptions to the key rules
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -45,4 +47,9 @@ class Settings:
             executor=environ.get("LSL_EXECUTOR", "in_process"),
             celery_queue=environ.get("LSL_CELERY_QUEUE", "dagster"),
             celery_missing=tuple(name for name in CELERY_ENV if not environ.get(name)),
+            key_vars=frozenset(n.strip() for n in environ.get("LSL_KEY_VARS", "").split(",") if n.strip()),
         )
+
+    def validation_context(self) -> dict[str, frozenset[str]]:
+        """What validating an experiment or campaign file needs of the settings (a Pydantic context)."""
+        return {"key_vars": self.key_vars}

@@ -3,6 +3,7 @@ survives a kill."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from lsl_dagster.cli import main
-from lsl_dagster.defs.assets import CAMPAIGN_GROUP
+from lsl_dagster.defs.assets import CAMPAIGN_GROUP, POOL
 from lsl_dagster.records import Comparison, TransferMatrix
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment import SIMULATED as LABEL
@@ -146,22 +147,25 @@ LLM_STEPS = set(STAGE_ASSETS) - {"comparison"}  # the stages that call models, i
 
 
 def _most_llm_steps_at_once(instance: DagsterInstance, killed_at: float) -> tuple[int, list[str]]:
-    """The most steps of the lsl_llm pool executing at one time, across all runs (a step of a killed run
-    ends at the kill), from each step's STEP_START to its end in the runs' event logs; and those steps
-    (run, step, start, end), to show which overlapped."""
+    """The most steps of the lsl_llm pool calling LLMs at one time, across all runs (a step of a killed
+    run ends at the kill), from the moment a step holds its slot (its "lsl_llm slot k of n taken" line)
+    to its end in the runs' event logs; and those steps (run, step, start, end), to show which overlapped.
+    Every LLM step that succeeded must have held a slot."""
     intervals: list[tuple[float, float, str]] = []
     for record in instance.get_run_records():
         run_id = record.dagster_run.run_id
         started: dict[str, float] = {}
         for entry in instance.all_logs(run_id):
             event = entry.dagster_event
-            if event is None or event.step_key not in LLM_STEPS:
+            if entry.step_key not in LLM_STEPS:
                 continue
-            if event.event_type_value == "STEP_START":
-                started[event.step_key] = entry.timestamp
-            elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in started:
-                name = f"{run_id[:8]} {event.step_key}"
-                intervals.append((started.pop(event.step_key), entry.timestamp, name))
+            if event is None and re.fullmatch(rf"{POOL} slot \d+ of \d+ taken", entry.user_message):
+                started[entry.step_key] = entry.timestamp
+            elif event is not None and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+                name = f"{run_id[:8]} {entry.step_key}"
+                assert entry.step_key in started or event.event_type_value == "STEP_FAILURE", name
+                if entry.step_key in started:
+                    intervals.append((started.pop(entry.step_key), entry.timestamp, name))
         intervals += [(start, killed_at, f"{run_id[:8]} {step} (killed)") for step, start in started.items()]
     most, peak = 0, []
     for start, _, _ in intervals:  # the most steps running at a step's start: a step ending then is done

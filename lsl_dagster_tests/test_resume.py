@@ -12,6 +12,7 @@ import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus, RunsFilter
 
 from lsl_dagster.cli import main
+from lsl_dagster.llm.cache import ResponseStore, cache_path
 from lsl_dagster.llm.ledger import CallLog
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster_tests.conftest import STAGE_ASSETS, Lab, make_lab, shipped_keys
@@ -98,10 +99,13 @@ def _kill_and_resume(
             assert time.monotonic() < deadline, "the stage never got going"
             time.sleep(0.01)
         if freeze:
-            # Freeze the provider, let the client store the responses it already received, then kill:
-            # what is in flight then is never answered, so never paid.
+            # Freeze the provider, wait until the client has stored every response it was sent, then
+            # kill: what is in flight then is never answered, so never paid.
             first.freeze()
-            time.sleep(0.3)
+            with ResponseStore(cache_path(lab.runs_dir / name)) as store:
+                while len(store) < first.served:  # each answer the server sent has a key of its own
+                    assert time.monotonic() < deadline, "the client never stored what it was sent"
+                    time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
         process.wait(30)
     finally:

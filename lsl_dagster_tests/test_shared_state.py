@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg2
@@ -15,6 +16,7 @@ import pytest
 from dagster import instance_for_test
 
 from lsl_dagster.llm.pg_state import PostgresState
+from lsl_dagster.llm.state import LocalState
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster_tests.conftest import Lab
 from lsl_dagster_tests.test_resume import _outputs
@@ -135,3 +137,37 @@ def _wait_for_lock_waiter(url: str) -> None:
     finally:
         con.close()
     raise AssertionError("the write never waited for the held key")
+
+
+@pytest.mark.parametrize("where", ["local", "postgres"])
+def test_pool_slots_hold_their_limit_and_a_waiter_gets_the_one_freed(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+):
+    """The project's own lsl_llm slots (beside Dagster's pool): two holders get different slots of two,
+    a third waits until one of them ends and then holds the freed one."""
+    state = (
+        LocalState(tmp_path / "runs")
+        if where == "local"
+        else PostgresState(request.getfixturevalue("postgres_url"))
+    )
+    order: list[str] = []
+    with ExitStack() as first:
+        taken = [first.enter_context(state.slot("lsl_llm", 2))]
+        with state.slot("lsl_llm", 2) as second:
+            taken.append(second)
+            assert sorted(taken) == [0, 1]
+            got: list[int] = []
+
+            def third() -> None:
+                with state.slot("lsl_llm", 2) as slot:
+                    order.append("third holds a slot")
+                    got.append(slot)
+
+            waiter = threading.Thread(target=third)
+            waiter.start()
+            first.close()
+            order.append("first ended")
+            waiter.join(60)
+            assert not waiter.is_alive()
+        assert order == ["first ended", "third holds a slot"]
+        assert got == [taken[0]]

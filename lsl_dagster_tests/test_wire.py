@@ -97,7 +97,9 @@ def test_default_endpoints_read_their_own_conventional_variable(monkeypatch: pyt
     google = {"GOOGLE_API_KEY": "g"}
     assert key_variable(ModelSpec(model="gemini/gemini-2.5-flash"), google) == "GOOGLE_API_KEY"
     assert api_key(ModelSpec(model="gemini/gemini-2.5-flash"), google) == "g"
-    assert key_variable(ModelSpec(model="gemini/gemini-2.5-flash", api_key_env="MINE"), google) == "MINE"
+    assert (
+        key_variable(ModelSpec(model="gemini/gemini-2.5-flash", api_key_env="MINE_KEY"), google) == "MINE_KEY"
+    )
     assert key_variable(ModelSpec(model="ollama_chat/llama3.2"), google) is None
     # A missing key fails before any call, naming the variable.
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):

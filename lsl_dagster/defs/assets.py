@@ -4,7 +4,7 @@ No `from __future__ import annotations` here: Dagster reads the annotations at d
 """
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +79,8 @@ def _stage(
     max_calls: int | None,
 ) -> Iterator[StageRun]:
     """A stage's runtime, with its failures turned into clean Dagster failures carrying the ledger. Its
-    materialization records where the experiment's state is, for the stages after it to check."""
+    materialization records where the experiment's state is, for the stages after it to check. It calls
+    LLMs only while holding one of the pool's slots (see `_pool_slot`)."""
     # The experiment file is observed, never materialized: no stage state of its own to check.
     deps = context.assets_def.asset_deps[context.asset_key]
     read = [key.to_user_string() for key in deps if key != FILE]
@@ -87,9 +88,12 @@ def _stage(
         context.instance, context.partition_key, [context.asset_key.to_user_string(), *read]
     )
     try:
-        with workspace.stage(
-            spec, name, models, max_calls, task=task, run_id=context.run.run_id, earlier=earlier
-        ) as run:
+        with (
+            _pool_slot(context, workspace),
+            workspace.stage(
+                spec, name, models, max_calls, task=task, run_id=context.run.run_id, earlier=earlier
+            ) as run,
+        ):
             yield run
     except ForeignState as exc:
         metadata = {
@@ -127,6 +131,21 @@ def _stage(
             metadata=_saved_ledger(workspace, spec, name),
         ) from None
     context.add_output_metadata({STATE_KEY: workspace.state().where, STAGE_KEY: name})
+
+
+@contextmanager
+def _pool_slot(context: AssetExecutionContext, workspace: Workspace) -> Iterator[None]:
+    """One of the lsl_llm pool's slots, taken by the project itself beside Dagster's claim: Dagster's
+    SQLite storage can hand one slot to two steps that claim it at the same instant, and these locks
+    cannot (lsl_dagster.llm.state). Taken before the experiment's stage lock, by every step the same way,
+    so no two steps wait for each other. No limit on the instance: no slot to take."""
+    storage = context.instance.event_log_storage
+    limit = storage.get_concurrency_info(POOL).limit if storage.supports_global_concurrency_limits else None
+    with ExitStack() as held:
+        if limit:
+            taken = held.enter_context(workspace.state().slot(POOL, limit))
+            context.log.info(f"{POOL} slot {taken + 1} of {limit} taken")
+        yield
 
 
 def _saved_ledger(workspace: Workspace, spec: ExperimentSpec, name: str) -> dict:

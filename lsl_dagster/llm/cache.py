@@ -2,8 +2,10 @@
 default, or a PostgreSQL table every worker host reaches (lsl_dagster.llm.pg_state).
 
 A request already answered anywhere in the experiment (another stage, another arm, an earlier attempt
-killed half-way, a run before an edit) is never paid again. The key is DSPy's: the full request (model,
-messages, sampling settings) plus the model's endpoint (see `endpoint_scope`), never the key.
+killed half-way, a run before an edit) is never paid again, and one still in flight is not sent twice
+(`ExperimentCache.single_flight`). The key is DSPy's: the full request (model, messages, sampling settings,
+DSPy's rollout id, so a resample stays a request of its own) plus the model's endpoint (see
+`endpoint_scope`), never the key.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 
 import dspy
 from dspy.clients.cache import Cache
+from dspy.clients.execution import IGNORED_CACHE_KEYS
 
 from lsl_dagster.llm.ledger import Meter
 
@@ -118,6 +121,9 @@ class ExperimentCache(Cache):
         self.meter = meter
         self._written: set[str] = set()
         self._written_lock = threading.Lock()
+        # Requests in flight: key -> (the lock its sender holds, how many threads hold or wait for it).
+        self._flights: dict[str, tuple[threading.Lock, int]] = {}
+        self._flights_lock = threading.Lock()
 
     def cache_key(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> str:
         endpoint = _ENDPOINT.get()
@@ -126,6 +132,27 @@ class ExperimentCache(Cache):
 
     def __contains__(self, key: str) -> bool:
         return key in self.memory_cache or key in self.store
+
+    @contextmanager
+    def single_flight(self, request: dict[str, Any]) -> Iterator[None]:
+        """Around a lookup and the call it may lead to: a thread asking what another thread is already
+        asking waits for that answer, which it then finds here (free), instead of sending it again. Other
+        processes cannot be asking it meanwhile: one stage of an experiment runs at a time, across
+        processes and hosts (the stage lock, lsl_dagster.llm.state)."""
+        key = self.cache_key(request, IGNORED_CACHE_KEYS)
+        with self._flights_lock:
+            lock, holders = self._flights.get(key, (threading.Lock(), 0))
+            self._flights[key] = (lock, holders + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._flights_lock:
+                lock, holders = self._flights[key]
+                if holders == 1:
+                    del self._flights[key]
+                else:
+                    self._flights[key] = (lock, holders - 1)
 
     def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
         key = self.cache_key(request, ignored_args_for_cache_key)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import dspy
-from dspy.clients.execution import execute, finalize, prepare
+from dspy.clients.execution import PreparedCall, execute, finalize, prepare
 from dspy.lm15 import ProviderError, Request, Response, TransportError
 from dspy.utils.callback import with_callbacks
 from dspy.utils.exceptions import (
@@ -21,7 +22,7 @@ from dspy.utils.exceptions import (
     LMTransportError,
 )
 
-from lsl_dagster.llm.cache import endpoint_scope
+from lsl_dagster.llm.cache import ExperimentCache, endpoint_scope
 from lsl_dagster.llm.ledger import Meter
 from lsl_dagster.llm.replies import note_finish_reasons
 from lsl_dagster.spec.experiment import ModelSpec, Price
@@ -55,7 +56,8 @@ _DENIED = (LMAuthError, LMBillingError)
 
 class MeteredLM(dspy.LM):
     """dspy.LM whose exhausted retries end the stage (ProviderUnavailable) instead of one example, and
-    whose calls are cached under its endpoint as well as the request (see cache.endpoint_scope), and
+    whose calls are cached under its endpoint as well as the request (see cache.endpoint_scope) and sent
+    once however many threads ask them at the same time (cache.ExperimentCache.single_flight), and
     which notes each reply's finish_reason (fresh or cached) for the evaluation's format accounting."""
 
     endpoint: str = ""
@@ -79,9 +81,16 @@ class MeteredLM(dspy.LM):
     def _call(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         # dspy.BaseLM.__call__'s three steps; the finish_reasons are only on the intermediate result.
         call = prepare(self, prompt, messages, kwargs)
-        result = execute(self, call)
+        with self._single_flight(call):
+            result = execute(self, call)
         note_finish_reasons(response.finish_reason for response in result.responses)
         return finalize(self, call, result)
+
+    def _single_flight(self, call: PreparedCall) -> AbstractContextManager[None]:
+        """The same request asked by two threads at once is sent once (see ExperimentCache.single_flight)."""
+        if not call.cache or not isinstance(dspy.cache, ExperimentCache):
+            return nullcontext()
+        return dspy.cache.single_flight(call.key(self, False))
 
 
 class MeteredEngine:

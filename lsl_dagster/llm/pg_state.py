@@ -19,6 +19,7 @@ import psycopg2.extensions
 
 from lsl_dagster.llm.campaign_budget import allowance
 from lsl_dagster.llm.ledger import CallLog, spent_usd
+from lsl_dagster.llm.slots import first_free
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,23 @@ class PostgresState:
                     log.info("waiting for another stage of %s to finish", experiment_id)
                     cursor.execute("SELECT pg_advisory_lock(%s)", (key,))
             yield
+        finally:
+            con.close()  # releases the lock
+
+    @contextmanager
+    def slot(self, pool: str, limit: int) -> Iterator[int]:
+        """As LocalState.slot, across hosts: session advisory locks, released by PostgreSQL when the
+        holder's connection goes."""
+        con = connect(self.url)
+        try:
+            with con.cursor() as cursor:
+
+                def take(i: int) -> bool:
+                    cursor.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(f"slot:{pool}:{i}"),))
+                    return cursor.fetchone()[0]
+
+                taken = first_free(take, pool, limit)
+            yield taken
         finally:
             con.close()  # releases the lock
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from lsl_dagster.settings import Settings
 from lsl_dagster.spec.campaign import CampaignSpec
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.spec.strict import check_slug
@@ -28,7 +29,7 @@ def _problems(exc: ValidationError) -> str:
 def load_campaign(path: Path) -> CampaignSpec:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        campaign = CampaignSpec.model_validate(raw)
+        campaign = CampaignSpec.model_validate(raw, context=Settings.from_env().validation_context())
     except yaml.YAMLError as exc:
         raise CampaignError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:
@@ -73,7 +74,8 @@ def expand(campaign: CampaignSpec, path: Path, tasks_dir: Path) -> dict[str, Exp
                     "stage1": {**base.get("stage1", {}), "optimizer": optimizer},
                     "stage2": {**base.get("stage2", {}), **({"optimizer": hardener} if hardener else {})},
                     "seed": seed,
-                }
+                },
+                context=Settings.from_env().validation_context(),
             )
         except ValidationError as exc:
             raise CampaignError(f"{path}: cell {experiment_id_}: {_problems(exc)}") from None

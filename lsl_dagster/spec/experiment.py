@@ -6,9 +6,9 @@ import hashlib
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from lsl_dagster.spec.providers import FAMILIES, PROVIDER_NAMES, Family
+from lsl_dagster.spec.providers import FAMILIES, PROVIDER_NAMES, Family, key_variable_refusal
 from lsl_dagster.spec.strict import Slug, Strict, check_slug
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -54,12 +54,18 @@ class ModelSpec(Strict):
 
     @field_validator("api_key_env")
     @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
+    def _env_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not _ENV_NAME.fullmatch(value):
             # Catches the classic mistake of pasting the key itself, without echoing it back.
             raise ValueError(
                 "api_key_env must be the NAME of an environment variable (e.g. MY_KEY), not a key"
             )
+        # The operator's exceptions (LSL_KEY_VARS) come in the validation context (Settings).
+        allowed = (info.context or {}).get("key_vars", frozenset())
+        if refusal := key_variable_refusal(value, allowed):
+            raise ValueError(refusal)
         return value
 
     @field_validator("api_base")

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from lsl_dagster.settings import Settings
 from lsl_dagster.spec.campaign import CampaignSpec
 from lsl_dagster.spec.campaign_files import CampaignError, expand, load_campaign
 from lsl_dagster.spec.experiment import ExperimentSpec
@@ -137,7 +138,7 @@ def load_experiment(data_dir: Path, experiment_id: str) -> ExperimentSpec:
     if not isinstance(raw, dict):
         raise ExperimentError(f"{path}: expected a mapping of experiment settings")
     try:
-        spec = ExperimentSpec.model_validate(raw)
+        spec = ExperimentSpec.model_validate(raw, context=Settings.from_env().validation_context())
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors(include_url=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -31,6 +31,43 @@ FAMILIES: dict[str, Family] = {
     "ollama_chat": Family("ollama", "http://localhost:11434/v1", (), None),
 }
 PROVIDER_NAMES = ("sim", *FAMILIES)
+
+
+# Variables that hold something other than a provider's key: sending one as a bearer token to an
+# experiment's api_base would hand it to whoever runs that server. (rule, does a name fall under it)
+_NOT_KEYS: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    (
+        "a setting of this project or of Dagster (LSL_*, DAGSTER_*)",
+        lambda n: n.startswith(("LSL_", "DAGSTER_")),
+    ),
+    (
+        "a database or broker setting (*_URL, *_URI, *_DSN, DATABASE_*, PG*, MYSQL_*, REDIS_*, AMQP_*, "
+        "RABBITMQ_*, CELERY_*)",
+        lambda n: (
+            n.endswith(("_URL", "_URI", "_DSN"))
+            or n.startswith(("DATABASE_", "PG", "MYSQL_", "REDIS_", "AMQP_", "RABBITMQ_", "CELERY_"))
+        ),
+    ),
+    (
+        "a cloud credential (AWS_*, AZURE_*, GOOGLE_APPLICATION_CREDENTIALS)",
+        lambda n: n.startswith(("AWS_", "AZURE_")) or n == "GOOGLE_APPLICATION_CREDENTIALS",
+    ),
+    (
+        "not named like a provider key (*_API_KEY, *_KEY, *_TOKEN)",
+        lambda n: not n.endswith(("_KEY", "_TOKEN")),
+    ),
+)
+
+
+def key_variable_refusal(name: str, allowed: Collection[str]) -> str | None:
+    """Why `api_key_env` may not name `name` (the rule it breaks), or None when it may: names that look
+    like provider keys, except the families above, and any name the operator lists in LSL_KEY_VARS."""
+    if name in allowed:
+        return None
+    rule = next((rule for rule, applies in _NOT_KEYS if applies(name.upper())), None)
+    if rule is None:
+        return None
+    return f"api_key_env {name} is refused: {rule}; an operator may allow it by listing it in LSL_KEY_VARS"
 
 
 def _key_names(spec: ModelSpec) -> tuple[str, ...]:
