@@ -102,7 +102,15 @@ def evaluate(
     """Score `program` (run under the current dspy.context LM) on `examples`; rows go to `out` (JSONL).
     Raises ProgramErrors, once every row is written, when more than PROGRAM_ERROR_SHARE of the examples
     raised in the task's program."""
-    metric = metric_for(task)
+    task_metric = metric_for(task)
+
+    def metric(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
+        # An example whose program raised has no outputs for the task's metric to read (a user's metric
+        # would raise in turn, and dspy.Evaluate would drop the row's error): its error_kind says why.
+        if isinstance(prediction, dspy.Prediction) and prediction.get("dspy_lsl_exc") is not None:
+            return 0.0
+        return task_metric(example, prediction, trace)
+
     guarded = Guarded(program, progress)
     first_program_error: tuple[str, str] | None = None
     n = errors = fallbacks = 0
