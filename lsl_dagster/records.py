@@ -119,13 +119,15 @@ class Ledger(BaseModel):
 
 class FormatCounts(Strict):
     """How an arm's rows failed (`error_kind` in the predictions JSONL). Provider failures (e.g. a prompt
-    too long for the context window) are not scored: the score is the mean over the other rows."""
+    too long for the context window) and program errors (the task's own code raised) are not scored: the
+    score is the mean over the other rows, and the paired comparison leaves those examples out."""
 
     n_wrong: int = 0
     n_unparseable: int = 0  # the adapters could not parse a complete reply
     n_truncated: int = 0  # failed, with a reply cut off at max_tokens (finish_reason "length")
     n_adapter_fallbacks: int = 0  # ChatAdapter failed to parse and DSPy retried with JSONAdapter
     n_provider_failures: int = 0
+    n_program_errors: int = 0
     # Set when unparseable + truncated rows exceed formats.WARNING_SHARE of the arm.
     format_warning: str | None = None
 
@@ -160,7 +162,9 @@ class ArmSummary(FormatCounts):
 class PairedDifference(Strict):
     arm: str
     baseline: str
-    n: int
+    n: int  # the examples both arms scored
+    # Examples left out because either arm did not score them (a provider failure or a program error).
+    n_excluded: int = 0
     diff: float
     ci_low: float
     ci_high: float

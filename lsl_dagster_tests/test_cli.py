@@ -66,7 +66,7 @@ def expected_rows(comparison: dict) -> list[dict]:
                 "total_calls": sum(ledger.calls for ledger in c.usage.values()),
                 "total_cost_usd": sum(ledger.cost_usd for ledger in c.usage.values()),
                 **{k: arm[k] for k in ("n_wrong", "n_unparseable", "n_truncated", "n_adapter_fallbacks")},
-                **{k: arm[k] for k in ("n_provider_failures", "format_warning")},
+                **{k: arm[k] for k in ("n_provider_failures", "n_program_errors", "format_warning")},
                 "stage2_unchanged": comparison["stage2_unchanged"],
             }
         )

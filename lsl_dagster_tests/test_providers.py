@@ -64,7 +64,9 @@ def test_full_experiment_over_http_accounts_exactly_and_leaks_no_key(
     assert SECRET not in out and SECRET not in err
 
 
-@pytest.mark.parametrize("fault", ["429", "500", "502", "503", "malformed", "reset", "hang"])
+@pytest.mark.parametrize(
+    "fault", ["429", "500", "502", "503", "malformed", "reset", "hang", "empty_choices", "null_content"]
+)
 def test_every_fault_kind_is_survived(lab: Lab, fault: str):
     # Every 7th request fails with `fault`; DSPy retries (honouring Retry-After) and the run completes.
     # A hang outlasts the run (stop() ends it unanswered): with 5 s, a slow machine saw a hung request

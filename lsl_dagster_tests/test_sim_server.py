@@ -268,7 +268,10 @@ def test_fault_rate_is_deterministic_in_seed_and_request_number(client):
 
 
 def test_every_fault_kind_is_covered():
-    assert set(FAULT_KINDS) == {"429", "500", "502", "503", "hang", "malformed", "reset"}
+    assert set(FAULT_KINDS) == {
+        *("429", "500", "502", "503", "hang", "malformed", "reset"),
+        *("empty_choices", "null_content"),
+    }
 
 
 # --- Auth, latency, concurrency -------------------------------------------------------------------------

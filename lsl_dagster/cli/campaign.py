@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import dagster as dg
 
 from lsl_dagster import graph
 from lsl_dagster.cli.code_location import CliError, code_location, open_instance, runs_dir, spec_hashes
@@ -18,10 +21,12 @@ from lsl_dagster.cli.launch import (
     run_summary,
     workers,
 )
+from lsl_dagster.llm.ledger import spent_usd
+from lsl_dagster.llm.state import experiment_state
 from lsl_dagster.records import CampaignSummary, TransferMatrix
 from lsl_dagster.results import reports
 from lsl_dagster.results.instance import ReportError, campaign_needs, latest_value, stage_status
-from lsl_dagster.results.text import interval_text, table
+from lsl_dagster.results.text import interval_text, table, usd
 from lsl_dagster.spec.experiment import SIMULATED
 from lsl_dagster.spec.experiment_files import scan_campaigns
 from lsl_dagster.storage import outputs as storage
@@ -72,6 +77,20 @@ def _campaign_ids(name: str, data_dir: Path) -> list[str]:
     return sorted(valid[name][1])
 
 
+def _spent(runs_dir: Path, ids: list[str]) -> Callable[[], str]:
+    """What the campaign's experiments have paid so far, from their call logs (earlier launches included)."""
+    cache_url = dg.EnvVar("LSL_CACHE_URL").get_value() or None
+    state = experiment_state(runs_dir, cache_url)
+
+    def spent() -> str:
+        records = [r for e in ids for r in state.calls(e) if "event" not in r]
+        calls = sum(bool(r["ok"]) for r in records)
+        simulated = " (simulated)" if any(r.get("simulated") for r in records) else ""
+        return f"{calls} calls, {usd(spent_usd(records))} so far{simulated}"
+
+    return spent
+
+
 def _print_matrix(name: str, matrix: TransferMatrix, path: str) -> None:
     print(reports.matrix_table(matrix))
     print(f"{name}: transfer matrix in {path}, heat map in {storage.located(matrix.plot_path, runs_dir())}")
@@ -100,7 +119,7 @@ def run_campaign(args: argparse.Namespace) -> int:
                     f"campaign {args.name}: {len(todo)} of {len(ids)} experiments to run "
                     f"(tag {LAUNCH_TAG}={launch})"
                 )
-                outcomes = run_experiments(pool, todo, tags, print)
+                outcomes = run_experiments(pool, todo, tags, print, _spent(location.runs_dir, ids))
                 if failed := [o for o in outcomes if not o.success]:
                     raise CliError(
                         f"campaign {args.name}: {len(failed)} experiment(s) failed: "

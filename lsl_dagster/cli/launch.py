@@ -101,6 +101,10 @@ def _execute(job: str, partition: str, assets: Sequence[str], tags: Mapping[str,
     return result.run_id, result.success
 
 
+# Between two experiments' ends, a line on the campaign's progress at least this often.
+PROGRESS_INTERVAL_S = 30.0
+
+
 @dataclass(frozen=True)
 class Outcome:
     experiment_id: str
@@ -114,17 +118,31 @@ def run_experiments(
     todo: Mapping[str, Sequence[str]],
     tags: Mapping[str, str],
     say: Callable[[str], None],
+    spent: Callable[[], str] = lambda: "",
 ) -> list[Outcome]:
     """Each experiment's assets (experiment -> asset names) as one run, as many at a time as `pool` has
-    workers."""
+    workers. After each run, and every PROGRESS_INTERVAL_S while none ends, a line on the whole launch:
+    experiments done, running, failed and waiting, and what `spent` says (calls and cost so far)."""
     tags = {**tags, HOST_TAG: socket.gethostname()}
     outcomes: list[Outcome] = []
     pending: dict[Future, str] = {
         pool.submit(_execute, "lsl_experiment", e, [FILE.to_user_string(), *assets], tags): e
         for e, assets in todo.items()
     }
+
+    def overall() -> str:
+        running = sum(future.running() for future in pending)
+        failed = sum(not o.success for o in outcomes)
+        counts = (
+            f"{len(outcomes) - failed} done, {running} running, {failed} failed, "
+            f"{len(pending) - running} waiting of {len(todo)}"
+        )
+        return f"campaign progress: {counts}" + (f"; {text}" if (text := spent()) else "")
+
     while pending:
-        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        done, _ = wait(pending, timeout=PROGRESS_INTERVAL_S, return_when=FIRST_COMPLETED)
+        if not done:
+            say(overall())
         for future in done:
             experiment_id = pending.pop(future)
             try:
@@ -135,6 +153,8 @@ def run_experiments(
             last = outcomes[-1]
             verdict = "succeeded" if last.success else f"FAILED {last.error}".rstrip()
             say(f"{len(outcomes)}/{len(todo)} {experiment_id}: run {last.run_id} {verdict}")
+        if done:
+            say(overall())
     return outcomes
 
 

@@ -38,6 +38,7 @@ def _format_lines(arm: ArmSummary) -> list[str]:
         "truncated": arm.n_truncated,
         "adapter fallbacks": arm.n_adapter_fallbacks,
         "provider failures (not scored)": arm.n_provider_failures,
+        "program errors (not scored)": arm.n_program_errors,
     }
     if not any(counts[k] for k in counts if k != "wrong"):
         return []

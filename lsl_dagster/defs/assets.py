@@ -43,6 +43,8 @@ from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import BudgetExhausted
 from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.method import stages
+from lsl_dagster.method.evaluation import ProgramErrors
+from lsl_dagster.method.optimizers.metrics import MetricFailed
 from lsl_dagster.method.optimizers.unparseable import OptimizerOutputError
 from lsl_dagster.method.plan import forecast
 from lsl_dagster.method.run import StageRun
@@ -51,7 +53,7 @@ from lsl_dagster.results.instance import FILE
 from lsl_dagster.results.summary import summarize
 from lsl_dagster.results.summary import transfer_matrix as transfer_matrix_of
 from lsl_dagster.spec.experiment import ExperimentSpec
-from lsl_dagster.spec.experiment_files import ExperimentError, spec_versions
+from lsl_dagster.spec.experiment_files import ExperimentError, check_fits, spec_versions
 from lsl_dagster.tasks.task import Task, TaskDataError
 
 # Steps that call LLMs take a slot of this Dagster concurrency pool (limit set on the instance).
@@ -63,7 +65,9 @@ CAMPAIGN_GROUP = "campaigns"
 def _load(workspace: Workspace, experiment_id: str) -> tuple[ExperimentSpec, Task]:
     try:
         spec = workspace.experiment(experiment_id)
-        return spec, workspace.task(spec.task)
+        task = workspace.task(spec.task)
+        check_fits(spec, task)
+        return spec, task
     except (ExperimentError, TaskDataError) as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
 
@@ -91,7 +95,14 @@ def _stage(
         with (
             _pool_slot(context, workspace),
             workspace.stage(
-                spec, name, models, max_calls, task=task, run_id=context.run.run_id, earlier=earlier
+                spec,
+                name,
+                models,
+                max_calls,
+                task=task,
+                run_id=context.run.run_id,
+                earlier=earlier,
+                log=context.log.info,
             ) as run,
         ):
             yield run
@@ -103,8 +114,9 @@ def _stage(
         raise Failure(description=str(exc), metadata=metadata, allow_retries=False) from None
     except ConfigError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
-    except OptimizerOutputError as exc:
-        # Retrying replays the same replies from the cache: only a change to the experiment file helps.
+    except (OptimizerOutputError, ProgramErrors, MetricFailed) as exc:
+        # Retrying replays the same replies from the cache: only a change to the experiment file, or to the
+        # task's program or metric, helps.
         raise Failure(
             description=str(exc), metadata=_saved_ledger(workspace, spec, name), allow_retries=False
         ) from None

@@ -85,8 +85,9 @@ def all_examples_evaluated(checked: Checked, result: EvaluationResult) -> Verdic
 
 
 def scores_in_range(checked: Checked, result: EvaluationResult) -> Verdict:
-    """Every per-example score is in [0, 1] and the reported score is their mean."""
-    scores = [row["score"] for row in checked.rows(result)]
+    """Every per-example score is in [0, 1] and the reported score is their mean (rows not scored, a
+    provider failure or a program error, have none)."""
+    scores = [row["score"] for row in checked.rows(result) if row["score"] is not None]
     in_range = all(0.0 <= s <= 1.0 for s in scores)
     mean = sum(scores) / len(scores) if scores else float("nan")
     return in_range and abs(mean - result.score) < 1e-9, {

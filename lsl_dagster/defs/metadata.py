@@ -179,6 +179,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                     "p": p_text(d.p_value, digits=4, missing="n/a"),
                     "p_holm": p_text(d.p_holm, digits=4, missing="n/a"),
                     "n": d.n,
+                    "n_excluded": d.n_excluded,
                 }
             )
             for d in comparison.differences
@@ -192,7 +193,8 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
                 TableColumn("test", "string"),
                 TableColumn("p", "string"),
                 TableColumn("p_holm", "string", description="Holm-adjusted across the three differences"),
-                TableColumn("n", "int"),
+                TableColumn("n", "int", description="examples both arms scored"),
+                TableColumn("n_excluded", "int", description="left out: a provider failure or program error"),
             ]
         ),
     )

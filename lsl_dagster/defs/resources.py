@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from lsl_dagster.llm.ledger import Meter, spent_usd
 from lsl_dagster.llm.pg_state import PostgresState
 from lsl_dagster.llm.state import LocalState, experiment_state
 from lsl_dagster.method.plan import check, forecast
+from lsl_dagster.method.progress import ticking
 from lsl_dagster.method.run import StageRun
 from lsl_dagster.records import Ledger
 from lsl_dagster.settings import PROJECT_DIR
@@ -83,6 +84,7 @@ class Workspace(ConfigurableResource):
         task: Task | None = None,
         run_id: str | None = None,
         earlier: Sequence[Earlier] = (),
+        log: Callable[[str], None] | None = None,
     ) -> Iterator[StageRun]:
         """Run one stage of an experiment.
 
@@ -96,7 +98,8 @@ class Workspace(ConfigurableResource):
         The ledger is written when the stage ends, also when it fails.
         Before that, the state must hold the markers of the `earlier` stages the instance says were
         materialized (lsl_dagster.defs.continuity): otherwise ForeignState, before any call. `run_id` names
-        the Dagster run in this stage's own marker.
+        the Dagster run in this stage's own marker. With `log` (the run's logger), the stage's progress
+        lines (method.progress) go there.
         """
         models.check(spec)
         # Loaded (every split read and checked, the metric run) once for the stage: the allowance's
@@ -137,7 +140,10 @@ class Workspace(ConfigurableResource):
             meter.simulated_models({r["model"] for r in calls if r.get("simulated")})
             run = StageRun(spec, meter, models, lambda: task)
             try:
-                with experiment_cache(store, meter):
+                with (
+                    experiment_cache(store, meter),
+                    ticking(name, meter, run.progress, log, simulated=spec.simulated),
+                ):
                     yield run
                 meter.wait_idle()
                 call_log.append(marker(name, run_id))

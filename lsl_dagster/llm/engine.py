@@ -11,7 +11,7 @@ from typing import Any
 
 import dspy
 from dspy.clients.execution import PreparedCall, execute, finalize, prepare
-from dspy.lm15 import ProviderError, Request, Response, TransportError
+from dspy.lm15 import ProviderError, Request, Response, TextPart, TransportError
 from dspy.utils.callback import with_callbacks
 from dspy.utils.exceptions import (
     LMAuthError,
@@ -154,6 +154,22 @@ class MeteredEngine:
                 )
                 raise
             cost, source = self._cost(response)
+            if _empty(response):
+                # HTTP 200 with no reply in it (`choices: []`, `content: null`): malformed like a garbled
+                # body, so retried; billed at what its usage says, else at its worst case.
+                self.meter.settle(
+                    model,
+                    worst,
+                    ok=False,
+                    latency_s=time.perf_counter() - start,
+                    error="empty reply: no choices or no content",
+                    **(
+                        {"cost_usd": cost, "cost_source": source}
+                        if cost is not None
+                        else _maybe_billed(worst, True)
+                    ),
+                )
+                raise TransportError(f"empty reply from {model}: no choices or no content")
             simulated = (response.provider_data or {}).get("system_fingerprint") == SIMULATED_FINGERPRINT
             self.meter.settle(
                 model,
@@ -175,6 +191,13 @@ class MeteredEngine:
         close = getattr(self.inner, "close", None)
         if close is not None:
             close()
+
+
+def _empty(response: Response) -> bool:
+    """A reply with nothing in it: lm15 reads `choices: []` and `content: null` as one empty text part. Not
+    one cut off at max_tokens (finish_reason "length"), which the format accounting counts as truncated."""
+    parts = response.message.parts
+    return response.finish_reason != "length" and all(isinstance(p, TextPart) and not p.text for p in parts)
 
 
 def _maybe_billed(worst: float | None, billed: bool) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,16 @@ class CallLog:
             for line in lines:
                 if line.endswith("\n"):
                     yield json.loads(line)
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """What a stage has used so far, for its progress lines."""
+
+    calls: int  # what max_calls counts
+    max_calls: int | None
+    spent_usd: float
+    cost_allowance_usd: float | None
 
 
 @dataclass
@@ -152,6 +162,9 @@ class Meter:
         self._closed = False
         self._halted: BaseException | None = None
         self._simulated: set[str] = set()
+        # Called after each call settles or replays, outside the lock: a progress ticker's wake-up, which
+        # must not block (no I/O), since it runs on the calling thread.
+        self.on_change: Callable[[], None] | None = None
         for record in prior:
             self._usage.setdefault(record["model"], _Usage()).add(record)
 
@@ -192,6 +205,7 @@ class Meter:
             usage = self._usage.setdefault(model, _Usage())
             usage.hits += 1
             usage.replayed += 1
+        self._changed()
 
     def reserve(self, model: str, worst_cost_usd: float | None) -> None:
         with self._lock:
@@ -258,6 +272,15 @@ class Meter:
             self._lock.notify_all()
         if self._log is not None:
             self._log.append(record)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def reading(self) -> MeterReading:
+        with self._lock:
+            return MeterReading(self._used, self.max_calls, self._spent, self.cost_allowance_usd)
 
     def simulated_models(self, models: Iterable[str]) -> None:
         """Models a simulator answered for earlier in the experiment: a stage served from the cache alone

@@ -10,6 +10,7 @@ import dspy
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import Meter
 from lsl_dagster.llm.provider import TaskLoader
+from lsl_dagster.method.progress import StageProgress
 from lsl_dagster.spec.experiment import ExperimentSpec, ModelSpec
 
 
@@ -21,6 +22,8 @@ class StageRun:
     meter: Meter
     models: LanguageModels
     task: TaskLoader | None = None
+    # The best score and examples done, for the stage's progress lines (method.progress).
+    progress: StageProgress = field(default_factory=StageProgress)
     _lms: dict[ModelSpec, dspy.LM] = field(default_factory=dict)
 
     def lm(self, role: Literal["large", "small"]) -> dspy.LM:

@@ -40,6 +40,12 @@ def optimizer_sets(spec: ExperimentSpec, task: Task) -> tuple[list[dspy.Example]
     return train, val
 
 
+def evaluation_size(spec: ExperimentSpec, task: Task) -> int:
+    """How many examples every arm is evaluated on (experiment_files.check_fits refuses a larger limit)."""
+    size = task.sizes[spec.evaluation.split]
+    return size if spec.evaluation.limit is None else min(spec.evaluation.limit, size)
+
+
 def evaluation_examples(spec: ExperimentSpec, task: Task) -> Iterable[Example]:
     """The examples every arm is evaluated on, in one order: the split's first `limit`, the same whatever
     the seed; with `evaluation.resample`, `limit` of them drawn by the data seed (only those are held)."""
@@ -76,6 +82,7 @@ def _optimize(
         stage=stage,
         # Hardening changes the parent's instructions; its demos were chosen on the large model.
         keep_demos=parent is not None,
+        progress=run.progress,
     )
     provenance = Provenance(
         stage=stage,
@@ -174,6 +181,7 @@ def evaluate_on_large(
 ) -> EvaluationResult:
     """Stage 3 and the baselines — a prompt on the large model, on the held-out split; every arm sees the
     same examples in the same order, so differences are paired."""
+    run.progress.examples_total = evaluation_size(spec, task)
     with dspy.context(lm=run.lm("large")):
         totals = evaluate(
             rebuild(candidate, task),
@@ -181,6 +189,7 @@ def evaluate_on_large(
             evaluation_examples(spec, task),
             threads=run.threads("large"),
             out=out,
+            progress=run.progress,
         )
     ledger = run.meter.ledger()
     return EvaluationResult(
@@ -277,27 +286,30 @@ def compare(
         base, other = per_example[baseline], per_example[arm]
         if base.keys() != other.keys():
             raise ValueError(f"{arm} and {baseline} were evaluated on different examples; cannot pair them")
-        # Paired over the examples both arms scored: a provider failure is no answer, right or wrong.
+        # Paired over the examples both arms scored: a provider failure or a program error is no answer,
+        # right or wrong.
         ids = sorted(i for i in base if base[i] is not None and other[i] is not None)
         a, b = [base[i] for i in ids], [other[i] for i in ids]
         diff, low, high = stats.paired_bootstrap_ci(a, b, seed=spec.seed)
         test, p = stats.paired_test(a, b)
-        raw.append((arm, baseline, len(ids), diff, low, high, test, p))
+        raw.append((arm, baseline, len(ids), len(base) - len(ids), diff, low, high, test, p))
     adjusted = stats.holm([p for *_, p in raw])
     differences = [
         PairedDifference(
             arm=arm,
             baseline=baseline,
             n=n,
+            n_excluded=excluded,
             diff=diff,
             ci_low=low,
             ci_high=high,
             test=test,
             p_value=p,
             p_holm=p_holm,
-            verdict=stats.verdict(diff, low, high, p_holm, label=arm, baseline=baseline),
+            verdict=stats.verdict(diff, low, high, p_holm, label=arm, baseline=baseline)
+            + stats.exclusion_note(n, excluded),
         )
-        for (arm, baseline, n, diff, low, high, test, p), p_holm in zip(raw, adjusted, strict=True)
+        for (arm, baseline, n, excluded, diff, low, high, test, p), p_holm in zip(raw, adjusted, strict=True)
     ]
     inputs = [*prompts.values(), *evaluations.values()]
     stage2 = prompts[graph.STAGE2.asset]

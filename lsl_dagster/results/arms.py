@@ -28,7 +28,7 @@ def arm_cis(
             rows = list(scores(storage.located(result.predictions_path, runs_dir)).values())
         except OSError as exc:
             raise ReportError(f"cannot read the predictions of {asset}: {exc}") from None
-        per_example = [score for score in rows if score is not None]  # provider failures are not scored
+        per_example = [score for score in rows if score is not None]  # None: not scored
         mean = sum(per_example) / len(per_example) if per_example else 0.0
         if len(rows) != arm.n or abs(mean - arm.score) > 1e-9:
             raise ReportError(f"{asset} of {comparison.experiment_id} changed after its comparison was made")

@@ -21,7 +21,15 @@ COLUMNS = {
     **{"test": "string", "p_value": "float64", "p_holm": "float64"},
     **{"verdict": "string", "total_calls": "int64", "total_cost_usd": "float64"},
     **dict.fromkeys(
-        ["n_wrong", "n_unparseable", "n_truncated", "n_adapter_fallbacks", "n_provider_failures"], "int64"
+        [
+            "n_wrong",
+            "n_unparseable",
+            "n_truncated",
+            "n_adapter_fallbacks",
+            "n_provider_failures",
+            "n_program_errors",
+        ],
+        "int64",
     ),
     "format_warning": "string",
     "stage2_unchanged": "string",

@@ -192,3 +192,13 @@ def _replicates(values: Sequence[float]) -> np.ndarray:
     if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
         raise ValueError("needs a non-empty 1-D sequence of finite numbers")
     return x
+
+
+def exclusion_note(n_paired: int, n_excluded: int) -> str:
+    """What a verdict adds when examples were left out of the pairs (not scored by one of the arms)."""
+    if not n_excluded:
+        return ""
+    return (
+        f"; paired over {n_paired} of {n_paired + n_excluded} examples, {n_excluded} left out (a provider "
+        "failure or a program error in either arm, not scored)"
+    )

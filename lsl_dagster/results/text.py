@@ -57,3 +57,42 @@ def table(rows: Sequence[Sequence[str]], min_widths: Sequence[int] = (), rule: b
     if rule:
         lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def progress_text(
+    stage: str,
+    *,
+    calls: int,
+    max_calls: int | None,
+    spent_usd: float,
+    allowance_usd: float | None,
+    best_score: float | None,
+    examples: tuple[int, int] | None,
+    eta_s: float | None,
+    elapsed_s: float,
+    outcome: str | None,
+    simulated: bool,
+) -> str:
+    """One progress line of a running stage (method.progress): 'progress stage1: 40/80 calls, $0.0120 of
+    $1.0000, best val score 0.750, ETA 6s'; when it has ended, its outcome and time instead of the ETA."""
+    parts = [f"{calls}/{max_calls} calls" if max_calls is not None else f"{calls} calls"]
+    parts.append(usd(spent_usd) + ("" if allowance_usd is None else f" of {usd(allowance_usd)}"))
+    if examples is not None:
+        parts.insert(0, f"{examples[0]}/{examples[1]} examples")
+    if best_score is not None:
+        parts.append(f"best val score {best_score:.3f}")
+    if outcome is not None:
+        parts.append(f"{outcome} in {duration(elapsed_s)}")
+    elif eta_s is not None:
+        parts.append(f"ETA {duration(eta_s)}")
+    return f"progress {stage}: " + ", ".join(parts) + (" (simulated)" if simulated else "")

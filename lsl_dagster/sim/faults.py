@@ -7,7 +7,9 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-FAULT_KINDS = ("429", "500", "502", "503", "hang", "malformed", "reset")
+# empty_choices and null_content: an HTTP 200 completion with no reply in it (`choices: []`, or a message
+# whose `content` is null), as providers send after a content filter or an upstream hiccup.
+FAULT_KINDS = ("429", "500", "502", "503", "hang", "malformed", "reset", "empty_choices", "null_content")
 RETRIABLE_FAULTS = ("429", "500", "502", "503")
 
 

@@ -312,6 +312,13 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             )
             self._send(200, whole[: len(whole) // 2].encode())
+        elif kind in ("empty_choices", "null_content"):
+            message = {"role": "assistant", "content": None}
+            choices = (
+                [] if kind == "empty_choices" else [{"index": 0, "message": message, "finish_reason": "stop"}]
+            )
+            body = {"id": f"chatcmpl-sim-{n}", "object": "chat.completion", "created": 0, "choices": choices}
+            self._json(200, body, {SIMULATED_HEADER: "1"})
         else:
             self._drop()
 

@@ -12,6 +12,7 @@ from lsl_dagster.settings import Settings
 from lsl_dagster.spec.campaign import CampaignSpec
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.spec.strict import check_slug
+from lsl_dagster.spec.yaml_files import load_yaml
 
 SEPARATOR = "--"
 
@@ -28,7 +29,7 @@ def _problems(exc: ValidationError) -> str:
 
 def load_campaign(path: Path) -> CampaignSpec:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
         campaign = CampaignSpec.model_validate(raw, context=Settings.from_env().validation_context())
     except yaml.YAMLError as exc:
         raise CampaignError(f"{path}: not valid YAML: {exc}") from None

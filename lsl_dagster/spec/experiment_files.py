@@ -15,7 +15,8 @@ from lsl_dagster.spec.campaign import CampaignSpec
 from lsl_dagster.spec.campaign_files import CampaignError, expand, load_campaign
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.spec.strict import check_slug
-from lsl_dagster.tasks.task import TaskDataError, load_task
+from lsl_dagster.spec.yaml_files import load_yaml
+from lsl_dagster.tasks.task import Task, TaskDataError, load_task
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def problems(data_dir: Path) -> dict[str, str]:
     for path in sorted((data_dir / "experiments").glob("*.yaml")):
         try:
             spec = load_experiment(data_dir, check_slug(path.stem))
-            load_task(spec.task, data_dir / "tasks")
+            check_fits(spec, load_task(spec.task, data_dir / "tasks"), path)
         except (ValueError, TaskDataError) as exc:  # ExperimentError and an unsafe file name
             found[str(path)] = str(exc)
     for name, error in scan_campaigns(data_dir)[1].items():
@@ -120,6 +121,20 @@ def spec_versions(data_dir: Path, experiment_ids: Sequence[str]) -> dict[str, st
     return versions
 
 
+def check_fits(spec: ExperimentSpec, task: Task, path: Path | None = None) -> None:
+    """What only the task can tell about a valid spec, before any call: `evaluation.limit` within the split
+    when the file sets it (a larger one is refused rather than quietly clamped, so the experiment evaluates
+    what its file says; the default limit takes what the split has)."""
+    split, limit = spec.evaluation.split, spec.evaluation.limit
+    size = task.sizes[split]
+    if limit is not None and limit > size and "limit" in spec.evaluation.model_fields_set:
+        where = path or f"experiment {spec.experiment_id}"
+        raise ExperimentError(
+            f"{where}: evaluation.limit={limit} is larger than the {split} split of task {task.name!r} "
+            f"({size} examples); set evaluation.limit to at most {size}"
+        )
+
+
 def load_experiment(data_dir: Path, experiment_id: str) -> ExperimentSpec:
     try:
         check_slug(experiment_id)
@@ -132,7 +147,7 @@ def load_experiment(data_dir: Path, experiment_id: str) -> ExperimentSpec:
                 return specs[experiment_id]
         raise ExperimentError(f"no experiment file {path} and no campaign defines {experiment_id!r}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ExperimentError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

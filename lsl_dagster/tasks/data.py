@@ -9,7 +9,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 Format = Literal["jsonl", "csv", "parquet", "hf"]
 _SUFFIXES: dict[str, Format] = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
@@ -45,8 +45,8 @@ def rows(path: Path, fmt: Format) -> Iterator[Row]:
 
 
 def _jsonl(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as lines:
-        for lineno, line in enumerate(lines, start=1):
+    with path.open("rb") as handle:
+        for lineno, line in enumerate(_text_lines(path, handle), start=1):
             where = f"{path}:{lineno}"
             if not line.strip():
                 raise DataFileError(f"{where}: empty line (every line must be one JSON object)")
@@ -59,9 +59,23 @@ def _jsonl(path: Path) -> Iterator[Row]:
             yield Row(lineno, where, record)
 
 
+def _text_lines(path: Path, handle: BinaryIO) -> Iterator[str]:
+    """The file's lines as UTF-8 text (a leading BOM dropped); a byte that is not UTF-8 is an error naming
+    the file, its line and the byte, not a UnicodeDecodeError from somewhere in a read-ahead buffer."""
+    for lineno, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            byte = raw[exc.start]
+            raise DataFileError(
+                f"{path}:{lineno}: byte 0x{byte:02x} at column {exc.start + 1} is not UTF-8; save the file "
+                "as UTF-8"
+            ) from None
+
+
 def _csv(path: Path) -> Iterator[Row]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
+    with path.open("rb") as handle:
+        reader = csv.DictReader(_text_lines(path, handle))
         if not reader.fieldnames:
             raise DataFileError(f"{path}: empty CSV file (no header row)")
         start = 2  # the line the next record starts on

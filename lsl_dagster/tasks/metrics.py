@@ -4,6 +4,7 @@ and the task-agnostic feedback GEPA reads when a metric gives none."""
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import string
 from collections.abc import Callable, Sequence
@@ -65,6 +66,10 @@ def builtin_metric(metric: BuiltinMetric, labels: Sequence[str]) -> Callable[...
     return task_metric
 
 
+class MetricValueError(TypeError):
+    """A metric returned something that is not a score; the message names the metric and the example."""
+
+
 @dataclass(frozen=True)
 class Scored:
     score: float
@@ -94,15 +99,23 @@ def call_metric(
     else:
         result = metric(example, prediction, trace)
     feedback = None
+    on = f" on example {example.get('example_id')!r}" if example.get("example_id") is not None else ""
     if isinstance(result, dspy.Prediction | dict):
         if "score" not in result:
-            raise TypeError(f"metric {_name(metric)} returned a prediction without a score: {result!r}")
+            raise MetricValueError(
+                f"metric {_name(metric)} returned a prediction without a score{on}: {result!r}"[:500]
+            )
         feedback = result.get("feedback")
         result = result["score"]
     if isinstance(result, bool):
         result = float(result)
     if not isinstance(result, int | float):
-        raise TypeError(f"metric {_name(metric)} returned {type(result).__name__}, not a number")
+        raise MetricValueError(
+            f"metric {_name(metric)} returned {type(result).__name__}{on}, not a number: {result!r}"[:500]
+        )
+    if not math.isfinite(result):
+        # A NaN would turn the arm's mean, every CI and every test into NaN.
+        raise MetricValueError(f"metric {_name(metric)} returned {result}{on}, not a number a mean can use")
     return Scored(float(result), None if feedback is None else str(feedback))
 
 

@@ -8,15 +8,17 @@ import dspy
 from dspy.utils.callback import BaseCallback
 
 from lsl_dagster.llm.ledger import Meter
+from lsl_dagster.method.progress import StageProgress
 
 
 class BestSoFar(BaseCallback):
     """Remembers the best program evaluated on the full validation set, from dspy.Evaluate (MIPROv2,
     random search, SIMBA) or GEPA's valset events, so a budget stop still returns the best candidate found."""
 
-    def __init__(self, student: dspy.Module, valset_size: int):
+    def __init__(self, student: dspy.Module, valset_size: int, progress: StageProgress | None = None):
         self.student = student
         self.valset_size = valset_size
+        self.progress = progress  # told each validated score, for the stage's progress lines
         self.program: dspy.Module | None = None
         self.score: float | None = None
         self.first_score: float | None = None
@@ -27,6 +29,8 @@ class BestSoFar(BaseCallback):
             self.first_score = value
         if self.score is None or value > self.score:
             self.program, self.score = program.deepcopy(), value
+        if self.progress is not None:
+            self.progress.offer_score(value)
 
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         devset = inputs.get("devset") or instance.devset

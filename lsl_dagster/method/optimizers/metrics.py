@@ -7,15 +7,27 @@ from typing import Any
 
 import dspy
 
-from lsl_dagster.tasks.metrics import call_metric, neutral_feedback
+from lsl_dagster.tasks.metrics import MetricValueError, Scored, call_metric, neutral_feedback
 from lsl_dagster.tasks.task import Task
+
+
+class MetricFailed(BaseException):
+    """The task's metric gave no usable score. A BaseException because dspy.Evaluate and the optimizers
+    would score the example 0 and go on: the stage must stop, naming the metric and the example."""
+
+
+def _scored(task: Task, *args: Any) -> Scored:
+    try:
+        return call_metric(task.metric, *args)
+    except MetricValueError as exc:
+        raise MetricFailed(f"{task.path}: metric {task.definition.metric!r}: {exc}") from None
 
 
 def metric_for(task: Task) -> Callable[..., float]:
     """The task's metric as a number."""
 
     def metric(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
-        return call_metric(task.metric, example, prediction, trace).score
+        return _scored(task, example, prediction, trace).score
 
     return metric
 
@@ -28,7 +40,7 @@ def feedback_metric_for(task: Task) -> Callable[..., dspy.Prediction]:
     def metric(
         gold: dspy.Example, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
     ) -> dspy.Prediction:
-        result = call_metric(task.metric, gold, pred, trace, pred_name, pred_trace)
+        result = _scored(task, gold, pred, trace, pred_name, pred_trace)
         feedback = result.feedback or neutral_feedback(
             gold,
             pred,

@@ -15,6 +15,7 @@ from lsl_dagster.method.optimizers.base import Budget, Setting
 from lsl_dagster.method.optimizers.callbacks import BestSoFar
 from lsl_dagster.method.optimizers.metrics import feedback_metric_for, metric_for
 from lsl_dagster.method.optimizers.unparseable import unparseable
+from lsl_dagster.method.progress import StageProgress
 from lsl_dagster.tasks.task import Task
 
 
@@ -44,6 +45,7 @@ def run_optimizer(
     threads: int,
     stage: str = "optimizer",
     keep_demos: bool = False,
+    progress: StageProgress | None = None,
 ) -> Optimized:
     """Run one of DSPy's optimizers within the meter's call budget.
 
@@ -55,7 +57,7 @@ def run_optimizer(
     """
     calls_per_run = max(1, len(student.named_predictors()))
     optimizer = OPTIMIZERS[name](Budget(stage, meter.max_calls, calls_per_run, len(trainset), len(valset)))
-    best = BestSoFar(student, len(valset))
+    best = BestSoFar(student, len(valset), progress)
     watch = FormatWatch()
     shuffled = list(trainset)
     random.Random(seed).shuffle(shuffled)
