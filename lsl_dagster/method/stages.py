@@ -111,7 +111,7 @@ def _optimize(
     update: dict[str, Any] = {"unchanged": unchanged}
     if unchanged:
         # Never silent: a hardened prompt equal to its parent makes LSL the baseline by construction.
-        why = result.stop_reason or "no proposal beat the starting prompt on the dev set"
+        why = provenance.stop_reason or "no proposal beat the starting prompt on the dev set"
         update["stop_reason"] = f"unchanged: {why}" + (f"; {result.activity}" if result.activity else "")
     return candidate.model_copy(update={"provenance": provenance.model_copy(update=update)})
 
