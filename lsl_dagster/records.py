@@ -19,6 +19,24 @@ class PredictorPrompt(Strict):
     demos: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class SmallModelSignal(Strict):
+    """Stage 2's own view of the small model: the signal probe before it spent its budget (a few dev
+    examples, llm.signal) and its replies over the whole stage."""
+
+    model: str
+    probe_n: int
+    probe_failed: int  # unparseable or truncated replies among the probe's
+    probe_score: float
+    # The reason the probe found no signal (the stage continued under stage2.on_no_signal: warn).
+    no_signal: str | None = None
+    replies: int = 0  # the small model's replies the adapters parsed or failed to parse, whole stage
+    unparseable: int = 0
+
+    @property
+    def parse_share(self) -> float | None:
+        return (self.replies - self.unparseable) / self.replies if self.replies else None
+
+
 class Provenance(Strict):
     stage: str
     optimizer: str
@@ -36,6 +54,8 @@ class Provenance(Strict):
     unchanged: bool | None = None
     # Per model, how many of its replies in this stage DSPy's adapters could not parse (None: all parsed).
     unparseable_replies: str | None = None
+    # Stage 2 only: the small model's signal probe and its parse share over the stage.
+    small_model_signal: SmallModelSignal | None = None
 
 
 class PromptCandidate(Strict):
@@ -189,6 +209,10 @@ class Comparison(Strict):
     # Why Stage 2 left the Stage 1 prompt unchanged, when it did: then LSL equals the baseline by
     # construction and their difference says nothing about hardening.
     stage2_unchanged: str | None = None
+    # Stage 2's small model: its parse share and probe, and its dev scores at the start and the end.
+    stage2_signal: SmallModelSignal | None = None
+    stage2_start_val_score: float | None = None
+    stage2_val_score: float | None = None
 
 
 class Interval(Strict):

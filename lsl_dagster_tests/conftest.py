@@ -57,7 +57,9 @@ FAST: dict[str, Any] = {
     "large_model": {"model": "sim/large"},
     "small_model": {"model": "sim/small"},
     "stage1": {"optimizer": "miprov2", "max_calls": 80},
-    "stage2": {"max_calls": 60},
+    # sim/small scores 0 on these 8 arithmetic dev examples (no signal): the tests built on FAST exercise
+    # the optimizers anyway; the no-signal stop has its own tests (test_structured_outputs).
+    "stage2": {"max_calls": 60, "on_no_signal": "warn"},
     "data": {"train": 12, "val": 8},
     "evaluation": {"split": "test", "limit": 40},
     "seed": 0,

@@ -49,6 +49,9 @@ def expected_rows(comparison: dict) -> list[dict]:
     """The export rows, built independently from the comparison asset's JSON file."""
     c = Comparison.model_validate(comparison)
     diffs = {d["arm"]: d for d in comparison["differences"] if d["baseline"] == "baseline"}
+    signal = comparison["stage2_signal"]
+    replies = signal and signal["replies"]
+    parse_share = (replies - signal["unparseable"]) / replies if replies else None
     rows = []
     for arm in comparison["arms"]:
         d = diffs.get(arm["arm"], {})
@@ -68,6 +71,9 @@ def expected_rows(comparison: dict) -> list[dict]:
                 **{k: arm[k] for k in ("n_wrong", "n_unparseable", "n_truncated", "n_adapter_fallbacks")},
                 **{k: arm[k] for k in ("n_provider_failures", "n_program_errors", "format_warning")},
                 "stage2_unchanged": comparison["stage2_unchanged"],
+                "stage2_parse_share": parse_share,
+                **{f"stage2_{k}": (signal or {}).get(k) for k in ("probe_score", "no_signal")},
+                **{k: comparison[k] for k in ("stage2_start_val_score", "stage2_val_score")},
             }
         )
     return rows

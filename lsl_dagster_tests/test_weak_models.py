@@ -185,8 +185,18 @@ def test_weak_models_everywhere_unchanged_stage2_and_format_failures_are_flagged
     assert "openai/sim-small: " in metadata["unparseable_replies"]  # its cut-off replies
     assert metadata["stop_reason"] == stage2.provenance.stop_reason
 
+    # Stage 2's own view of the small model: no signal (every probe reply cut off), continued under warn.
+    signal = stage2.provenance.small_model_signal
+    assert signal is not None and signal.probe_failed == signal.probe_n == 8
+    assert signal.no_signal is not None and stage2.provenance.stop_reason.startswith(
+        f"unchanged: {signal.no_signal}"
+    )
+    assert metadata["no_signal"] == signal.no_signal
+
     comparison = Comparison.model_validate(lab.output("weak", "comparison"))
     assert comparison.stage2_unchanged == stage2.provenance.stop_reason
+    assert comparison.stage2_signal == signal
+    assert comparison.stage2_start_val_score == stage2.provenance.start_val_score
     for arm in comparison.arms:
         rows = [
             json.loads(line)
@@ -203,6 +213,10 @@ def test_weak_models_everywhere_unchanged_stage2_and_format_failures_are_flagged
     code, out, _ = run_cli(capsys, "results", "weak")
     assert code == 0
     assert "LSL equals the baseline by construction" in out
+    assert (
+        f"Stage 2 small model openai/sim-small: {signal.parse_share:.0%} of {signal.replies} replies" in out
+    )
+    assert f"WARNING stage2: {signal.no_signal}" in out
     for arm in comparison.arms:
         assert f"WARNING {arm.arm}: {arm.n} of {arm.n} replies (100%)" in out
         assert f"{arm.arm} ({arm.n} rows): 0 wrong, 0 unparseable, {arm.n} truncated" in out
@@ -211,6 +225,9 @@ def test_weak_models_everywhere_unchanged_stage2_and_format_failures_are_flagged
     rows = json.loads(export.read_text())
     assert {row["arm"]: row["n_truncated"] for row in rows} == {a.arm: a.n_truncated for a in comparison.arms}
     assert all(row["stage2_unchanged"] == comparison.stage2_unchanged for row in rows)
+    assert [(row["stage2_parse_share"], row["stage2_no_signal"]) for row in rows] == [
+        (signal.parse_share, signal.no_signal)
+    ] * len(comparison.arms)
 
 
 _EVALUATION = {

@@ -9,7 +9,7 @@ from lsl_dagster import graph
 from lsl_dagster.cli.code_location import comparisons, open_instance, runs_dir
 from lsl_dagster.records import ArmSummary, Comparison
 from lsl_dagster.results import reports
-from lsl_dagster.results.text import difference_text, p_text, usd
+from lsl_dagster.results.text import difference_text, p_text, signal_text, usd
 from lsl_dagster.spec.experiment import SIMULATED
 from lsl_dagster.storage import outputs as storage
 
@@ -69,6 +69,13 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
                 f"    NOTE {graph.LSL.name}: LSL equals the baseline by construction: Stage 2 left the "
                 f"Stage 1 prompt {comparison.stage2_unchanged}"
             )
+        signal = comparison.stage2_signal
+        if signal is not None:
+            lines.append(
+                "    " + signal_text(signal, comparison.stage2_start_val_score, comparison.stage2_val_score)
+            )
+            if signal.no_signal:
+                lines.append(f"    WARNING stage2: {signal.no_signal}")
         lines += [line for arm in comparison.arms for line in _format_lines(arm)]
     if any(c.simulated for c in comparisons):
         lines.append(f"(sim) = {SIMULATED}")

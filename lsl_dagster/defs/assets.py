@@ -38,7 +38,7 @@ from lsl_dagster.defs.metadata import (
     prompt_metadata,
 )
 from lsl_dagster.defs.resources import Workspace
-from lsl_dagster.llm.engine import AccessDenied, ProviderUnavailable
+from lsl_dagster.llm.engine import AccessDenied, ProviderUnavailable, StructuredOutputsRejected
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import BudgetExhausted
 from lsl_dagster.llm.provider import ConfigError
@@ -125,6 +125,10 @@ def _stage(
             description=f"{exc} before {name} had a result to keep; nothing was saved as its output",
             metadata=_saved_ledger(workspace, spec, name),
             allow_retries=False,
+        ) from None
+    except StructuredOutputsRejected as exc:
+        raise Failure(
+            description=f"{name}: {exc}", metadata=_saved_ledger(workspace, spec, name), allow_retries=False
         ) from None
     except AccessDenied as exc:
         raise Failure(

@@ -20,7 +20,7 @@ from lsl_dagster.records import (
     TransferMatrix,
 )
 from lsl_dagster.results.prompt_diff import diff_markdown, predictor_diffs
-from lsl_dagster.results.text import cost_field, interval_text, matrix_cell_text, p_text
+from lsl_dagster.results.text import cost_field, interval_text, matrix_cell_text, p_text, signal_text
 from lsl_dagster.spec.experiment import SIMULATED, ExperimentSpec
 from lsl_dagster.tasks.task import Task
 
@@ -108,6 +108,15 @@ def prompt_metadata(candidate: PromptCandidate, task: Task, spec: ExperimentSpec
         metadata["stop_reason"] = candidate.provenance.stop_reason
     if candidate.provenance.unparseable_replies:
         metadata["unparseable_replies"] = candidate.provenance.unparseable_replies
+    signal = candidate.provenance.small_model_signal
+    if signal is not None:
+        p = candidate.provenance
+        metadata["small_model_signal"] = signal_text(signal, p.start_val_score, p.val_score)
+        metadata["small_model_probe_score"] = MetadataValue.float(signal.probe_score)
+        if signal.parse_share is not None:
+            metadata["small_model_parse_share"] = MetadataValue.float(signal.parse_share)
+        if signal.no_signal:
+            metadata["no_signal"] = signal.no_signal
     return metadata
 
 

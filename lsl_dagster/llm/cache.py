@@ -43,6 +43,24 @@ def endpoint_scope(endpoint: str) -> Iterator[None]:
         _ENDPOINT.reset(token)
 
 
+# The output schema of the call in flight (llm.structured), when its model has structured_outputs: the
+# adapter sets it, the engine sends it, and the cache keys on it.
+_SCHEMA: ContextVar[dict[str, Any] | None] = ContextVar("lsl_output_schema", default=None)
+
+
+def current_schema() -> dict[str, Any] | None:
+    return _SCHEMA.get()
+
+
+@contextmanager
+def schema_scope(schema: dict[str, Any] | None) -> Iterator[None]:
+    token = _SCHEMA.set(schema)
+    try:
+        yield
+    finally:
+        _SCHEMA.reset(token)
+
+
 class Responses(Protocol):
     """Where an experiment's responses are kept, as JSON by request key: a SQLite file (ResponseStore) or a
     PostgreSQL table (lsl_dagster.llm.pg_state). An answer is durable once `set` returns."""
@@ -126,8 +144,10 @@ class ExperimentCache(Cache):
         self._flights_lock = threading.Lock()
 
     def cache_key(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> str:
-        endpoint = _ENDPOINT.get()
+        endpoint, schema = _ENDPOINT.get(), current_schema()
         keyed = request if endpoint is None else {**request, "_lsl_endpoint": endpoint}
+        # A constrained reply is another answer than a free one (keys without it are as they were).
+        keyed = keyed if schema is None else {**keyed, "_lsl_output_schema": schema}
         return super().cache_key(keyed, ignored_args_for_cache_key)
 
     def __contains__(self, key: str) -> bool:

@@ -48,6 +48,11 @@ class AccessDenied(ProviderUnavailable):
     stops at once, with no retry by DSPy or Dagster."""
 
 
+class StructuredOutputsRejected(ProviderUnavailable):
+    """The server refused the constrained-decoding field (llm.structured): a setting to change, not an
+    outage or a wrong answer. Stops the stage at its first call, with no retry by DSPy or Dagster."""
+
+
 # Errors that mean "the provider is not serving us" once DSPy's retries are spent. Others (a request
 # too long for the context window, unparseable output) stay failures of that one example.
 _OUTAGES = (LMRateLimitError, LMServerError, LMTimeoutError, LMTransportError)
@@ -61,11 +66,17 @@ class MeteredLM(dspy.LM):
     which notes each reply's finish_reason (fresh or cached) for the evaluation's format accounting."""
 
     endpoint: str = ""
+    # The output format of every call to this model (see llm.structured.ModelAdapter).
+    adapter: dspy.Adapter | None = None
+    structured: bool = False
 
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         try:
             with endpoint_scope(self.endpoint):
                 return self._call(prompt, messages=messages, **kwargs)
+        except StructuredOutputsRejected as exc:
+            self.engine.meter.halt(exc)
+            raise
         except _DENIED as exc:
             denied = AccessDenied(f"access denied by {self.model}: {type(exc).__name__}: {exc}")
             self.engine.meter.halt(denied)

@@ -11,6 +11,7 @@ from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
 from dspy.lm15 import Request, Response, RouterConfig
 
 from lsl_dagster.llm.provider import Provider, TaskLoader
+from lsl_dagster.llm.structured import ConstrainedDecoding
 from lsl_dagster.spec.experiment import ModelSpec, Price
 from lsl_dagster.spec.providers import api_key
 
@@ -52,10 +53,10 @@ class HttpProvider(Provider):
             timeouts=timeouts_for(spec.timeout_s),
             env={},
         )
-        engine = LM15Engine(config, model_type="chat")
+        engine: Any = LM15Engine(config, model_type="chat")
         if family.lm15 == "openai-chat" and urlsplit(spec.endpoint).hostname != "api.openai.com":
-            return BothTokenLimits(engine)
-        return engine
+            engine = BothTokenLimits(engine)
+        return ConstrainedDecoding(engine, spec) if spec.structured_outputs else engine
 
 
 class BothTokenLimits:

@@ -41,4 +41,5 @@ class LanguageModels(ConfigurableResource):
             cache=True,
         )
         lm.endpoint = spec.endpoint
+        lm.structured = spec.structured_outputs
         return lm

@@ -10,6 +10,7 @@ import dspy
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import Meter
 from lsl_dagster.llm.provider import TaskLoader
+from lsl_dagster.llm.structured import adapter_for
 from lsl_dagster.method.progress import StageProgress
 from lsl_dagster.spec.experiment import ExperimentSpec, ModelSpec
 
@@ -30,7 +31,10 @@ class StageRun:
         # One LM per model and stage, so its max_concurrency holds however many roles it plays.
         spec = self.spec.model(role)
         if spec not in self._lms:
-            self._lms[spec] = self.models.lm(spec, self.meter, self.spec.seed, self.task)
+            lm = self._lms[spec] = self.models.lm(spec, self.meter, self.spec.seed, self.task)
+            # Stored first: a large model with two_step extracts with itself.
+            extraction = self.lm("large") if spec.output_adapter == "two_step" else None
+            lm.adapter = adapter_for(spec, extraction)
         return self._lms[spec]
 
     def threads(self, role: Literal["large", "small"]) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 import dspy
 
 from lsl_dagster import graph
+from lsl_dagster.llm.structured import ModelAdapter
+from lsl_dagster.method import signal
 from lsl_dagster.method.evaluation import evaluate, scores
 from lsl_dagster.method.optimizers.run import run_optimizer
 from lsl_dagster.method.prompts import capture, rebuild
@@ -21,6 +23,7 @@ from lsl_dagster.records import (
     PairedDifference,
     PromptCandidate,
     Provenance,
+    SmallModelSignal,
 )
 from lsl_dagster.results import stats
 from lsl_dagster.spec.experiment import ExperimentSpec
@@ -66,6 +69,7 @@ def _optimize(
     role: str,
     reflection: str,
     parent: PromptCandidate | None,
+    signal: SmallModelSignal | None = None,
 ) -> PromptCandidate:
     trainset, valset = optimizer_sets(spec, task)
     result = run_optimizer(
@@ -97,6 +101,14 @@ def _optimize(
         stop_reason=result.stop_reason,
         unparseable_replies=result.unparseable_replies,
     )
+    if signal is not None:
+        replies = result.replies.get(signal.model)
+        if replies is not None:
+            signal = signal.model_copy(
+                update={"replies": replies.replies, "unparseable": replies.unparseable}
+            )
+        reason = "; ".join(r for r in (signal.no_signal, provenance.stop_reason) if r) or None
+        provenance = provenance.model_copy(update={"small_model_signal": signal, "stop_reason": reason})
     ledger = run.meter.ledger()
     simulated = spec.simulated or ledger.simulated
     candidate = capture(result.program, task, spec.experiment_id, provenance, ledger, simulated)
@@ -106,7 +118,7 @@ def _optimize(
     update: dict[str, Any] = {"unchanged": unchanged}
     if unchanged:
         # Never silent: a hardened prompt equal to its parent makes LSL the baseline by construction.
-        why = result.stop_reason or "no proposal beat the starting prompt on the dev set"
+        why = provenance.stop_reason or "no proposal beat the starting prompt on the dev set"
         update["stop_reason"] = f"unchanged: {why}" + (f"; {result.activity}" if result.activity else "")
     return candidate.model_copy(update={"provenance": provenance.model_copy(update=update)})
 
@@ -141,7 +153,15 @@ def stage2_harden(
     - simba: appends rules (advice contrasting the small model's better and worse runs) to Stage 1's
       instructions, and by its own design may add demos from the small model's successful runs or drop
       some of Stage 1's. Its pick and the starting program are scored on the dev set; the better is kept.
+
+    First the small model is probed on `stage2.probe_examples` dev examples (method.signal): with
+    mostly unparseable replies or every score 0 there is nothing to optimize on, and the stage stops
+    (NoSignal) or, with `stage2.on_no_signal: warn`, goes on with the reason in its stop_reason.
     """
+    examples = list(task.sample("dev", spec.data.val, data_seed(spec)))[: spec.stage2.probe_examples]
+    found = signal.probe(rebuild(stage1, task), task, examples, run)
+    if found.no_signal and spec.stage2.on_no_signal == "stop":
+        raise signal.NoSignal(found.no_signal)
     return _optimize(
         spec,
         task,
@@ -152,6 +172,7 @@ def stage2_harden(
         role="small",
         reflection=spec.stage2.reflection,
         parent=stage1,
+        signal=found,
     )
 
 
@@ -182,7 +203,7 @@ def evaluate_on_large(
     """Stage 3 and the baselines — a prompt on the large model, on the held-out split; every arm sees the
     same examples in the same order, so differences are paired."""
     run.progress.examples_total = evaluation_size(spec, task)
-    with dspy.context(lm=run.lm("large")):
+    with dspy.context(lm=run.lm("large"), adapter=ModelAdapter()):
         totals = evaluate(
             rebuild(candidate, task),
             task,
@@ -324,4 +345,7 @@ def compare(
         simulated=spec.simulated or any(i.simulated for i in inputs),
         version=spec.version,
         stage2_unchanged=stage2.provenance.stop_reason if stage2.provenance.unchanged else None,
+        stage2_signal=stage2.provenance.small_model_signal,
+        stage2_start_val_score=stage2.provenance.start_val_score,
+        stage2_val_score=stage2.provenance.val_score,
     )

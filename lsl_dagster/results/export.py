@@ -33,6 +33,9 @@ COLUMNS = {
     ),
     "format_warning": "string",
     "stage2_unchanged": "string",
+    **dict.fromkeys(["stage2_parse_share", "stage2_probe_score"], "float64"),
+    **dict.fromkeys(["stage2_start_val_score", "stage2_val_score"], "float64"),
+    "stage2_no_signal": "string",
 }
 DIFFERENCE_FIELDS = {"ci_low", "ci_high", "test", "p_value", "p_holm", "verdict"}
 FORMATS = ("csv", "json", "parquet")
@@ -44,6 +47,12 @@ def export_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
     for c in comparisons:
         diffs = {d.arm: d for d in c.differences if d.baseline == graph.BASELINE.name}
         costs = [ledger.cost_usd for ledger in c.usage.values()]
+        signal = c.stage2_signal
+        stage2 = {
+            "stage2_parse_share": signal and signal.parse_share,
+            "stage2_probe_score": signal and signal.probe_score,
+            "stage2_no_signal": signal and signal.no_signal,
+        }
         for arm in c.arms:
             d = diffs.get(arm.arm)
             rows.append(
@@ -57,6 +66,7 @@ def export_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
                     **(d.model_dump(include=DIFFERENCE_FIELDS) if d else {}),
                     "total_calls": sum(ledger.calls for ledger in c.usage.values()),
                     "total_cost_usd": None if None in costs else sum(costs),
+                    **stage2,
                 }
             )
     return [{column: row.get(column) for column in COLUMNS} for row in rows]

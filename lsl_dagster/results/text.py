@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lsl_dagster.records import Interval, PairedDifference
+from lsl_dagster.records import Interval, PairedDifference, SmallModelSignal
 
 
 def usd(value: float | None) -> str:
@@ -96,3 +96,22 @@ def progress_text(
     elif eta_s is not None:
         parts.append(f"ETA {duration(eta_s)}")
     return f"progress {stage}: " + ", ".join(parts) + (" (simulated)" if simulated else "")
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def signal_text(signal: SmallModelSignal, start: float | None, end: float | None) -> str:
+    """Stage 2's small model: its parse share over the stage, its probe, its dev scores start and end."""
+    share = signal.parse_share
+    parsed = (
+        "no replies parsed by an adapter"
+        if share is None
+        else f"{share:.0%} of {signal.replies} replies parsed"
+    )
+    probe = f"probe {signal.probe_failed} of {signal.probe_n} unparseable or truncated"
+    return (
+        f"Stage 2 small model {signal.model}: {parsed}; {probe}, dev score {signal.probe_score:.2f}; "
+        f"dev score {_score(start)} -> {_score(end)}"
+    )

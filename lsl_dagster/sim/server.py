@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lsl_dagster.sim.answer_key import AnswerKey
+from lsl_dagster.sim.constrained import constrained, requested_schema
 from lsl_dagster.sim.dialects import KEY_HEADERS, DialectError, llama_cpp_reply, token_limit, unformatted
 from lsl_dagster.sim.engine import respond
 from lsl_dagster.sim.faults import FAULT_KINDS, RETRIABLE_FAULTS, FaultPlan, draw
@@ -88,6 +89,7 @@ class SimServer:
         context_tokens: int | None = None,
         unformatted_rate: float = 0.0,
         answer_keys: Sequence[AnswerKey] = (),
+        reject_structured: bool = False,
     ):
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"refusing to bind the sim server to non-loopback host {host!r}")
@@ -99,6 +101,8 @@ class SimServer:
         if not 0.0 <= unformatted_rate <= 1.0:
             raise ValueError(f"unformatted_rate must be in [0, 1], got {unformatted_rate}")
         self.unformatted_rate = unformatted_rate
+        # Refuse every constrained-decoding field, as a server without support does (sim.constrained).
+        self.reject_structured = reject_structured
         # The gold labels the sim may read (it is a test double): without them it knows no task.
         self.answer_keys = tuple(answer_keys)
         self.host, self.port, self.seed = host, port, seed
@@ -163,6 +167,8 @@ class SimServer:
             # How many requests carried each output-token limit, in the field this server's dialect reads
             # (None: no limit): what a client's max_tokens setting actually reached.
             self.token_limits: dict[int | None, int] = {}
+            # The constrained-decoding fields of each request that had any, as sent.
+            self.schemas_seen: list[dict[str, Any]] = []
             # How often each distinct request (model, messages, seed) was answered: repeats are re-paid calls.
             self.served_requests: dict[str, int] = {}
             # Answers to a request already answered, by the request's temperature, and what they cost.
@@ -234,6 +240,7 @@ class SimServer:
         this server's dialect (see `sim.dialects`)."""
         try:
             limit = token_limit(body, self.dialect)
+            schema = requested_schema(body, self.dialect, self.reject_structured)
         except DialectError as exc:
             raise RequestError(exc.status, str(exc)) from None
         # The sim stops at the limit itself; llama-cpp's small model ignores it (it is repeated below).
@@ -250,6 +257,15 @@ class SimServer:
             )
         with self._lock:
             self.token_limits[limit] = self.token_limits.get(limit, 0) + 1
+            if schema is not None:
+                fields = ("response_format", "format", "guided_json")
+                self.schemas_seen.append({name: body[name] for name in fields if name in body})
+        if schema is not None:
+            # The grammar ends the reply with the object: no prose, no rambling to the limit.
+            reply = constrained(reply, schema[1])
+            if limit is not None and reply.output_tokens > limit:
+                return Reply(reply.text[: 4 * limit], reply.input_tokens, limit), "length"
+            return reply, "stop"
         if self.unformatted_rate > 0 and draw(self.seed, n, "unformatted") < self.unformatted_rate:
             reply = unformatted(reply)
         if self.context_tokens is not None and self.dialect == "llama-cpp":

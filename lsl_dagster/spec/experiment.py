@@ -28,6 +28,10 @@ class Price(Strict):
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
 
 
+Adapter = Literal["chat", "json", "xml", "two_step"]
+Dialect = Literal["openai", "llama.cpp", "llama-cpp-python", "vllm", "ollama"]
+
+
 class ModelSpec(Strict):
     """One model entry of an experiment file. Never holds a key, only the name of its variable."""
 
@@ -39,6 +43,14 @@ class ModelSpec(Strict):
     max_concurrency: int = Field(default=8, ge=1, le=256)
     timeout_s: float = Field(default=60.0, gt=0)
     price: Price | None = None
+    # How DSPy lays out prompts to this model and parses its replies, in every call to it (the program's
+    # predictors and the meta-prompts it writes). None: chat, or json with structured_outputs.
+    adapter: Adapter | None = None
+    # Send each predictor's output fields (names, types, choices) as a JSON schema for the server's
+    # constrained decoding, in its dialect: weak models that cannot format a reply can still fill one.
+    structured_outputs: bool = False
+    # The server's kind, where the model string cannot tell it (openai/<model> with an api_base).
+    dialect: Dialect | None = None
 
     @field_validator("model")
     @classmethod
@@ -83,7 +95,28 @@ class ModelSpec(Strict):
         PROVIDERS[self.provider].check_name(self.model)
         if self.provider == "sim" and self.api_base:
             raise ValueError(f"{self.model}: the in-process simulator takes no api_base")
+        if self.structured_outputs and self.adapter not in (None, "json"):
+            raise ValueError(
+                f"{self.model}: structured_outputs makes every reply a JSON object, which only adapter: json "
+                f"parses; drop adapter: {self.adapter} or structured_outputs"
+            )
+        if self.structured_outputs and self.provider == "sim":
+            raise ValueError(
+                f"{self.model}: the in-process simulator has no constrained decoding; use the sim server "
+                "(openai/sim-<tier> with api_base) to test structured_outputs"
+            )
+        if self.dialect is not None and self.family.lm15 in ("anthropic", "gemini"):
+            raise ValueError(f"{self.model}: dialect applies to OpenAI-compatible servers only")
         return self
+
+    @property
+    def output_adapter(self) -> Adapter:
+        return self.adapter or ("json" if self.structured_outputs else "chat")
+
+    @property
+    def wire_dialect(self) -> Dialect:
+        """The server's dialect: as given, else what the model string says (Ollama's own, else OpenAI's)."""
+        return self.dialect or ("ollama" if self.provider == "ollama_chat" else "openai")
 
     @property
     def provider(self) -> str:
@@ -131,6 +164,11 @@ class Stage2Spec(Strict):
     # Who writes proposals (GEPA's reflections, MIPROv2's instructions, SIMBA's rules): rewriting
     # instructions is a job for the stronger model by default.
     reflection: Literal["large", "small"] = "large"
+    # Before spending its budget, Stage 2 scores the small model on this many dev examples; when its
+    # replies are mostly unparseable or every score is 0 there is no signal to optimize on: stop (the
+    # stage fails, naming cause and fix) or warn (continue, with the reason in stop_reason).
+    probe_examples: int = Field(default=8, ge=1)
+    on_no_signal: Literal["stop", "warn"] = "stop"
 
 
 class DataSpec(Strict):

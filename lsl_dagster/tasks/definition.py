@@ -89,6 +89,9 @@ class TaskDef(_Strict):
     outputs: dict[str, str] = {}
     output: str | None = None
     output_description: str = ""
+    # Closed label sets of a declarative task, e.g. {sentiment: [positive, negative]}: Literal types in the
+    # built signature, so the prompt lists them and structured_outputs' schema carries them as an enum.
+    choices: dict[str, list[str]] = {}
     data: DataDef = DataDef(train="train.jsonl", dev="dev.jsonl", test="test.jsonl")
     generator: Generator | None = None
 
@@ -111,6 +114,13 @@ class TaskDef(_Strict):
                 f"metric {self.metric!r} is neither built in ({', '.join(BUILTIN_METRICS)}) "
                 "nor an import path module:function"
             )
+        if self.choices and self.program is not None:
+            raise ValueError("`choices` apply to declarative tasks; a program types its own fields")
+        unknown = set(self.choices) - set(self.labels)
+        if unknown:
+            raise ValueError(f"choices name fields that are not outputs: {sorted(unknown)}")
+        if any(len(set(values)) < 2 or len(set(values)) != len(values) for values in self.choices.values()):
+            raise ValueError("each field's choices must be at least two distinct values")
         overlap = set(self.inputs) & set(self.labels)
         if overlap:
             raise ValueError(f"fields {sorted(overlap)} are both inputs and outputs")

@@ -15,7 +15,7 @@ import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dspy
 import yaml
@@ -61,7 +61,13 @@ class Task:
             name: dspy.InputField(desc=desc) for name, desc in definition.inputs.items()
         }
         for name, desc in definition.labels.items():
-            fields[name] = dspy.OutputField(desc=desc)
+            choices = definition.choices.get(name)
+            # A closed label set is a Literal type: DSPy lists the values and parses only them.
+            fields[name] = (
+                (Literal[tuple(choices)], dspy.OutputField(desc=desc))
+                if choices
+                else dspy.OutputField(desc=desc)
+            )
         return dspy.ChainOfThought(dspy.Signature(fields, definition.instructions))
 
     def _check_program(self) -> None:

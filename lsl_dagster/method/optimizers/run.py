@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from lsl_dagster.llm.ledger import BudgetExhausted, Meter
-from lsl_dagster.llm.replies import FormatWatch
+from lsl_dagster.llm.replies import FormatWatch, ModelReplies
+from lsl_dagster.llm.structured import ModelAdapter
 from lsl_dagster.method.optimizers import OPTIMIZERS
 from lsl_dagster.method.optimizers.base import Budget, Setting
 from lsl_dagster.method.optimizers.callbacks import BestSoFar
@@ -29,6 +30,8 @@ class Optimized:
     activity: str | None = None
     # Per model, how many of its replies DSPy's adapters could not parse (None: all parsed).
     unparseable_replies: str | None = None
+    # Per model, its replies the adapters parsed or could not parse.
+    replies: dict[str, ModelReplies] = field(default_factory=dict)
 
 
 def run_optimizer(
@@ -73,7 +76,7 @@ def run_optimizer(
         keep_demos=keep_demos,
     )
     try:
-        with dspy.context(lm=task_lm, callbacks=[best, watch], max_errors=10**9):
+        with dspy.context(lm=task_lm, adapter=ModelAdapter(), callbacks=[best, watch], max_errors=10**9):
             program = optimizer.compile(student, shuffled, valset, setting)
     except BudgetExhausted:
         meter.wait_idle()
@@ -95,5 +98,11 @@ def run_optimizer(
         meter.wait_idle()
         stop_reason = meter.stop_reason
     return Optimized(
-        program, best.first_score, best.score, stop_reason, optimizer.activity(), watch.summary()
+        program,
+        best.first_score,
+        best.score,
+        stop_reason,
+        optimizer.activity(),
+        watch.summary(),
+        watch.by_model,
     )
