@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -189,6 +189,15 @@ class EvaluationSpec(Strict):
     resample: bool = False
 
 
+_MODEL_LATER = {"adapter": None, "structured_outputs": False, "dialect": None}
+# Per section of an experiment file, the settings added after experiments had run, with their defaults.
+LATER_SETTINGS: dict[str, dict[str, Any]] = {
+    "large_model": _MODEL_LATER,
+    "small_model": _MODEL_LATER,
+    "stage2": {"probe_examples": 8, "on_no_signal": "stop"},
+}
+
+
 class ExperimentSpec(Strict):
     experiment_id: Slug
     task: str
@@ -208,8 +217,16 @@ class ExperimentSpec(Strict):
 
     @property
     def spec_hash(self) -> str:
-        """Content hash of the validated spec: formatting and comments do not change it."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """Content hash of the validated spec: formatting and comments do not change it. Settings added
+        after experiments had run (LATER_SETTINGS) count only when set, so that adding one leaves every
+        existing experiment's hash, and so its outputs, current."""
+        unset: dict[str, Any] = {}
+        for section, defaults in LATER_SETTINGS.items():
+            values = getattr(self, section)
+            left = {name for name, default in defaults.items() if getattr(values, name) == default}
+            if left:
+                unset[section] = left
+        return hashlib.sha256(self.model_dump_json(exclude=unset).encode()).hexdigest()[:16]
 
     @property
     def simulated(self) -> bool:
