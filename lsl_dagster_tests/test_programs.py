@@ -137,6 +137,8 @@ def test_the_hop_qa_campaigns_intervals_move_when_only_the_data_seed_changes(lab
             "experiment": {
                 **shipped["experiment"],
                 "data": {**shipped["experiment"]["data"], "seed": data_seed},
+                # sim/small may score 0 on a data seed's dev draw: the intervals are what is tested here.
+                "stage2": {**shipped["experiment"]["stage2"], "on_no_signal": "warn"},
                 "evaluation": {"split": "test", "limit": 20},
             },
         }

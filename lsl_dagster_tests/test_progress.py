@@ -158,7 +158,7 @@ def test_a_campaign_launch_says_how_far_it_is(monkeypatch: pytest.MonkeyPatch):
     todo = {"e1": ["comparison"], "e2": ["comparison"], "e3": ["comparison"]}
     with ThreadPoolExecutor(1) as pool:
         outcomes = launch.run_experiments(pool, todo, {}, said.append, lambda: "12 calls, $0.0100 so far")
-    assert [o.success for o in outcomes] == [True, False, True]
+    assert {o.experiment_id: o.success for o in outcomes} == {"e1": True, "e2": False, "e3": True}
     # After each run's own line (runs ending at once share one), the whole launch's.
     assert sorted(line.split(":")[0] for line in said if not line.startswith("campaign")) == [
         "1/3 e1",

@@ -89,6 +89,7 @@ def _experiment(lab: Lab, experiment_id: str, url: str, **small: Any) -> None:
         stage1={"optimizer": "miprov2", "max_calls": 40},
         stage2={"optimizer": "gepa", "max_calls": 24, "probe_examples": 6, "on_no_signal": "stop"},
         data={"train": 6, "val": 6},
+        evaluation={"split": "test", "limit": 30},  # the whole sentiment test split
     )
 
 

@@ -160,6 +160,7 @@ def _sentiment_lab(lab: Lab, experiment_id: str, server: SimServer, **stage2: An
         stage1={"optimizer": "miprov2", "max_calls": 60},
         stage2={"max_calls": 60, "probe_examples": 6, **stage2},
         data={"train": 8, "val": 8},
+        evaluation={"split": "test", "limit": 30},  # the whole sentiment test split
     )
 
 

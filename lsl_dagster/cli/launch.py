@@ -143,7 +143,8 @@ def run_experiments(
         done, _ = wait(pending, timeout=PROGRESS_INTERVAL_S, return_when=FIRST_COMPLETED)
         if not done:
             say(overall())
-        for future in done:
+        # In submission order: `done` is a set, and runs ending at once would be numbered at random.
+        for future in [f for f in pending if f in done]:
             experiment_id = pending.pop(future)
             try:
                 run_id, success = future.result()
