@@ -155,7 +155,7 @@ class Lab:
         return list(self.instance.fetch_materializations(filter_, limit=100).records)
 
 
-def _saved_datasets(directory: str, names: list[str]) -> list[str]:
+def without_saved_datasets(directory: str, names: list[str]) -> list[str]:
     return [name for name in names if saved_copy(Path(directory) / name)]
 
 
@@ -163,7 +163,7 @@ def _saved_datasets(directory: str, names: list[str]) -> list[str]:
 def make_lab(tmp_path: Path, instance_settings: dict[str, Any] | None = None) -> Iterator[Lab]:
     data_dir = tmp_path / "data"
     # Not the Hub datasets a developer may have saved in a benchmark task's directory: tests write their own.
-    shutil.copytree(PROJECT / "data" / "tasks", data_dir / "tasks", ignore=_saved_datasets)
+    shutil.copytree(PROJECT / "data" / "tasks", data_dir / "tasks", ignore=without_saved_datasets)
     (data_dir / "experiments").mkdir()
     (tmp_path / "dagster_home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "dagster_home"), overrides=instance_settings) as instance:
