@@ -294,3 +294,15 @@ def test_ifeval_scores_the_fraction_followed_and_lists_what_was_broken():
     )
     followed = metric(example, dspy.Prediction(response="Grey fog and a cold beam tonight."))
     assert (followed.score, followed.feedback) == (1.0, "Every constraint followed (3).")
+
+
+def test_the_sim_server_plays_a_benchmark_only_once_its_dataset_is_on_this_machine(
+    copies: Path, tmp_path: Path
+):
+    from lsl_dagster.sim.keys import data_dir_keys
+
+    bare = tmp_path / "bare"
+    shutil.copytree(PROJECT / "data" / "tasks", bare / "tasks", ignore=without_saved_datasets)
+    keyed = {key.name for key in data_dir_keys(bare)}  # no Hub call, no error
+    assert not keyed & set(BENCHMARKS) and {"arithmetic", "hop_qa"} <= keyed
+    assert set(BENCHMARKS) <= {key.name for key in data_dir_keys(copies)}
