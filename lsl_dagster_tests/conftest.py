@@ -37,6 +37,7 @@ from lsl_dagster.sim.answer_key import AnswerKey
 from lsl_dagster.sim.keys import data_dir_keys
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.storage import outputs as storage
+from lsl_dagster.tasks.data import saved_copy
 from lsl_dagster_tests.cluster import ServiceMissing, postgres_database
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -154,10 +155,15 @@ class Lab:
         return list(self.instance.fetch_materializations(filter_, limit=100).records)
 
 
+def without_saved_datasets(directory: str, names: list[str]) -> list[str]:
+    return [name for name in names if saved_copy(Path(directory) / name)]
+
+
 @contextmanager
 def make_lab(tmp_path: Path, instance_settings: dict[str, Any] | None = None) -> Iterator[Lab]:
     data_dir = tmp_path / "data"
-    shutil.copytree(PROJECT / "data" / "tasks", data_dir / "tasks")
+    # Not the Hub datasets a developer may have saved in a benchmark task's directory: tests write their own.
+    shutil.copytree(PROJECT / "data" / "tasks", data_dir / "tasks", ignore=without_saved_datasets)
     (data_dir / "experiments").mkdir()
     (tmp_path / "dagster_home").mkdir()
     with instance_for_test(temp_dir=str(tmp_path / "dagster_home"), overrides=instance_settings) as instance:

@@ -137,7 +137,7 @@ def evaluate(
                     "example_id": example.id,
                     "inputs": example.inputs,
                     "gold": example.labels,
-                    "prediction": {f: _text(prediction, f) for f in task.label_fields},
+                    "prediction": {f: _text(prediction, f) for f in task.prediction_fields},
                     "score": scored,
                     "error": error,
                     "error_kind": kind,

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from lsl_dagster.sim.answer_key import AnswerKey
-from lsl_dagster.tasks.task import Task, load_task
+from lsl_dagster.tasks.task import Task, hub_only, load_task
 
 _KEYS: dict[tuple[str, str, str], AnswerKey] = {}
 _LOCK = threading.Lock()
@@ -34,9 +34,11 @@ def answer_key(task: Task) -> AnswerKey:
 
 
 def data_dir_keys(data_dir: Path) -> list[AnswerKey]:
-    """Keys for every task under `data_dir`/tasks (what the sim server is started with)."""
+    """Keys for every task under `data_dir`/tasks whose data is on this machine (what the sim server is
+    started with). A benchmark task read from the Hub by name, with no saved copy here, has no key: its
+    examples are ones the sim does not know, and it answers them as such."""
     tasks_dir = data_dir / "tasks"
     names = sorted(p.parent.name for p in tasks_dir.glob("*/task.yaml"))
     if not names:
         raise ValueError(f"no tasks under {tasks_dir} (expected <task>/task.yaml)")
-    return [answer_key(load_task(name, tasks_dir)) for name in names]
+    return [answer_key(load_task(name, tasks_dir)) for name in names if not hub_only(name, tasks_dir)]

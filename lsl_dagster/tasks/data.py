@@ -145,9 +145,38 @@ class HubSource:
         return f"Hugging Face dataset {self.path!r}{config}, split {split!r}"
 
 
-def hub_rows(source: HubSource, split: str, local: bool) -> Iterator[Row]:
+def saved_copy(path: Path) -> bool:
+    """Whether `path` holds a dataset written by `save_to_disk` (rather than files load_dataset reads)."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def saved_split_rows(path: Path, split: str) -> Iterator[Row]:
+    """Rows of a split expression ("train[:67%]", "validation[:300]+test") of a DatasetDict saved with
+    `save_to_disk`: the slices `load_dataset` would cut from the Hub's splits, so a task file naming the
+    Hub dataset reads a saved copy of it unchanged."""
+    import datasets
+
+    try:
+        saved = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise DataFileError(f"{path}: not a dataset saved with save_to_disk ({exc})") from None
+    if not isinstance(saved, datasets.DatasetDict):
+        raise DataFileError(
+            f"{path}: one split saved on its own; save the DatasetDict (load_dataset without split=), "
+            "so the task's split names find their splits"
+        )
+    try:
+        parts = datasets.ReadInstruction.from_spec(split).to_absolute({n: len(d) for n, d in saved.items()})
+    except (ValueError, KeyError, AssertionError) as exc:
+        raise DataFileError(f"{path}: split {split!r} ({exc}); the copy has splits {sorted(saved)}") from None
+    selected = [saved[p.splitname].select(range(p.from_, p.to)) for p in parts]
+    yield from _arrow_rows(datasets.concatenate_datasets(selected), f"{path}[{split}]")
+
+
+def hub_rows(source: HubSource, split: str, local: bool, copy_at: Path) -> Iterator[Row]:
     """Rows of one split (any split expression, e.g. "validation[:500]") of a dataset `load_dataset` reads.
-    `local`: the path is on disk, so a failure is not the network's."""
+    `local`: the path is on disk, so a failure is not the network's. `copy_at`: where a saved copy of the
+    dataset would be read from instead (what the error says when the Hub cannot be reached)."""
     import datasets
 
     described = source.describe(split)
@@ -160,9 +189,9 @@ def hub_rows(source: HubSource, split: str, local: bool) -> Iterator[Row]:
         raise DataFileError(
             f"{described}: the Hugging Face Hub could not be reached (this machine is offline, behind a "
             f"firewall or has HF_HUB_OFFLINE set: {exc}). Load it where the network allows and save it: "
-            f"datasets.load_dataset({source.path!r}, {source.name!r}, split={split!r})"
-            ".save_to_disk('data/tasks/<task>/<directory>'), then name that directory as the split's data "
-            "file (read with load_from_disk, format hf) and copy it here; nothing was called."
+            f"datasets.load_dataset({source.path!r}, {source.name!r}).save_to_disk('{copy_at}') (the whole "
+            "DatasetDict), and copy that directory here: the task file then reads it unchanged, with "
+            "load_from_disk and the same split slices; nothing was called."
         ) from None
     except Exception as exc:
         hint = "" if local else " (is the name right, and is the dataset public or your HF_TOKEN set?)"

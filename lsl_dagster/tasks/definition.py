@@ -48,6 +48,7 @@ class DataDef(_Strict):
     pool: str | None = None
     # Fractions of the pool per split (summing to 1); each row's split is a hash of (seed, its id), so the
     # assignment is stable, streamable and independent of the experiment's seed: the test set stays fixed.
+    # With `test` given too, the pool is split into train and dev only.
     split: dict[Literal["train", "dev", "test"], float] | None = None
     seed: int = 0
     # Program field -> column, for columns named differently from the program's fields.
@@ -65,9 +66,12 @@ class DataDef(_Strict):
             if self.split is not None:
                 raise ValueError("data.split applies to a pool")
         else:
-            if any(f is not None for f in files):
+            if self.train is not None or self.dev is not None:
                 raise ValueError("data has either train/dev/test files or a pool, not both")
-            if not self.split or set(self.split) != set(SPLITS):
+            # With its own test file or slice, the pool holds train and dev only (the test set stays fixed).
+            if self.test is not None and (not self.split or set(self.split) != {"train", "dev"}):
+                raise ValueError("data.split must give a fraction for each of train and dev (test: its own)")
+            if self.test is None and (not self.split or set(self.split) != set(SPLITS)):
                 raise ValueError("data.split must give a fraction for each of train, dev and test")
             if any(v <= 0 for v in self.split.values()) or abs(sum(self.split.values()) - 1) > 1e-9:
                 raise ValueError("data.split fractions must be positive and sum to 1 (no row is dropped)")
@@ -89,6 +93,9 @@ class TaskDef(_Strict):
     outputs: dict[str, str] = {}
     output: str | None = None
     output_description: str = ""
+    # Program outputs with no gold in the data (a free-form response the metric checks, as in IFEval):
+    # recorded in the predictions beside the labelled ones.
+    free_outputs: list[str] = []
     # Closed label sets of a declarative task, e.g. {sentiment: [positive, negative]}: Literal types in the
     # built signature, so the prompt lists them and structured_outputs' schema carries them as an enum.
     choices: dict[str, list[str]] = {}
@@ -124,6 +131,11 @@ class TaskDef(_Strict):
         overlap = set(self.inputs) & set(self.labels)
         if overlap:
             raise ValueError(f"fields {sorted(overlap)} are both inputs and outputs")
+        if self.free_outputs and self.program is None:
+            raise ValueError("`free_outputs` apply to program tasks; a declarative task's outputs are labels")
+        named = set(self.free_outputs) & (set(self.inputs) | set(self.labels))
+        if named:
+            raise ValueError(f"free_outputs {sorted(named)} are already inputs or labelled outputs")
         return self
 
     @property

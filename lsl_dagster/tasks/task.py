@@ -22,7 +22,17 @@ import yaml
 from pydantic import ValidationError
 
 from lsl_dagster.tasks import TaskDataError
-from lsl_dagster.tasks.data import DataFileError, Format, HubSource, Row, file_format, hub_rows, rows
+from lsl_dagster.tasks.data import (
+    DataFileError,
+    Format,
+    HubSource,
+    Row,
+    file_format,
+    hub_rows,
+    rows,
+    saved_copy,
+    saved_split_rows,
+)
 from lsl_dagster.tasks.definition import SPLITS, DataFiles, Example, TaskDef
 from lsl_dagster.tasks.generated import arithmetic_example
 from lsl_dagster.tasks.metrics import builtin_metric, call_metric
@@ -38,6 +48,8 @@ class Task:
         self.path = directory / "task.yaml"
         self.input_fields = list(definition.inputs)
         self.label_fields = list(definition.labels)
+        # What each prediction row records: the labelled outputs, then those without gold.
+        self.prediction_fields = [*self.label_fields, *definition.free_outputs]
         self._build = resolve(self.path, "program", definition.program) if definition.program else None
         self.metric: Callable[..., Any] = (
             resolve(self.path, "metric", definition.metric)
@@ -138,35 +150,39 @@ class Task:
             path, fmt = self._file(name)
             return rows(path, fmt)
         local = self.directory / hub.path
+        if saved_copy(local):  # the Hub dataset saved with save_to_disk at its name: read it, slices and all
+            return saved_split_rows(local, name)
         source = HubSource(
             path=str(local) if local.exists() else hub.path,
             name=hub.name,
             data_files=_under(self.directory, hub.data_files),
             revision=hub.revision,
         )
-        return hub_rows(source, name, local=local.exists() or hub.data_files is not None)
+        return hub_rows(source, name, local=local.exists() or hub.data_files is not None, copy_at=local)
 
     def _split_examples(self, split: str) -> Iterator[tuple[Row, Example]]:
         data = self.definition.data
-        if data.pool is None:
+        own = data.pool is None or split not in data.split  # type: ignore[operator]
+        if own:  # a split of its own (a pool may leave the test split to its own file or slice)
             source = self._rows(getattr(data, split))
         else:
             source = (row for row in self._rows(data.pool) if self._pool_split(row) == split)
         try:
             for row in source:
-                yield row, self._parse(split if data.pool is None else "pool", row)
+                yield row, self._parse(split if own else "pool", row)
         except DataFileError as exc:
             raise TaskDataError(str(exc)) from None
 
     def _pool_split(self, row: Row) -> str:
         data = self.definition.data
         draw = _uniform(f"{data.seed}|{self._id('pool', row)}")
+        pooled = [s for s in SPLITS if s in data.split]  # type: ignore[operator]
         cumulative = 0.0
-        for split in SPLITS:
+        for split in pooled:
             cumulative += data.split[split]  # type: ignore[index]
             if draw < cumulative:
                 return split
-        return SPLITS[-1]
+        return pooled[-1]
 
     def _id(self, prefix: str, row: Row) -> str:
         value = row.record.get(self.definition.data.id)
@@ -182,6 +198,11 @@ class Task:
         for name in wanted:
             column = columns.get(name, name)
             value = row.record[column]
+            if isinstance(value, list | dict):
+                # A nested column (HotpotQA's paragraphs, IFEval's constraint arguments) reaches the
+                # program and metric as its JSON text: fields are strings, and nothing is flattened away.
+                values[name] = json.dumps(value, ensure_ascii=False)
+                continue
             if value is None or isinstance(value, bool) or not isinstance(value, str | int | float):
                 shown = "empty" if value is None else type(value).__name__
                 raise TaskDataError(f"{row.where}: field {column!r} must be a string or number, not {shown}")
@@ -272,3 +293,13 @@ def load_task(name: str, tasks_dir: Path) -> Task:
     if definition.name != name:
         raise TaskDataError(f"{path}: name {definition.name!r} does not match its directory {name!r}")
     return Task(definition, directory)
+
+
+def hub_only(name: str, tasks_dir: Path) -> bool:
+    """Whether the task reads a Hub dataset by name with no copy of it in its directory: loading it needs the
+    network (or the Hub's cache). Read from task.yaml alone; a malformed file is load_task's to report."""
+    try:
+        hub = TaskDef.model_validate(yaml.safe_load((tasks_dir / name / "task.yaml").read_text())).data.hub
+    except (ValidationError, yaml.YAMLError, OSError):
+        return False
+    return hub is not None and hub.data_files is None and not (tasks_dir / name / hub.path).exists()
