@@ -4,6 +4,7 @@ survives a kill."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,11 +148,12 @@ LLM_STEPS = set(STAGE_ASSETS) - {"comparison"}  # the stages that call models, i
 
 
 def _most_llm_steps_at_once(instance: DagsterInstance, killed_at: float) -> tuple[int, list[str]]:
-    """The most steps of the lsl_llm pool calling LLMs at one time, across all runs (a step of a killed
-    run ends at the kill), from the moment a step holds its slot (its "lsl_llm slot k of n taken" line)
-    to its end in the runs' event logs; and those steps (run, step, start, end), to show which overlapped.
-    Every LLM step that succeeded must have held a slot."""
+    """The most steps of the lsl_llm pool holding a slot at one time, across all runs, from a step's
+    "lsl_llm slot k of n taken" line to its "released" line (logged while the slot is still held) or the
+    kill; and those steps (run, step, start, end), to show which overlapped. Every LLM step that succeeded
+    must have held a slot."""
     intervals: list[tuple[float, float, str]] = []
+    held = 0
     for record in instance.get_run_records():
         run_id = record.dagster_run.run_id
         started: dict[str, float] = {}
@@ -159,14 +161,17 @@ def _most_llm_steps_at_once(instance: DagsterInstance, killed_at: float) -> tupl
             event = entry.dagster_event
             if entry.step_key not in LLM_STEPS:
                 continue
-            if event is None and re.fullmatch(rf"{POOL} slot \d+ of \d+ taken", entry.user_message):
+            name = f"{run_id[:8]} {entry.step_key}"
+            line = re.fullmatch(rf"{POOL} slot \d+ of \d+ (taken|released)", entry.user_message or "")
+            if event is None and line and line[1] == "taken":
                 started[entry.step_key] = entry.timestamp
-            elif event is not None and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
-                name = f"{run_id[:8]} {entry.step_key}"
-                assert entry.step_key in started or event.event_type_value == "STEP_FAILURE", name
-                if entry.step_key in started:
-                    intervals.append((started.pop(entry.step_key), entry.timestamp, name))
+            elif event is None and line:
+                intervals.append((started.pop(entry.step_key), entry.timestamp, name))
+            elif event is not None and event.event_type_value == "STEP_SUCCESS":
+                assert any(i[2] == name for i in intervals), f"{name} succeeded without a slot"
+                held += 1
         intervals += [(start, killed_at, f"{run_id[:8]} {step} (killed)") for step, start in started.items()]
+    assert held > 0  # the measure saw the steps it bounds
     most, peak = 0, []
     for start, _, _ in intervals:  # the most steps running at a step's start: a step ending then is done
         running = [i for i in intervals if i[0] <= start < i[1]]
@@ -365,3 +370,26 @@ def test_matrix_view_of_an_unrun_campaign_says_what_to_do(
     assert "run `lsl campaign run idle` first" in capsys.readouterr().err
     assert main(["campaign", "matrix", "nope"]) == 2
     assert "unknown campaign 'nope'" in capsys.readouterr().err
+
+
+def test_the_shipped_campaign_runs_to_its_table_and_says_which_cells_had_no_signal(
+    lab: Lab, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """`make campaign` as a newcomer runs it: every cell to a comparison, even those whose small model
+    scored 0 on every probe example, which the results flag instead of hiding."""
+    (lab.data_dir / "campaigns").mkdir()
+    shutil.copy(PROJECT / "data" / "campaigns" / "grid-sim-01.yaml", lab.data_dir / "campaigns")
+    for name, value in lab.env().items():
+        if name in ("DAGSTER_HOME", "LSL_DATA_DIR", "LSL_RUNS_DIR"):
+            monkeypatch.setenv(name, value)
+    assert main(["campaign", "run", "grid-sim-01"]) == 0
+    ids = experiment_ids(lab.data_dir)
+    assert len(ids) == 16
+    comparisons = {e: Comparison.model_validate(lab.output(e, "comparison")) for e in ids}
+    silent = sorted(e for e, c in comparisons.items() if c.stage2_signal and c.stage2_signal.no_signal)
+    assert silent, "no cell of the shipped campaign ran past Stage 2's no-signal probe"
+    assert (lab.runs_dir / "grid-sim-01" / "transfer_matrix.json").is_file()
+    capsys.readouterr()
+    assert main(["results", *silent]) == 0
+    out = capsys.readouterr().out
+    assert out.count("WARNING stage2: no signal for Stage 2") == len(silent)

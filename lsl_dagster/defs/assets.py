@@ -161,6 +161,9 @@ def _pool_slot(context: AssetExecutionContext, workspace: Workspace) -> Iterator
         if limit:
             taken = held.enter_context(workspace.state().slot(POOL, limit))
             context.log.info(f"{POOL} slot {taken + 1} of {limit} taken")
+            # Logged while still held (the stack unwinds last in, first out): the slot's log lines bound
+            # exactly the time the step could call LLMs, which Dagster's step events do not.
+            held.callback(context.log.info, f"{POOL} slot {taken + 1} of {limit} released")
         yield
 
 
