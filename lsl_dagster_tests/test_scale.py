@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from dagster_postgres import PostgresRunStorage
 
 from lsl_dagster.defs.assets import POOL
 from lsl_dagster.graph import STAGES
+from lsl_dagster.llm.cache import ResponseStore, cache_path
 from lsl_dagster.llm.pg_state import PostgresState
 from lsl_dagster.settings import PROJECT_DIR
 from lsl_dagster.sim.server import SimServer
@@ -155,6 +157,19 @@ def _paid(state: PostgresState, experiment_id: str, stage: str) -> int:
     return sum(r["stage"] == stage and "event" not in r for r in state.calls(experiment_id))
 
 
+def _wait_until_kept(answered: Callable[[], int], kept: Callable[[], tuple[int, int]]) -> None:
+    """Wait until the client has logged and cached every reply a frozen server sent: a reply still being
+    read, logged or stored when the process dies was served but not kept, so its retry would pay again."""
+    deadline = time.monotonic() + 60
+    while True:
+        sent, (logged, cached) = answered(), kept()
+        if logged == cached == sent:
+            return
+        assert logged <= sent and cached <= sent, f"kept {logged} logged, {cached} cached of {sent} answers"
+        assert time.monotonic() < deadline, f"of {sent} answers, {logged} were logged and {cached} cached"
+        time.sleep(0.01)
+
+
 def test_a_campaign_on_celery_workers_sharing_no_disk_survives_a_killed_worker_without_repaying(
     lab: Lab, tmp_path: Path, postgres_url: str, s3: Any
 ):
@@ -219,7 +234,13 @@ def test_a_campaign_on_celery_workers_sharing_no_disk_survives_a_killed_worker_w
         # the instant before a real crash would be paid again (at most max_concurrency calls).
         for server in servers:
             server.freeze()
-        time.sleep(0.3)
+        _wait_until_kept(
+            lambda: sum(server.served for server in servers),
+            lambda: (
+                sum(r["ok"] for e in ids for r in state.calls(e) if "event" not in r),
+                sum(len(state.responses(e)) for e in ids),
+            ),
+        )
         interrupted = {
             (experiment, step)
             for experiment, step, worker, finished in _celery_steps(instance)
@@ -360,7 +381,10 @@ def test_a_run_whose_process_is_killed_is_retried_from_failure_without_repaying(
             assert not instance.get_run_by_id(run.run_id).is_finished, "the run ended before it was killed"
             time.sleep(0.1)
         server.freeze()  # what is in flight is never answered, so never paid (see the Celery test)
-        time.sleep(0.3)
+        with ResponseStore(cache_path(lab.runs_dir / "retried")) as cached:
+            _wait_until_kept(
+                lambda: server.served, lambda: (sum(r["ok"] for r in lab.calls("retried")), len(cached))
+            )
         # The run's process (in-process executor: its steps run there too), as its engine events name it.
         engine = [
             e.dagster_event.engine_event_data.metadata
