@@ -125,8 +125,9 @@ def _wait_for_lock_waiter(url: str) -> None:
     con = psycopg2.connect(url)
     con.autocommit = True  # a fresh view of pg_stat_activity at each query
     try:
+        deadline = time.monotonic() + 60  # a deadline, not a count of polls: a loaded machine is slow
         with con.cursor() as cursor:
-            for _ in range(200):
+            while time.monotonic() < deadline:
                 cursor.execute(
                     "SELECT count(*) FROM pg_stat_activity"
                     " WHERE datname = current_database() AND wait_event_type = 'Lock'"
