@@ -92,11 +92,12 @@ def main() -> None:
         per_experiment.append(time.perf_counter() - began)
     if args.campaign:
         from lsl_dagster.results.plots import campaign_figure
-        from lsl_dagster.results.summary import summarize
+        from lsl_dagster.results.summary import example_scores, summarize
 
         plot = workspace.run_dir(args.campaign) / "campaign_summary.png"
         plot.parent.mkdir(parents=True, exist_ok=True)
-        campaign_figure(summarize(args.campaign, comparisons, str(plot)), plot)
+        scores = example_scores(comparisons, workspace.located)
+        campaign_figure(summarize(args.campaign, comparisons, scores, str(plot)), plot)
     print(
         json.dumps(
             {

@@ -177,6 +177,8 @@ class ArmSummary(FormatCounts):
     calls: int
     cost_usd: float | None
     optimization_calls: int | None = None
+    # Its evaluation's per-example rows, as stored (the campaign pools them); None in older comparisons.
+    predictions_path: str | None = None
 
 
 class PairedDifference(Strict):
@@ -219,9 +221,10 @@ class Interval(Strict):
     mean: float
     ci_low: float | None
     ci_high: float | None
-    n: int
-    # For differences: one-sample t-test of mean 0 across replicates, and its Holm adjustment across
-    # every difference of the campaign (summary) or of the matrix.
+    n: int  # the experiments (clusters) pooled
+    n_examples: int | None = None  # the (paired) examples pooled over them
+    # For differences: the bootstrap p of mean 0, and its Holm adjustment across every difference of the
+    # campaign (summary) or of the matrix.
     p_value: float | None = None
     p_holm: float | None = None
 
@@ -244,6 +247,7 @@ class CampaignSummary(Strict):
     cells: list[CellSummary]
     plot_path: str  # relative to the runs directory (absolute in outputs made before that)
     simulated: bool
+    method: str  # how the intervals were computed (results.stats.CLUSTER_METHOD)
 
 
 class MatrixCell(Strict):
@@ -265,6 +269,7 @@ class TransferMatrix(Strict):
     cells: list[MatrixCell]
     plot_path: str  # relative to the runs directory, like CampaignSummary's
     simulated: bool
+    method: str  # how the intervals were computed, like CampaignSummary's
 
     def cell(self, large: str, small: str) -> MatrixCell | None:
         return next((c for c in self.cells if (c.large_model, c.small_model) == (large, small)), None)

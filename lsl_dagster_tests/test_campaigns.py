@@ -27,7 +27,9 @@ from statsmodels.stats.multitest import multipletests
 
 from lsl_dagster.cli import main
 from lsl_dagster.defs.assets import CAMPAIGN_GROUP, POOL
-from lsl_dagster.records import Comparison, TransferMatrix
+from lsl_dagster.method.evaluation import scores
+from lsl_dagster.records import CampaignSummary, Comparison, TransferMatrix
+from lsl_dagster.results.stats import CLUSTER_METHOD, cluster_bootstrap
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment import SIMULATED as LABEL
 from lsl_dagster.spec.experiment_files import campaigns, experiment_ids, load_experiment, scan_campaigns
@@ -312,6 +314,7 @@ def test_transfer_matrix_of_the_shipped_pairs_is_produced_plotted_and_shown(
 
     matrix = TransferMatrix.model_validate(lab.output("mx", "transfer_matrix"))
     comparisons = {e: Comparison.model_validate(lab.output(e, "comparison")) for e in ids}
+    assert matrix.method == CLUSTER_METHOD
     assert matrix.large_models == ["sim/large", "sim/medium"]
     assert matrix.small_models == ["sim/small", "sim/tiny"]
     assert len(matrix.cells) == 4 and matrix.simulated
@@ -321,13 +324,23 @@ def test_transfer_matrix_of_the_shipped_pairs_is_produced_plotted_and_shown(
         mine = [c for c in comparisons.values() if (c.large_model, c.small_model) == pair]
         assert sorted(cell.experiments) == sorted(c.experiment_id for c in mine) and len(mine) == 2
         for name in ("lsl - baseline", "lsl - budget_matched"):
-            diffs = [next(d.diff for d in c.differences if f"{d.arm} - {d.baseline}" == name) for c in mine]
+            paired = [next(d for d in c.differences if f"{d.arm} - {d.baseline}" == name) for c in mine]
+            diffs = [d.diff for d in paired]
             value = cell.differences[name]
+            # Pooled over both experiments' paired examples, read from their predictions, each a cluster.
+            arm, baseline = name.split(" - ")
+            clusters = []
+            for c in mine:
+                rows = {a.arm: scores(lab.runs_dir / a.predictions_path) for a in c.arms}
+                clusters.append([rows[arm][i] - rows[baseline][i] for i in sorted(rows[baseline])])
+            pooled = cluster_bootstrap(clusters)
+            assert (value.mean, value.ci_low, value.ci_high, value.p_value) == pytest.approx(pooled)
             assert value.mean == pytest.approx(sum(diffs) / 2)
-            if diffs[0] != diffs[1]:
-                low, high = sps.t.interval(0.95, 1, loc=np.mean(diffs), scale=sps.sem(diffs))
-                assert (value.ci_low, value.ci_high) == pytest.approx((low, high))
-                assert value.p_value == pytest.approx(sps.ttest_1samp(diffs, 0.0).pvalue)
+            assert (value.n, value.n_examples) == (2, sum(d.n for d in paired))
+            assert -1.0 <= value.ci_low <= value.mean <= value.ci_high <= 1.0
+            if diffs[0] != diffs[1]:  # narrower than the df = 1 t-interval over the two experiments
+                t_low, t_high = sps.t.interval(0.95, 1, loc=np.mean(diffs), scale=sps.sem(diffs))
+                assert value.ci_high - value.ci_low < t_high - t_low
             raw.append(value.p_value)
             adjusted.append(value.p_holm)
     # Holm over every cell and difference of the matrix, beside the raw p-values.
@@ -383,8 +396,19 @@ def test_the_shipped_campaign_runs_to_its_table_and_says_which_cells_had_no_sign
         if name in ("DAGSTER_HOME", "LSL_DATA_DIR", "LSL_RUNS_DIR"):
             monkeypatch.setenv(name, value)
     assert main(["campaign", "run", "grid-sim-01"]) == 0
+    table = capsys.readouterr().out
     ids = experiment_ids(lab.data_dir)
     assert len(ids) == 16
+    # Two seeds per cell, pooled over their examples: every interval inside the metric's range, and the
+    # table says how it was made.
+    assert f"intervals: {CLUSTER_METHOD}" in table
+    summary = CampaignSummary.model_validate(lab.output("grid-sim-01", "campaign_summary"))
+    assert len(summary.cells) == 8
+    for cell in summary.cells:
+        for value in [*cell.arms.values(), *cell.differences.values()]:
+            assert value.ci_low is not None and value.ci_high is not None
+            assert -1.0 <= value.ci_low <= value.mean <= value.ci_high <= 1.0
+            assert value.n == 2 and value.n_examples and value.n_examples >= 2 * 100
     comparisons = {e: Comparison.model_validate(lab.output(e, "comparison")) for e in ids}
     silent = sorted(e for e, c in comparisons.items() if c.stage2_signal and c.stage2_signal.no_signal)
     assert silent, "no cell of the shipped campaign ran past Stage 2's no-signal probe"

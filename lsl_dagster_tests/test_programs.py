@@ -8,7 +8,7 @@ import yaml
 from lsl_dagster.cli.campaign import campaign_table
 from lsl_dagster.method.prompts import capture, rebuild
 from lsl_dagster.records import Comparison, PromptCandidate
-from lsl_dagster.results.summary import summarize
+from lsl_dagster.results.summary import example_scores, summarize
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment_files import campaigns
 from lsl_dagster.tasks.task import load_task
@@ -110,7 +110,8 @@ def test_campaign_intervals_move_when_only_the_data_seed_changes(lab: Lab):
             lab.write(experiment_id, seed=seed, data={"train": 12, "val": 8, "seed": data_seed})
             assert lab.run(experiment_id).success
         comparisons = {e: Comparison.model_validate(lab.output(e, "comparison")) for e in ids}
-        summaries.append(summarize(f"data{data_seed}", comparisons, "unused.png"))
+        scores = example_scores(comparisons, lambda stored: str(lab.runs_dir / stored))
+        summaries.append(summarize(f"data{data_seed}", comparisons, scores, "unused.png"))
         tested = {
             json.loads(line)["example_id"]
             for e in ids
@@ -150,7 +151,8 @@ def test_the_hop_qa_campaigns_intervals_move_when_only_the_data_seed_changes(lab
         for experiment_id in specs:
             assert lab.run(experiment_id).success
         comparisons = {e: Comparison.model_validate(lab.output(e, "comparison")) for e in specs}
-        summaries.append(summarize(name, comparisons, "unused.png"))
+        scores = example_scores(comparisons, lambda stored: str(lab.runs_dir / stored))
+        summaries.append(summarize(name, comparisons, scores, "unused.png"))
         tested.append(
             {
                 e: [

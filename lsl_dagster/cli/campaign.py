@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def campaign_table(summary: CampaignSummary) -> str:
-    """Per cell: each arm's mean score and LSL's differences, with 95% CIs across seeds."""
+    """Per cell: each arm's mean score and LSL's differences, with 95% CIs over seeds and examples, and
+    the method that made them."""
     cell = summary.cells[0]
     header = ["cell", "seeds", *cell.arms, *cell.differences]
     rows = [
@@ -65,7 +66,8 @@ def campaign_table(summary: CampaignSummary) -> str:
         ]
         for c in summary.cells
     ]
-    return table([header, *rows]) + (f"\n{SIMULATED}" if summary.simulated else "")
+    note = f"\nintervals: {summary.method}"
+    return table([header, *rows]) + note + (f"\n{SIMULATED}" if summary.simulated else "")
 
 
 def _campaign_ids(name: str, data_dir: Path) -> list[str]:

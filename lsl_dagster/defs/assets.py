@@ -26,7 +26,7 @@ from dagster import (
     observable_source_asset,
 )
 
-from lsl_dagster import CODE_VERSION, graph
+from lsl_dagster import CODE_VERSION, RESULTS_CODE_VERSION, graph
 from lsl_dagster.defs.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
 from lsl_dagster.defs.metadata import (
     campaign_metadata,
@@ -50,7 +50,7 @@ from lsl_dagster.method.plan import forecast
 from lsl_dagster.method.run import StageRun
 from lsl_dagster.records import CampaignSummary, Comparison, EvaluationResult, PromptCandidate, TransferMatrix
 from lsl_dagster.results.instance import FILE
-from lsl_dagster.results.summary import summarize
+from lsl_dagster.results.summary import ExampleScores, example_scores, summarize
 from lsl_dagster.results.summary import transfer_matrix as transfer_matrix_of
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.spec.experiment_files import ExperimentError, check_fits, spec_versions
@@ -306,7 +306,7 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
     }
 
     # Every prompt and evaluation as a keyword argument named by its asset key (exactly `ins`).
-    @asset(name=graph.COMPARISON, ins=comparison_ins, **common)
+    @asset(name=graph.COMPARISON, ins=comparison_ins, **{**common, "code_version": RESULTS_CODE_VERSION})
     def comparison(
         context: AssetExecutionContext,
         workspace: Workspace,
@@ -315,15 +315,9 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
         spec, _ = _load(workspace, context.partition_key)
         prompts = {p.asset: read[p.asset] for p in graph.PROMPTS}
-        # Each evaluation with its predictions where they are now.
-        evaluations = {
-            a.evaluation: read[a.evaluation].model_copy(
-                update={"predictions_path": workspace.located(read[a.evaluation].predictions_path)}
-            )
-            for a in graph.ARMS
-        }
+        evaluations = {a.evaluation: read[a.evaluation] for a in graph.ARMS}
         try:
-            result = stages.compare(spec, prompts, evaluations)
+            result = stages.compare(spec, prompts, evaluations, workspace.located)
         except stages.InconsistentArms as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         return Output(result, metadata=comparison_metadata(result, spec))
@@ -336,6 +330,13 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
     ]
 
 
+def _example_scores(comparisons: dict[str, Comparison], workspace: Workspace) -> ExampleScores:
+    try:
+        return example_scores(comparisons, workspace.located)
+    except (OSError, ValueError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+
+
 def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str]) -> list[AssetsDefinition]:
     """The campaign level: one partition per campaign file, fed by the comparisons of its experiments. An
     invalid campaign file is a partition too: materializing it fails with the file's error, so the UI
@@ -344,7 +345,7 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
     per_campaign = {
         "partitions_def": StaticPartitionsDefinition(sorted({*campaigns, *errors})),
         "group_name": CAMPAIGN_GROUP,
-        "code_version": CODE_VERSION,
+        "code_version": RESULTS_CODE_VERSION,
         "ins": {"comparisons": AssetIn(graph.COMPARISON, partition_mapping=experiments_of)},
     }
 
@@ -353,7 +354,8 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
     ) -> Output[CampaignSummary]:
         """Per grid cell of a campaign: each arm's mean score and each paired difference (LSL vs the
-        baselines), with 95% confidence intervals across seeds, as a table and a plot."""
+        baselines), pooled over the paired examples of its seeds (seeds as clusters), with 95% intervals, as
+        a table and a plot."""
         if context.partition_key in errors:
             raise Failure(description=errors[context.partition_key], allow_retries=False)
         # matplotlib is imported here, not with the code location: every run and `lsl` command loads
@@ -361,7 +363,8 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         from lsl_dagster.results.plots import campaign_figure
 
         plot = workspace.run_dir(context.partition_key) / "campaign_summary.png"
-        summary = summarize(context.partition_key, comparisons, workspace.location(plot))
+        scores = _example_scores(comparisons, workspace)
+        summary = summarize(context.partition_key, comparisons, scores, workspace.location(plot))
         campaign_figure(summary, plot)
         workspace.publish(plot)
         return Output(summary, metadata=campaign_metadata(summary))
@@ -372,7 +375,8 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
     ) -> Output[TransferMatrix]:
         """For which (large, small) model pairs does hardening transfer? Rows = large models, columns =
         small models; each cell LSL - baseline and LSL - budget-matched across the pair's tasks, optimizers
-        and seeds, with 95% t-intervals and Holm-adjusted p-values, as a table and a heat map."""
+        and seeds, pooled over their paired examples (each experiment a cluster), with 95% intervals and
+        Holm-adjusted p-values, as a table and a heat map."""
         if context.partition_key in errors:
             raise Failure(description=errors[context.partition_key], allow_retries=False)
         from lsl_dagster.results.plots import (
@@ -380,7 +384,8 @@ def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str
         )
 
         plot = workspace.run_dir(context.partition_key) / "transfer_matrix.png"
-        matrix = transfer_matrix_of(context.partition_key, comparisons, workspace.location(plot))
+        scores = _example_scores(comparisons, workspace)
+        matrix = transfer_matrix_of(context.partition_key, comparisons, scores, workspace.location(plot))
         matrix_figure(matrix, plot)
         workspace.publish(plot)
         return Output(matrix, metadata=matrix_metadata(matrix))

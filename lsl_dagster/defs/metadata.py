@@ -253,9 +253,9 @@ def campaign_metadata(summary: CampaignSummary) -> dict[str, Any]:
             rows, schema=TableSchema(columns=[TableColumn(c, "string") for c in columns])
         ),
         "note": MetadataValue.md(
-            banner + "Means across seeds with 95% Student-t intervals. Each difference has a one-sample "
-            "t-test p across seeds and its Holm adjustment over every difference of the campaign; a "
-            "difference is supported only where its interval excludes 0 and its Holm p < 0.05."
+            banner + f"Means over the cell's seeds and examples: {summary.method}. Each difference's "
+            "Holm adjustment is over every difference of the campaign; a difference is supported only "
+            "where its interval excludes 0 and its Holm p < 0.05."
         ),
         "plot": MetadataValue.path(summary.plot_path),
         "experiments": sum(len(c.experiments) for c in summary.cells),
@@ -278,8 +278,9 @@ def matrix_markdown(matrix: TransferMatrix) -> str:
             lines.append(f"| {large} | " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
     sections.append(
-        "Mean paired difference across the pair's experiments (tasks x optimizers x seeds) with a 95% "
-        "t-interval; p: one-sample t-test; Holm p: adjusted over every cell and difference shown."
+        "Mean paired difference over the pair's experiments (tasks x optimizers x seeds) and their "
+        f"examples, each experiment a cluster: {matrix.method}; Holm p: adjusted over every cell and "
+        "difference shown; n: experiments."
     )
     return "\n\n".join(sections)
 

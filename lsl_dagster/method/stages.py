@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -273,13 +273,17 @@ def check_consistent(
 
 
 def compare(
-    spec: ExperimentSpec, prompts: dict[str, PromptCandidate], evaluations: dict[str, EvaluationResult]
+    spec: ExperimentSpec,
+    prompts: dict[str, PromptCandidate],
+    evaluations: dict[str, EvaluationResult],
+    located: Callable[[str], str] = str,
 ) -> Comparison:
     """The consolidated result, from every prompt and evaluation of graph.PROMPTS and graph.ARMS by asset
     key: each arm's score and optimization budget, every stage's usage, and the paired differences of
     graph.DIFFERENCES (LSL against both baselines, and the two baselines) with a 95% bootstrap CI, a paired
     test (exact McNemar for binary metrics) and its Holm adjustment across them, which the verdict uses.
-    Refuses (InconsistentArms) unless every input was made from the current spec version."""
+    Refuses (InconsistentArms) unless every input was made from the current spec version. `located` says
+    where a stored predictions location is read from (Workspace.located)."""
     check_consistent(spec, prompts, evaluations)
     by_arm = {arm.name: evaluations[arm.evaluation] for arm in graph.ARMS}
     usage = {
@@ -289,7 +293,7 @@ def compare(
     optimization_calls = {
         arm.name: matched_budget(*(prompts[p] for p in arm.optimized_by)) for arm in graph.ARMS
     }
-    per_example = {arm: scores(result.predictions_path) for arm, result in by_arm.items()}
+    per_example = {arm: scores(located(result.predictions_path)) for arm, result in by_arm.items()}
     arms = [
         ArmSummary(
             arm=arm,
@@ -298,6 +302,7 @@ def compare(
             calls=result.ledger.calls,
             cost_usd=result.ledger.cost_usd,
             optimization_calls=optimization_calls[arm],
+            predictions_path=result.predictions_path,
             **result.model_dump(include=set(FormatCounts.model_fields)),
         )
         for arm, result in by_arm.items()

@@ -96,14 +96,15 @@ def _errors(intervals: list[Interval]) -> list[list[float]]:
 
 
 def campaign_figure(summary: CampaignSummary, path: Path) -> None:
-    """Per grid cell: the arms' mean scores and the paired differences, with 95% t-CIs across seeds."""
+    """Per grid cell: the arms' mean scores and the paired differences, with 95% cluster-bootstrap CIs
+    over seeds and examples (inside the metric's range by construction)."""
     cells = summary.cells
     labels = [f"{c.task}\n{c.pair}\n{c.optimizer}" for c in cells]
     fig = Figure(figsize=(max(6.0, 2.2 * len(cells)), 8), layout="constrained")
     scores_ax, diffs_ax = fig.subplots(2, 1)
     for ax, series, ylabel in (
-        (scores_ax, "arms", "mean score across seeds, 95% CI"),
-        (diffs_ax, "differences", "mean paired difference, 95% CI"),
+        (scores_ax, "arms", "mean score, 95% cluster-bootstrap CI"),
+        (diffs_ax, "differences", "mean paired difference, 95% cluster-bootstrap CI"),
     ):
         names = list(getattr(cells[0], series))
         width = 0.8 / len(names)

@@ -34,8 +34,9 @@ def matrix_table(matrix: TransferMatrix) -> str:
     """One block per difference: rows = large models, columns = small models, mean [95% CI] p Holm p."""
     names = list(dict.fromkeys(name for cell in matrix.cells for name in cell.differences))
     lines = [
-        f"transfer matrix of campaign {matrix.campaign}: LSL's paired differences, mean across "
-        "experiments (tasks x optimizers x seeds) with 95% t-intervals, t-test p and Holm p over all cells"
+        f"transfer matrix of campaign {matrix.campaign}: LSL's paired differences over the examples of "
+        "each pair's experiments (tasks x optimizers x seeds, each a cluster; n: experiments); "
+        + matrix.method
     ]
     for name in names:
         rows = [[name, *matrix.small_models]]

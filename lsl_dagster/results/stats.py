@@ -1,12 +1,11 @@
-"""Paired statistics for comparing arms scored on the same test examples, and intervals across replicates.
+"""Paired statistics for comparing arms scored on the same test examples, and pooled across seeds.
 
-Everything here delegates to reviewed implementations: `scipy.stats` (bootstrap, binomtest,
-ttest_rel, ttest_1samp, t) and `statsmodels` (Holm's step-down adjustment).
+Everything here delegates to reviewed implementations, `scipy.stats` (bootstrap, binomtest, ttest_rel)
+and `statsmodels` (Holm's step-down adjustment), except the cluster bootstrap, which neither has.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -161,37 +160,54 @@ def verdict(
     return f"{label} {held} {baseline} by {diff:+.3f} ({ci}, Holm p={p_adjusted:.3g})"
 
 
-def mean_ci95(values: Sequence[float]) -> tuple[float, float | None, float | None]:
-    """Mean and 95% Student-t interval (scipy) across independent replicates (e.g. seeds); no interval
-    for n < 2. Across a handful of seeds a bootstrap is degenerate; the t interval is the honest (wide) one.
-    """
-    x = _replicates(values)
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, None, None
-    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
-    if sem == 0.0:  # identical replicates: scipy's t with scale 0 is undefined
-        return mean, mean, mean
-    low, high = sps.t.interval(0.95, x.size - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high)
+# What a campaign's intervals are, as its tables and plots say.
+CLUSTER_METHOD = (
+    "two-stage cluster bootstrap (seeds, then examples within each seed; B=4000), percentile 95% CI, "
+    "bootstrap p, Holm across cells"
+)
+CLUSTER_RESAMPLES = 4000
 
 
-def one_sample_p(values: Sequence[float]) -> float | None:
-    """Two-sided p of mean = 0 across replicates (scipy's one-sample t-test, matching the t interval);
-    None for fewer than 2 replicates or identical nonzero ones (where the t statistic is undefined)."""
-    x = _replicates(values)
-    if x.size < 2:
-        return None
-    if np.all(x == x[0]):  # zero variance: the t statistic is undefined, not evidence
-        return 1.0 if x[0] == 0 else None
-    return float(sps.ttest_1samp(x, 0.0).pvalue)
+def cluster_bootstrap(
+    clusters: Sequence[Scores], *, n_resamples: int = CLUSTER_RESAMPLES, seed: int = 0
+) -> tuple[float, float, float, float]:
+    """(mean, ci_low, ci_high, p) of per-example values grouped in clusters (an experiment's seeds): the
+    mean of the cluster means, its percentile 95% interval from a two-stage bootstrap (Davison & Hinkley
+    1997, sec. 3.8: draw clusters with replacement, then examples with replacement within each drawn
+    cluster), and the two-sided bootstrap p of a zero mean. Resampling clusters keeps the between-seed
+    variance in the interval; resampling examples keeps the within-seed one, so two seeds of hundreds of
+    examples still give an informative interval. Every resampled statistic is a mean of observed values,
+    so the interval lies inside their range ([-1, 1] for differences of scores in [0, 1]).
 
-
-def _replicates(values: Sequence[float]) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0 or not np.all(np.isfinite(x)):
-        raise ValueError("needs a non-empty 1-D sequence of finite numbers")
-    return x
+    scipy.stats.bootstrap resamples independent observations only; it has no cluster level."""
+    data = [np.asarray(c, dtype=np.float64) for c in clusters]
+    if not data or any(c.ndim != 1 or c.size == 0 for c in data):
+        raise ValueError("needs at least one cluster, each a non-empty 1-D sequence")
+    if not all(np.all(np.isfinite(c)) for c in data):
+        raise ValueError("values must be finite")
+    sizes = np.array([c.size for c in data])
+    padded = np.zeros((len(data), sizes.max()))
+    for i, c in enumerate(data):
+        padded[i, : c.size] = c
+    rng = np.random.default_rng(seed)
+    batch = batch_size(int(sizes.max()))
+    columns = np.arange(sizes.max())
+    resampled = np.empty(n_resamples)
+    for first in range(0, n_resamples, batch):
+        count = min(batch, n_resamples - first)
+        total = np.zeros(count)
+        for _ in data:  # each of the len(data) draws of a resample: a cluster, then its examples
+            drawn = rng.integers(0, len(data), size=count)
+            n = sizes[drawn]
+            picks = (rng.random((count, columns.size)) * n[:, None]).astype(np.int64)
+            values = np.where(columns < n[:, None], padded[drawn[:, None], picks], 0.0)
+            total += values.sum(axis=1) / n
+        resampled[first : first + count] = total / len(data)
+    mean = float(np.mean([c.mean() for c in data]))
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    below, above = np.count_nonzero(resampled <= 0), np.count_nonzero(resampled >= 0)
+    p = min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1))
+    return mean, float(low), float(high), p
 
 
 def exclusion_note(n_paired: int, n_excluded: int) -> str:
