@@ -60,7 +60,8 @@ def log_capital(
         seen = np.concatenate([np.zeros((*x.shape[:-1], 1)), np.cumsum(x, axis=-1)[..., :-1]], axis=-1)
         # The mean of what is left if m is the population's mean (the paper's m_t^WoR).
         target = (population * m - seen) / (population - t)
-    impossible = (target < 0) | (target > 1)
+    # The tolerance keeps float rounding of an exact mean (the last value left) from ruling it out.
+    impossible = (target < -1e-9) | (target > 1 + 1e-9)
     target = np.clip(target, 1e-12, 1 - 1e-12)
     up = np.minimum(bets, _TRUNCATION / target)
     down = np.minimum(bets, _TRUNCATION / (1 - target))
