@@ -203,7 +203,8 @@ class SimServer:
     def hold(self) -> None:
         """Stop answering: new and latency-delayed requests wait (counted in `held`) until release();
         stop() drops them unanswered, so they are never served (never "paid")."""
-        self._open.clear()
+        with self._lock:  # admit() decides under the same lock, so none is let through after this
+            self._open.clear()
 
     def freeze(self) -> None:
         """hold(), returning once every request in flight is held: from then on nothing is answered."""
@@ -222,16 +223,16 @@ class SimServer:
         return self._stop.wait(wait_s)
 
     def admit(self) -> bool:
+        # Leaving `held` and deciding happen in one locked step: a request counted as held is never
+        # answered after freeze() has seen it held.
         with self._lock:
             self.held += 1
-        try:
-            while not self._open.wait(0.02):
-                if self._stop.is_set():
-                    return False
-            return not self._stop.is_set()
-        finally:
+        while True:
             with self._lock:
-                self.held -= 1
+                if self._stop.is_set() or self._open.is_set():
+                    self.held -= 1
+                    return not self._stop.is_set()
+            self._open.wait(0.02)
 
     def generate(
         self, n: int, model: str, system: str | None, messages: list[tuple[str, str]], seed: int, body: dict
