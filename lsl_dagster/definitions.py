@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job
 
-from lsl_dagster.defs.assets import CAMPAIGN_GROUP, GROUP, build_assets, build_campaign_assets
+from lsl_dagster.defs.assets import ARMS_GROUP, CAMPAIGN_GROUP, GROUP, build_assets, build_campaign_assets
 from lsl_dagster.defs.checks import build_checks
 from lsl_dagster.defs.executors import executor_for
 from lsl_dagster.defs.io_managers import PydanticJsonIOManager
@@ -22,7 +22,7 @@ from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.defs.sensors import experiment_files_sensor
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.settings import Settings
-from lsl_dagster.spec.experiment_files import experiment_ids, scan_campaigns
+from lsl_dagster.spec.experiment_files import experiment_ids, optional_arms, scan_campaigns
 
 
 def directories(
@@ -44,7 +44,7 @@ def build_definitions(
     partitions = experiments_partitions(experiment_ids(data_dir))
     valid, errors = scan_campaigns(data_dir)
     grids = {name: sorted(specs) for name, (_, specs) in valid.items()}
-    assets = [*build_assets(partitions), *build_campaign_assets(grids, errors)]
+    assets = [*build_assets(partitions, optional_arms(data_dir)), *build_campaign_assets(grids, errors)]
     return Definitions(
         assets=assets,
         asset_checks=build_checks(partitions),
@@ -55,6 +55,12 @@ def build_definitions(
                 selection=AssetSelection.groups(GROUP, include_sources=True),
                 partitions_def=partitions,
                 description="Observe the experiment file, then run every stage of one experiment.",
+            ),
+            define_asset_job(
+                "lsl_experiment_with_arms",
+                selection=AssetSelection.groups(GROUP, ARMS_GROUP, include_sources=True),
+                partitions_def=partitions,
+                description="lsl_experiment plus the optional arms, for an experiment that lists `arms:`.",
             ),
             define_asset_job(
                 "lsl_campaign",

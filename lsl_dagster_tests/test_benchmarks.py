@@ -143,6 +143,7 @@ def test_the_gepa_campaigns_cross_the_benchmarks_with_three_seeds_at_openrouters
     for spec in specs.values():
         assert (spec.large_model.model, spec.small_model.model) == (large, small)
         assert spec.stage1.optimizer == "gepa" and spec.evaluation.limit is None
+        assert spec.arms == ["small_optimized"]  # GEPA's own setting, beside LSL's three arms
         # The prices pinned in the file are the ones DSPy's packaged map (its comment's source) lists.
         for model in (spec.large_model, spec.small_model):
             listed = packaged_price(model.model_copy(update={"price": None}))
@@ -165,6 +166,8 @@ def test_lsl_plan_forecasts_a_gepa_cell_from_a_saved_copy_without_a_call(copies:
     assert table["stage1"][1] == "2000" and table["stage2"][1] == "2000"
     # Every test example (4 in the copy) through three predictors, per evaluated arm.
     assert table["baseline_evaluation"][1] == "12" and table["stage3_evaluation"][1] == "12"
+    # The small-optimized arm: Stage 1's budget on the small model, evaluated like the others.
+    assert table["small_optimized"][1] == "2000" and table["small_optimized_evaluation"][1] == "12"
     assert table["total"][-1] == "$60.0000"  # the experiment's cap, allocated to its stages
     assert f"Forecast for {cell}; no model was called." in done.stdout
     assert not (copies / "runs").exists()  # nothing ran, nothing was logged

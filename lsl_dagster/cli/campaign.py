@@ -106,7 +106,7 @@ def run_campaign(args: argparse.Namespace) -> int:
         if dead := dead_runs(instance, args.name):  # a killed launch left them "started" forever
             cancel_runs(dead)
             print(f"canceled {len(dead)} run(s) a killed launch left unfinished: {', '.join(dead)}")
-        status = stage_status(instance, location.stages, spec_hashes(location.data_dir, ids))
+        status = stage_status(instance, location.stages, spec_hashes(location.data_dir, ids), location.arms)
         if busy := [e for e in ids if "in progress" in status[e].values()]:
             raise CliError(f"experiment(s) {', '.join(busy)} are being run right now; try again when done")
         todo, stale_campaign = campaign_needs(instance, status, args.name)

@@ -12,7 +12,7 @@ import dagster as dg
 from lsl_dagster import graph
 from lsl_dagster.records import Comparison
 from lsl_dagster.results.instance import Stage, latest_comparisons, stages_of
-from lsl_dagster.spec.experiment_files import spec_versions
+from lsl_dagster.spec.experiment_files import optional_arms, spec_versions
 
 
 class CliError(Exception):
@@ -37,6 +37,7 @@ class CodeLocation:
     runs_dir: Path
     experiments: list[str]
     stages: dict[str, Stage]
+    arms: dict[str, tuple[str, ...]]  # experiment -> the optional arms its file lists (absent: none)
 
 
 def code_location() -> CodeLocation:
@@ -51,7 +52,17 @@ def code_location() -> CodeLocation:
         runs_dir=Path(workspace.runs_dir),
         experiments=list(stage1.partitions_def.get_partition_keys()),
         stages=stages_of(specs),
+        arms=listed_arms(Path(workspace.data_dir)),
     )
+
+
+def listed_arms(data_dir: Path) -> dict[str, tuple[str, ...]]:
+    """experiment -> the optional arms its file lists, for the experiments that list any."""
+    arms: dict[str, tuple[str, ...]] = {}
+    for arm, experiments in optional_arms(data_dir).items():
+        for e in experiments:
+            arms[e] = (*arms.get(e, ()), arm)
+    return arms
 
 
 def runs_dir() -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from lsl_dagster import graph
 from lsl_dagster.llm.campaign_budget import pid_alive
 from lsl_dagster.results.instance import FILE
 
@@ -45,13 +46,22 @@ def _job(name: str) -> dg.JobDefinition:
         from lsl_dagster.definitions import build_definitions
 
         defs = build_definitions()
-        _jobs.update({job: defs.resolve_job_def(job) for job in ("lsl_experiment", "lsl_campaign")})
+        _jobs.update({job: defs.resolve_job_def(job) for job in (*EXPERIMENT_JOBS, "lsl_campaign")})
     return _jobs[name]
+
+
+# An experiment's job: the plain one, or with the optional arms for an experiment that lists `arms:`.
+EXPERIMENT_JOBS = ("lsl_experiment", "lsl_experiment_with_arms")
+OPTIONAL_ASSETS = frozenset(set(graph.ALL_STAGES) - set(graph.STAGES))
 
 
 def experiment_job() -> dg.JobDefinition:
     """The job a worker runs (module-level, so that `dg.reconstructable` can rebuild it in a process)."""
     return _job("lsl_experiment")
+
+
+def experiment_with_arms_job() -> dg.JobDefinition:
+    return _job("lsl_experiment_with_arms")
 
 
 def campaign_job() -> dg.JobDefinition:
@@ -91,7 +101,12 @@ def _start_worker(log_path: str) -> None:
 def _execute(job: str, partition: str, assets: Sequence[str], tags: Mapping[str, str]) -> tuple[str, bool]:
     """One run, in a worker: (run id, success)."""
     assert _instance is not None, "the worker was not started"
-    target = dg.reconstructable(experiment_job if job == "lsl_experiment" else campaign_job)
+    jobs = {
+        "lsl_experiment": experiment_job,
+        "lsl_experiment_with_arms": experiment_with_arms_job,
+        "lsl_campaign": campaign_job,
+    }
+    target = dg.reconstructable(jobs[job])
     result = dg.execute_job(
         target,
         instance=_instance,
@@ -99,6 +114,11 @@ def _execute(job: str, partition: str, assets: Sequence[str], tags: Mapping[str,
         asset_selection=[dg.AssetKey(asset) for asset in assets],
     )
     return result.run_id, result.success
+
+
+def _experiment_job_of(assets: Sequence[str]) -> str:
+    """The job that holds these assets of an experiment."""
+    return EXPERIMENT_JOBS[1] if OPTIONAL_ASSETS.intersection(assets) else EXPERIMENT_JOBS[0]
 
 
 # Between two experiments' ends, a line on the campaign's progress at least this often.
@@ -126,7 +146,7 @@ def run_experiments(
     tags = {**tags, HOST_TAG: socket.gethostname()}
     outcomes: list[Outcome] = []
     pending: dict[Future, str] = {
-        pool.submit(_execute, "lsl_experiment", e, [FILE.to_user_string(), *assets], tags): e
+        pool.submit(_execute, _experiment_job_of(assets), e, [FILE.to_user_string(), *assets], tags): e
         for e, assets in todo.items()
     }
 

@@ -35,12 +35,17 @@ def run(args: argparse.Namespace) -> int:
             )
         if not (experiments := list(args.experiments) or location.experiments):
             raise CliError(f"no experiment files in {location.data_dir / 'experiments'}")
-        table = stage_status(instance, location.stages, spec_hashes(location.data_dir, experiments))
+        table = stage_status(
+            instance, location.stages, spec_hashes(location.data_dir, experiments), location.arms
+        )
     errors = problems(location.data_dir)
-    header = ["experiment", *(graph.COLUMNS[asset] for asset in graph.STAGES)]
-    rows = [[e, *(row[asset] for asset in graph.STAGES)] for e, row in table.items()]
+    # The optional arms' columns only when an experiment shown lists one ("-": an experiment without it).
+    listed = {arm for e in table for arm in location.arms.get(e, ())}
+    columns = graph.stages_of(sorted(listed))
+    header = ["experiment", *(graph.COLUMNS[asset] for asset in columns)]
+    rows = [[e, *(row.get(asset, "-") for asset in columns)] for e, row in table.items()]
     # Each stage column as wide as its longest status, so the table keeps its shape as stages finish.
-    print(text_table([header, *rows], min_widths=[0, *(12 for _ in graph.STAGES)]))
+    print(text_table([header, *rows], min_widths=[0, *(12 for _ in columns)]))
     for e, row in table.items():  # where each experiment stands is derived, never stored
         todo = next(((asset, status) for asset, status in row.items() if status != "materialized"), None)
         if todo and todo[1] == "invalid":

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import (
+    AssetDep,
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
     AssetObservation,
     AssetsDefinition,
     DataVersion,
@@ -18,6 +20,7 @@ from dagster import (
     Failure,
     Output,
     PartitionsDefinition,
+    ResourceParam,
     RetryRequested,
     SourceAsset,
     StaticPartitionMapping,
@@ -28,6 +31,7 @@ from dagster import (
 
 from lsl_dagster import CODE_VERSION, RESULTS_CODE_VERSION, graph
 from lsl_dagster.defs.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
+from lsl_dagster.defs.io_managers import PydanticJsonIOManager
 from lsl_dagster.defs.metadata import (
     campaign_metadata,
     comparison_metadata,
@@ -59,6 +63,7 @@ from lsl_dagster.tasks.task import Task, TaskDataError
 # Steps that call LLMs take a slot of this Dagster concurrency pool (limit set on the instance).
 POOL = "lsl_llm"
 GROUP = "lsl"  # one experiment's assets, partitioned by experiment
+ARMS_GROUP = "lsl_arms"  # the optional arms' assets (graph.OPTIONAL_ARMS), for the experiments that list them
 CAMPAIGN_GROUP = "campaigns"
 
 
@@ -218,10 +223,22 @@ PROMPT_METHODS = {
         optimize=lambda spec, task, read, run: stages.budget_matched_optimize(spec, task, run),
         description="FR-006: the Stage 1 optimizer on the large model with the calls Stage 1 + Stage 2 used.",
     ),
+    graph.SMALL_OPTIMIZED.stage: PromptMethod(
+        max_calls=lambda spec, read: spec.stage1.max_calls,
+        optimize=lambda spec, task, read, run: stages.small_optimize(spec, task, run),
+        description="Optional arm small_optimized: the Stage 1 optimizer and budget on the small model alone "
+        "(GEPA's Table 2 setting), for experiments with `arms: [small_optimized]`.",
+    ),
 }
 
 
-def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | SourceAsset]:
+def build_assets(
+    partitions: PartitionsDefinition, listing: dict[str, list[str]] | None = None
+) -> list[AssetsDefinition | SourceAsset]:
+    """Every stage asset of graph.ALL_STAGES. `listing`: per optional arm, the experiments whose file lists
+    it; only their comparisons depend on its evaluation (known when the code location loads)."""
+    listing = listing or {}
+
     @observable_source_asset(name=FILE.to_user_string(), partitions_def=partitions, group_name=GROUP)
     def experiment_file(context, workspace: Workspace) -> DataVersionsByPartition:
         """data/experiments/<experiment_id>.yaml (or its campaign's cell). Its version is the validated
@@ -249,12 +266,21 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         "deps": [experiment_file],
     }
 
+    def group(optional: bool) -> dict:
+        return {**common, "group_name": ARMS_GROUP if optional else GROUP}
+
     def prompt_asset(prompt: graph.Prompt) -> AssetsDefinition:
         method = PROMPT_METHODS[prompt.stage]
         ins = {name: AssetIn(name, dagster_type=PromptCandidate) for name in prompt.reads}
 
         # One keyword argument per prompt it reads, named by its asset key (Dagster passes exactly `ins`).
-        @asset(name=prompt.asset, pool=POOL, ins=ins, description=method.description, **common)
+        @asset(
+            name=prompt.asset,
+            pool=POOL,
+            ins=ins,
+            description=method.description,
+            **group(prompt.optional),
+        )
         def _prompt(
             context: AssetExecutionContext,
             workspace: Workspace,
@@ -282,7 +308,7 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
             pool=POOL,
             ins={"candidate": AssetIn(arm.prompt)},
             description=description,
-            **common,
+            **group(arm.optional),
         )
         def _evaluation(
             context: AssetExecutionContext,
@@ -305,17 +331,36 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
         **{a.evaluation: AssetIn(a.evaluation, dagster_type=EvaluationResult) for a in graph.ARMS},
     }
 
+    # An optional arm's evaluation is a dependency of just the comparisons of the experiments listing it
+    # (one partition each); they read it from storage below, since the others have no such input.
+    optional_deps = [
+        AssetDep(
+            arm.evaluation,
+            partition_mapping=StaticPartitionMapping({e: e for e in listing[arm.name]}),
+        )
+        for arm in graph.ALL_ARMS
+        if arm.optional and listing.get(arm.name)
+    ]
+    comparison_common = {
+        **common,
+        "code_version": RESULTS_CODE_VERSION,
+        "deps": [*common["deps"], *optional_deps],
+    }
+
     # Every prompt and evaluation as a keyword argument named by its asset key (exactly `ins`).
-    @asset(name=graph.COMPARISON, ins=comparison_ins, **{**common, "code_version": RESULTS_CODE_VERSION})
+    @asset(name=graph.COMPARISON, ins=comparison_ins, **comparison_common)
     def comparison(
         context: AssetExecutionContext,
         workspace: Workspace,
+        io_manager: ResourceParam[PydanticJsonIOManager],
         **read: PromptCandidate | EvaluationResult,
     ) -> Output[Comparison]:
-        """Baseline vs LSL vs budget-matched baseline: scores, paired differences with CIs, usage."""
+        """Baseline vs LSL vs budget-matched baseline (and the optional arms the experiment lists): scores,
+        paired differences with CIs, usage."""
         spec, _ = _load(workspace, context.partition_key)
-        prompts = {p.asset: read[p.asset] for p in graph.PROMPTS}
-        evaluations = {a.evaluation: read[a.evaluation] for a in graph.ARMS}
+        read |= _optional_outputs(context, io_manager, spec)
+        prompts = {p.asset: read[p.asset] for p in graph.prompts_of(spec.arms)}
+        evaluations = {a.evaluation: read[a.evaluation] for a in graph.arms_of(spec.arms)}
         try:
             result = stages.compare(spec, prompts, evaluations, workspace.located)
         except stages.InconsistentArms as exc:
@@ -324,8 +369,8 @@ def build_assets(partitions: PartitionsDefinition) -> list[AssetsDefinition | So
 
     return [
         experiment_file,
-        *map(prompt_asset, graph.PROMPTS),
-        *map(evaluation_asset, graph.ARMS),
+        *map(prompt_asset, graph.ALL_PROMPTS),
+        *map(evaluation_asset, graph.ALL_ARMS),
         comparison,
     ]
 
@@ -335,6 +380,33 @@ def _example_scores(comparisons: dict[str, Comparison], workspace: Workspace) ->
         return example_scores(comparisons, workspace.located)
     except (OSError, ValueError) as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
+
+
+def _optional_outputs(
+    context: AssetExecutionContext, io_manager: PydanticJsonIOManager, spec: ExperimentSpec
+) -> dict[str, PromptCandidate | EvaluationResult]:
+    """The prompts and evaluations of the optional arms the experiment lists, from storage; a missing one
+    fails the comparison naming the command that makes it."""
+    wanted = [
+        *((p.asset, PromptCandidate) for p in graph.prompts_of(spec.arms) if p.optional),
+        *((a.evaluation, EvaluationResult) for a in graph.arms_of(spec.arms) if a.optional),
+    ]
+    loaded: dict[str, PromptCandidate | EvaluationResult] = {}
+    missing = []
+    for name, model in wanted:
+        try:
+            loaded[name] = io_manager.load(AssetKey(name), context.partition_key, model)
+        except FileNotFoundError:
+            missing.append(name)
+    if missing:
+        raise Failure(
+            description=f"{spec.experiment_id} lists arms {spec.arms} but {', '.join(missing)} "
+            "is not materialized. Run: dagster asset materialize -m lsl_dagster.definitions --select "
+            f"'{','.join([*missing, graph.COMPARISON])}' --partition {spec.experiment_id} (or launch the "
+            "lsl_experiment_with_arms job; after adding `arms:` reload the code location).",
+            allow_retries=False,
+        )
+    return loaded
 
 
 def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str]) -> list[AssetsDefinition]:

@@ -129,8 +129,11 @@ def within_cost_budget(checked: Checked, comparison: Comparison) -> Verdict:
 Check = Callable[[Checked, Any], Verdict]
 # asset -> (the model its output is, the checks on it)
 CHECKS: dict[str, tuple[type[BaseModel], list[Check]]] = {
-    **{asset: (EvaluationResult, [all_examples_evaluated, scores_in_range]) for asset in graph.EVALUATIONS},
-    **{p.asset: (PromptCandidate, [no_test_leakage, within_call_budget]) for p in graph.PROMPTS},
+    **{
+        asset: (EvaluationResult, [all_examples_evaluated, scores_in_range])
+        for asset in graph.ALL_EVALUATIONS
+    },
+    **{p.asset: (PromptCandidate, [no_test_leakage, within_call_budget]) for p in graph.ALL_PROMPTS},
     graph.COMPARISON: (Comparison, [within_cost_budget]),
 }
 
@@ -152,7 +155,11 @@ def build_checks(partitions: PartitionsDefinition) -> list[AssetChecksDefinition
     ) -> Iterator[AssetCheckResult]:
         checked = Checked(workspace, io_manager, context.partition_key)
         selected = context.selected_asset_check_keys
+        # An optional arm's assets are checked only for the experiments listing it (the others have none).
+        own = set(graph.stages_of(checked.spec.arms))
         for asset, (model, checks) in CHECKS.items():
+            if asset not in own:
+                continue
             wanted = [c for c in checks if AssetCheckKey(AssetKey(asset), c.__name__) in selected]
             if wanted:
                 value = checked.output(asset, model)

@@ -13,7 +13,8 @@ import math
 import dspy
 from pydantic import BaseModel
 
-from lsl_dagster.graph import EVALUATIONS
+from lsl_dagster import graph
+from lsl_dagster.graph import ALL_EVALUATIONS
 from lsl_dagster.llm.engine import worst_input_tokens
 from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.llm.providers import PROVIDERS
@@ -67,7 +68,7 @@ class Forecast(BaseModel):
 
     @property
     def evaluations_worst_usd(self) -> float | None:
-        costs = [s.worst_cost_usd for s in self.stages if s.stage in EVALUATIONS]
+        costs = [s.worst_cost_usd for s in self.stages if s.stage in ALL_EVALUATIONS]
         return None if None in costs else sum(c for c in costs if c is not None)
 
     def share(self, stage: str) -> float | None:
@@ -166,7 +167,13 @@ def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
             chars,
             spec.stage1.optimizer,
         ),
-        *(_stage(name, examples * predictors, [large], chars) for name in EVALUATIONS),
+        # The small-optimized arm, when listed: Stage 1's optimizer and budget on the small model alone.
+        *(
+            _stage(p.stage, spec.stage1.max_calls, [small], chars, spec.stage1.optimizer)
+            for p in graph.prompts_of(spec.arms)
+            if p.optional
+        ),
+        *(_stage(a.evaluation, examples * predictors, [large], chars) for a in graph.arms_of(spec.arms)),
     ]
     plan = Forecast(
         experiment_id=spec.experiment_id,
@@ -202,17 +209,19 @@ def _allocate(plan: Forecast, cap: float) -> None:
     if needed is None:
         return  # unpriced: LanguageModels.check refuses a capped experiment before this matters
     if cap < needed:
+        count = sum(s.stage in ALL_EVALUATIONS for s in plan.stages)
+        evaluations = {3: "three", 4: "four"}.get(count, str(count))
         plan.refusal = (
-            f"{plan.experiment_id}: max_cost_usd ${cap:.4f} cannot cover the three evaluations, which may "
-            f"cost up to ${needed:.4f} ({plan.stages[-1].calls} calls each); raise max_cost_usd to at least "
-            f"${needed:.4f} (plus what optimization should get) or lower evaluation.limit"
+            f"{plan.experiment_id}: max_cost_usd ${cap:.4f} cannot cover the {evaluations} evaluations, "
+            f"which may cost up to ${needed:.4f} ({plan.stages[-1].calls} calls each); raise max_cost_usd "
+            f"to at least ${needed:.4f} (plus what optimization should get) or lower evaluation.limit"
         )
         return
-    optimization = [s for s in plan.stages if s.stage not in EVALUATIONS]
+    optimization = [s for s in plan.stages if s.stage not in ALL_EVALUATIONS]
     weights = sum(s.worst_cost_usd or 0.0 for s in optimization)
     left = cap - needed
     for s in plan.stages:
-        if s.stage in EVALUATIONS:
+        if s.stage in ALL_EVALUATIONS:
             s.share_usd = s.worst_cost_usd
         else:
             s.share_usd = left * (s.worst_cost_usd or 0.0) / weights if weights else 0.0

@@ -192,6 +192,23 @@ def budget_matched_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> 
     )
 
 
+def small_optimize(spec: ExperimentSpec, task: Task, run: StageRun) -> PromptCandidate:
+    """The small-optimized arm (GEPA's Table 2 setting): Stage 1's optimizer with Stage 1's budget, on the
+    small model alone (it runs the program and writes the proposals); evaluated on the large model like
+    every arm, it tells whether hardening adds anything over simply optimizing on the small model."""
+    return _optimize(
+        spec,
+        task,
+        run,
+        stage=graph.SMALL_OPTIMIZED.stage,
+        optimizer=spec.stage1.optimizer,
+        student=task.program(),
+        role="small",
+        reflection="small",
+        parent=None,
+    )
+
+
 def matched_budget(*prompts: PromptCandidate) -> int:
     """The calls the optimizations that made these prompts used."""
     return sum(prompt.ledger.budget_used for prompt in prompts)
@@ -235,8 +252,8 @@ class InconsistentArms(ValueError):
 
 
 # Each stage asset and the stage assets it was made from (the asset graph, as far as consistency goes).
-MADE_FROM = {asset: reads for asset, reads in graph.READS.items() if asset != graph.COMPARISON}
-EVALUATED = {arm.evaluation: arm.prompt for arm in graph.ARMS}  # evaluation -> the prompt it scores
+MADE_FROM = {asset: reads for asset, reads in graph.ALL_READS.items() if asset != graph.COMPARISON}
+EVALUATED = {arm.evaluation: arm.prompt for arm in graph.ALL_ARMS}  # evaluation -> the prompt it scores
 
 
 def check_consistent(
@@ -278,20 +295,22 @@ def compare(
     evaluations: dict[str, EvaluationResult],
     located: Callable[[str], str] = str,
 ) -> Comparison:
-    """The consolidated result, from every prompt and evaluation of graph.PROMPTS and graph.ARMS by asset
-    key: each arm's score and optimization budget, every stage's usage, and the paired differences of
-    graph.DIFFERENCES (LSL against both baselines, and the two baselines) with a 95% bootstrap CI, a paired
+    """The consolidated result, from every prompt and evaluation of the experiment (graph.prompts_of and
+    graph.arms_of its `arms:`) by asset key: each arm's score and optimization budget, every stage's usage,
+    and the paired differences of graph.differences_of (LSL against both baselines, the two baselines, then
+    each optional arm against every other) with a 95% bootstrap CI, a paired
     test (exact McNemar for binary metrics) and its Holm adjustment across them, which the verdict uses.
     Refuses (InconsistentArms) unless every input was made from the current spec version. `located` says
     where a stored predictions location is read from (Workspace.located)."""
     check_consistent(spec, prompts, evaluations)
-    by_arm = {arm.name: evaluations[arm.evaluation] for arm in graph.ARMS}
+    all_arms = graph.arms_of(spec.arms)
+    by_arm = {arm.name: evaluations[arm.evaluation] for arm in all_arms}
     usage = {
-        **{p.stage: prompts[p.asset].ledger for p in graph.PROMPTS},
-        **{arm.evaluation: evaluations[arm.evaluation].ledger for arm in graph.ARMS},
+        **{p.stage: prompts[p.asset].ledger for p in graph.prompts_of(spec.arms)},
+        **{arm.evaluation: evaluations[arm.evaluation].ledger for arm in all_arms},
     }
     optimization_calls = {
-        arm.name: matched_budget(*(prompts[p] for p in arm.optimized_by)) for arm in graph.ARMS
+        arm.name: matched_budget(*(prompts[p] for p in arm.optimized_by)) for arm in all_arms
     }
     per_example = {arm: scores(located(result.predictions_path)) for arm, result in by_arm.items()}
     arms = [
@@ -308,7 +327,7 @@ def compare(
         for arm, result in by_arm.items()
     ]
     raw = []
-    for arm, baseline in graph.DIFFERENCES:
+    for arm, baseline in graph.differences_of(spec.arms):
         base, other = per_example[baseline], per_example[arm]
         if base.keys() != other.keys():
             raise ValueError(f"{arm} and {baseline} were evaluated on different examples; cannot pair them")

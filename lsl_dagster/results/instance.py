@@ -51,7 +51,7 @@ def stages_of(specs: Iterable[dg.AssetSpec]) -> dict[str, Stage]:
                 d.asset_key.to_user_string() for d in by_key[dg.AssetKey(name)].deps if d.asset_key != FILE
             ),
         )
-        for name in graph.STAGES
+        for name in graph.ALL_STAGES
     }
 
 
@@ -135,8 +135,10 @@ def stage_status(
     instance: dg.DagsterInstance,
     stages: Mapping[str, Stage],
     spec_hashes: Mapping[str, str | None],
+    arms: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, dict[str, str]]:
-    """experiment -> stage asset -> materialized | stale | failed | in progress | missing | invalid.
+    """experiment -> stage asset -> materialized | stale | failed | in progress | missing | invalid, for
+    the stage assets of each experiment (graph.stages_of the optional arms `arms` says it lists).
 
     `spec_hashes` holds each experiment's current spec hash, None when its file is invalid. The newest run
     that set out to materialize a stage decides whether it is in progress or failed, unless that very run
@@ -145,11 +147,15 @@ def stage_status(
     ids = list(spec_hashes)
     runs = {e: _last_runs(instance, e) for e in ids}
     table: dict[str, dict[str, str]] = {e: {} for e in ids}
+    own_stages = {e: set(graph.stages_of((arms or {}).get(e, ()))) for e in ids}
     for asset, stage in stages.items():
         records = latest_materializations(instance, asset, ids)
         upstream = {name: latest_materializations(instance, name, ids) for name in stage.upstream}
         for e in ids:
-            before = [table[e][name] for name in stage.upstream]
+            if asset not in own_stages[e]:
+                continue
+            # An optional arm's evaluation is upstream of only the comparisons of the experiments listing it.
+            before = [table[e][name] for name in stage.upstream if name in own_stages[e]]
             record = records.get(e)
             last = _last_run_of(runs[e], asset)
             own = last is not None and record is not None and record.run_id == last.run_id
@@ -173,6 +179,7 @@ def stage_status(
                 or any(
                     e not in upstream[name] or upstream[name][e].timestamp > record.timestamp
                     for name in stage.upstream
+                    if name in own_stages[e]
                 )
             ):
                 status = "stale"
@@ -188,7 +195,7 @@ def campaign_needs(
     """What a campaign still needs, from the status `table` of its experiments: the stage assets of each
     experiment that are missing, stale or failed, and whether its summary and matrix are to be redone
     (either is missing or older than a comparison of its experiments)."""
-    todo = {e: [a for a in graph.STAGES if row[a] in NEEDS_WORK] for e, row in table.items()}
+    todo = {e: [a for a, status in row.items() if status in NEEDS_WORK] for e, row in table.items()}
     comparisons = latest_materializations(instance, graph.COMPARISON, list(table))
     stale = False
     for asset in graph.CAMPAIGN_ASSETS:

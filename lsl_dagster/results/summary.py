@@ -74,6 +74,16 @@ def holm_adjusted(families: list[dict[str, Interval]]) -> list[dict[str, Interva
     return out
 
 
+def _names(comparisons: list[Comparison]) -> list[str]:
+    """The differences every one of these comparisons has, in the first one's (Holm) order."""
+    have = [{f"{d.arm} - {d.baseline}" for d in c.differences} for c in comparisons]
+    return [
+        f"{d.arm} - {d.baseline}"
+        for d in comparisons[0].differences
+        if all(f"{d.arm} - {d.baseline}" in h for h in have)
+    ]
+
+
 def _differences(experiments: list[str], names: Sequence[str], scores: ExampleScores) -> dict[str, Interval]:
     return {
         name: _pooled([paired_differences(scores[e], name) for e in experiments], test=True) for name in names
@@ -92,11 +102,7 @@ def summarize(
     grid = sorted(cells.items())
     all_differences = holm_adjusted(
         [
-            _differences(
-                experiments,
-                [f"{d.arm} - {d.baseline}" for d in comparisons[experiments[0]].differences],
-                scores,
-            )
+            _differences(experiments, _names([comparisons[e] for e in experiments]), scores)
             for _, experiments in grid
         ]
     )
@@ -111,7 +117,11 @@ def summarize(
                 small_model=first.small_model,
                 optimizer=optimizer,
                 experiments=experiments,
-                arms={a.arm: _pooled([_scored(scores[e][a.arm]) for e in experiments]) for a in first.arms},
+                arms={
+                    a.arm: _pooled([_scored(scores[e][a.arm]) for e in experiments])
+                    for a in first.arms
+                    if all(a.arm in scores[e] for e in experiments)
+                },
                 differences=differences,
             )
         )
@@ -125,8 +135,14 @@ def summarize(
 
 
 # The matrix shows whether hardening transfers: LSL against the plain Stage 1 prompt and against the
-# optimizer given the same budget.
-MATRIX_DIFFERENCES = ("lsl - baseline", "lsl - budget_matched")
+# optimizer given the same budget; where the experiments have the small-optimized arm, also that arm
+# against the baseline (GEPA's transfer setting) and against LSL (does hardening add to it?).
+MATRIX_DIFFERENCES = (
+    "lsl - baseline",
+    "lsl - budget_matched",
+    "small_optimized - baseline",
+    "small_optimized - lsl",
+)
 
 
 def transfer_matrix(
@@ -140,7 +156,16 @@ def transfer_matrix(
         c = comparisons[experiment]
         pairs[(c.large_model, c.small_model)].append(experiment)
     keys = sorted(pairs)
-    families = holm_adjusted([_differences(pairs[key], MATRIX_DIFFERENCES, scores) for key in keys])
+    families = holm_adjusted(
+        [
+            _differences(
+                pairs[key],
+                [n for n in _names([comparisons[e] for e in pairs[key]]) if n in MATRIX_DIFFERENCES],
+                scores,
+            )
+            for key in keys
+        ]
+    )
     return TransferMatrix(
         campaign=campaign,
         large_models=sorted({large for large, _ in keys}),

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from lsl_dagster.graph import OPTIONAL_ARMS
 from lsl_dagster.spec.providers import FAMILIES, PROVIDER_NAMES, Family, key_variable_refusal
 from lsl_dagster.spec.strict import Slug, Strict, check_slug
 
@@ -209,6 +210,18 @@ class ExperimentSpec(Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     max_cost_usd: float | None = Field(default=None, gt=0)
     seed: int = Field(default=0, ge=0)
+    # The optional arms (graph.OPTIONAL_ARMS) this experiment adds to the three every experiment has.
+    arms: list[str] = Field(default_factory=list)
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in OPTIONAL_ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; the optional arms are {list(OPTIONAL_ARMS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"an arm is listed twice in {value}")
+        return value
 
     @field_validator("task")
     @classmethod
@@ -226,7 +239,9 @@ class ExperimentSpec(Strict):
             left = {name for name, default in defaults.items() if getattr(values, name) == default}
             if left:
                 unset[section] = left
-        return hashlib.sha256(self.model_dump_json(exclude=unset).encode()).hexdigest()[:16]
+        # `arms:` came later too: an experiment without optional arms keeps its hash.
+        exclude: dict[str, Any] = {**unset, **({} if self.arms else {"arms": True})}
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
 
     @property
     def simulated(self) -> bool:

@@ -78,6 +78,22 @@ def experiment_ids(data_dir: Path) -> list[str]:
     return sorted(ids)
 
 
+def optional_arms(data_dir: Path) -> dict[str, list[str]]:
+    """Per optional arm, the experiments (files and campaign cells) that list it in `arms:`; an invalid
+    file lists none (its runs fail with its error)."""
+    specs = dict(s for _, cells in campaigns(data_dir).values() for s in cells.items())
+    for experiment_id in _file_ids(data_dir):
+        try:
+            specs[experiment_id] = load_experiment(data_dir, experiment_id)
+        except ExperimentError:
+            continue
+    listing: dict[str, list[str]] = {}
+    for experiment_id, spec in sorted(specs.items()):
+        for arm in spec.arms:
+            listing.setdefault(arm, []).append(experiment_id)
+    return listing
+
+
 def problems(data_dir: Path) -> dict[str, str]:
     """Everything wrong with the experiment and campaign files, by file: what `lsl validate` reports."""
     found: dict[str, str] = {}
