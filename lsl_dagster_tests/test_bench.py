@@ -63,5 +63,7 @@ def test_the_floor_is_the_experiment_graph_with_no_work(lab: Lab, tmp_path: Path
     assert result.success
     assert {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()} == stages
     assert {(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations()} == {
-        (a, name) for a, name, _ in ours["checks"]
+        (a, name)
+        for a, name, _ in ours["checks"]
+        if a in stages  # the optional arms' checks: not run
     }

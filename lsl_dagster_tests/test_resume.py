@@ -47,7 +47,8 @@ def _outputs(lab: Lab, experiment_id: str) -> dict:
     predictions = {a: lab.read(lab.output(experiment_id, a)["predictions_path"]) for a in evaluations}
     return {
         "prompts": prompts,
-        "arms": comparison["arms"],
+        # Where each arm's predictions are differs between experiments; what they hold is compared below.
+        "arms": [{k: v for k, v in arm.items() if k != "predictions_path"} for arm in comparison["arms"]],
         "differences": comparison["differences"],
         "predictions": predictions,
     }
