@@ -15,9 +15,10 @@ from dagster import AssetKey, AssetRecordsFilter
 from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.method import stages
-from lsl_dagster.method.plan import forecast
+from lsl_dagster.method.plan import ASSUMED_DISCORDANCE, forecast
 from lsl_dagster.method.prompts import capture
 from lsl_dagster.records import Comparison, Ledger, PromptCandidate, Provenance
+from lsl_dagster.results import stats
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.sim.tiers import TIERS
 from lsl_dagster.tasks.task import load_task
@@ -131,6 +132,8 @@ def test_lsl_plan_forecasts_every_stage_without_calling_a_model(lab: Lab, sim_se
         assert stage in rows
     assert rows["stage1"][1] == "80" and rows["baseline_evaluation"][1] == "40"
     assert rows["total"][1] == str(80 + 60 + 140 + 3 * 40)
+    detectable = stats.detectable_difference(40, ASSUMED_DISCORDANCE, 0.05 / 3)
+    assert f"with 40 examples per arm, a paired difference of {detectable:.3f} or more" in done.stdout
     # The same numbers are metadata of the experiment file's observation.
     assert lab.run("planned", ["experiment_file"]).success
     filter_ = AssetRecordsFilter(asset_key=AssetKey("experiment_file"), asset_partitions=["planned"])
@@ -139,6 +142,7 @@ def test_lsl_plan_forecasts_every_stage_without_calling_a_model(lab: Lab, sim_se
     ]
     plan = next(m for m in observed if "plan_calls" in m)
     assert plan["plan_calls"].value == 400 and plan["plan_stage1_calls"].value == 80
+    assert plan["plan_detectable_difference"].value == pytest.approx(detectable)
     assert sim_server.stats()["requests"] == 0  # a forecast, not a run
 
 

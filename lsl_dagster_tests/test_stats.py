@@ -351,3 +351,31 @@ def test_the_cluster_bootstrap_p_is_small_only_for_a_real_difference_and_refuses
     for bad in ([], [np.array([])], [np.array([0.1, np.nan])]):
         with pytest.raises(ValueError):
             stats.cluster_bootstrap(bad)
+
+
+def _mcnemar_power(n: int, discordance: float, delta: float, alpha: float, runs: int = 2000) -> float:
+    """The share of simulated paired 0/1 evaluations the exact McNemar test calls different at alpha."""
+    rng = np.random.default_rng(11)
+    up, down = (discordance + delta) / 2, (discordance - delta) / 2  # b right and a wrong; the reverse
+    found = 0
+    for _ in range(runs):
+        u = rng.random(n)
+        a = np.where(u < down, 1.0, 0.0)  # discordant for a: a right, b wrong
+        b = np.where((u >= down) & (u < down + up), 1.0, 0.0)  # discordant for b
+        found += stats.paired_test(a, b)[1] < alpha
+    return found / runs
+
+
+def test_the_detectable_difference_is_found_with_the_stated_power_by_the_test_the_comparison_runs():
+    alpha = 0.05 / 3
+    delta = stats.detectable_difference(300, 0.2, alpha)
+    assert 0.05 < delta < 0.12
+    # Exact McNemar is a little more conservative than the normal approximation it is planned with.
+    assert 0.72 <= _mcnemar_power(300, 0.2, delta, alpha) <= 0.88
+    assert _mcnemar_power(300, 0.2, delta / 2, alpha) < 0.4
+    assert stats.detectable_difference(1200, 0.2, alpha) == pytest.approx(delta / 2, rel=0.05)
+    # 8 examples with 20% discordant cannot differ by more than 0.2, which they cannot detect.
+    assert stats.detectable_difference(8, 0.2, 0.05 / 6) is None
+    for bad in ((1, 0.2, alpha), (300, 0.0, alpha), (300, 0.2, 1.0)):
+        with pytest.raises(ValueError):
+            stats.detectable_difference(*bad)

@@ -20,6 +20,7 @@ from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.llm.providers import PROVIDERS
 from lsl_dagster.method.optimizers import OPTIMIZERS
 from lsl_dagster.method.optimizers.base import MAX_BOOTSTRAPPED_DEMOS, MAX_LABELED_DEMOS, Budget
+from lsl_dagster.results.stats import detectable_difference
 from lsl_dagster.results.text import table, usd
 from lsl_dagster.spec.experiment import SIMULATED, ExperimentSpec, ModelSpec, Price
 from lsl_dagster.tasks.task import Example, Task
@@ -29,6 +30,11 @@ INSTRUCTION_CHARS = 1000
 DEMO_REASONING_CHARS = 400
 # Assumed typical reply length for the expected cost; the worst case assumes every reply hits max_tokens.
 EXPECTED_OUTPUT_TOKENS = 150
+# Assumed share of test examples on which two arms disagree (one right, one wrong), for the detectable
+# difference; prompts of one model on one task often disagree on 10-30% of them.
+ASSUMED_DISCORDANCE = 0.2
+POWER = 0.8
+ALPHA = 0.05
 
 
 class StageForecast(BaseModel):
@@ -51,6 +57,12 @@ class Forecast(BaseModel):
     # Why the cap cannot finish this experiment (it is then refused before any call), or None.
     refusal: str | None = None
     simulated: bool = False  # a sim model is in it: its prices are the simulator's, not a provider's
+    evaluation_examples: int = 0  # the examples each arm is evaluated on
+    differences: int = 0  # the paired differences Holm's adjustment runs over
+    # The smallest difference (0/1 scores) the evaluations detect with POWER at Holm's strictest level,
+    # ALPHA / differences, if ASSUMED_DISCORDANCE of the examples are discordant; None: too few examples
+    # for any difference that discordance allows.
+    detectable_difference: float | None = None
 
     @property
     def calls(self) -> int:
@@ -80,6 +92,7 @@ class Forecast(BaseModel):
             "plan_calls": self.calls,
             "plan_expected_cost_usd": self.expected_cost_usd,
             "plan_worst_cost_usd": self.worst_cost_usd,
+            "plan_detectable_difference": self.detectable_difference,
         }
         for s in self.stages:
             out[f"plan_{s.stage}_calls"] = s.calls
@@ -175,11 +188,17 @@ def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
         ),
         *(_stage(a.evaluation, examples * predictors, [large], chars) for a in graph.arms_of(spec.arms)),
     ]
+    differences = len(graph.differences_of(spec.arms))
     plan = Forecast(
         experiment_id=spec.experiment_id,
         max_cost_usd=spec.max_cost_usd,
         stages=stages,
         simulated=spec.simulated,
+        evaluation_examples=examples,
+        differences=differences,
+        detectable_difference=None
+        if examples < 2
+        else detectable_difference(examples, ASSUMED_DISCORDANCE, ALPHA / differences, POWER),
     )
     plan.refusal = _budget_refusal(spec, task, predictors)
     if spec.max_cost_usd is not None and plan.refusal is None:
@@ -272,6 +291,22 @@ def render(plan: Forecast) -> str:
         f"Expected cost assumes ~{EXPECTED_OUTPUT_TOKENS} output tokens per call; the worst case assumes "
         "every reply reaches max_tokens and 2 characters per input token.",
     ]
+    level = f"at alpha {ALPHA}/{plan.differences} (Holm's first step over the {plan.differences} differences)"
+    assumed = (
+        f"if {ASSUMED_DISCORDANCE:.0%} of the examples are right for one arm and wrong for the other (0/1 "
+        "scores, normal approximation)"
+    )
+    if plan.detectable_difference is None:
+        notes.append(
+            f"Power: {plan.evaluation_examples} examples per arm are too few to find any paired difference "
+            f"with {POWER:.0%} power {level}, {assumed}; raise evaluation.limit."
+        )
+    else:
+        notes.append(
+            f"Power: with {plan.evaluation_examples} examples per arm, a paired difference of "
+            f"{plan.detectable_difference:.3f} or more is found with {POWER:.0%} power {level}, {assumed}; "
+            "fewer discordant examples detect smaller differences."
+        )
     if plan.simulated:
         notes.append(f"{SIMULATED}: the sim's prices are made up, so are these costs.")
     if plan.refusal:

@@ -1,7 +1,7 @@
 """Paired statistics for comparing arms scored on the same test examples, and pooled across seeds.
 
 Everything here delegates to reviewed implementations, `scipy.stats` (bootstrap, binomtest, ttest_rel)
-and `statsmodels` (Holm's step-down adjustment), except the cluster bootstrap, which neither has.
+and `statsmodels` (Holm's step-down adjustment, power), except the cluster bootstrap, which neither has.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 # Upper bound on entries in one batch of resamples: scipy materializes the resampled index matrix and
 # both gathered arms (int64 + 2 x float64) plus their difference, ~32 bytes per entry, so 2**20 entries
@@ -125,6 +126,22 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         for i, value in zip(present, corrected, strict=True):
             adjusted[i] = float(value)
     return adjusted
+
+
+def detectable_difference(n: int, discordance: float, alpha: float, power: float = 0.8) -> float | None:
+    """The smallest paired difference of 0/1 scores that n examples detect with `power` (two-sided, level
+    `alpha`), when a share `discordance` of the examples is right for one arm and wrong for the other;
+    None when it would exceed `discordance`, the largest difference such examples can have.
+
+    The paired differences are then -1, 0 or +1 with variance discordance - delta**2, so the standardized
+    effect d that statsmodels' paired t-test power solves for gives delta = d * sqrt(discordance / (1 +
+    d**2)); the normal approximation of McNemar's test, which the exact test used here roughly matches.
+    """
+    if n < 2 or not 0 < discordance <= 1 or not 0 < alpha < 1:
+        raise ValueError("need n >= 2, discordance in (0, 1] and alpha in (0, 1)")
+    d = float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power))
+    delta = d * float(np.sqrt(discordance / (1 + d * d)))
+    return delta if delta <= discordance else None
 
 
 def is_binary(scores: Sequence[float] | np.ndarray) -> bool:
