@@ -1,6 +1,8 @@
 """The optional small-optimized arm (`arms: [small_optimized]`): Stage 1's optimizer and budget on the small
 model, evaluated on the large model, paired with every arm in the comparison."""
 
+import json
+
 import pytest
 import yaml
 from dagster import AssetKey, AssetSelection, Definitions, define_asset_job
@@ -78,6 +80,12 @@ def test_the_arm_materializes_and_is_paired_with_the_three_arms(
     assert table["exp-plain"] == ["missing"] * 3 + ["-"] + ["missing"] * 3 + ["-", "missing"]
     assert main(["results", "exp-small"]) == 0
     assert "small_optimized" in capsys.readouterr().out
+    # The export has a row for the arm, with its difference to the baseline.
+    exported = lab.runs_dir / "export.json"
+    assert main(["export", "exp-small", "--format", "json", "-o", str(exported)]) == 0
+    row = next(r for r in json.loads(exported.read_text()) if r["arm"] == "small_optimized")
+    versus = next(d for d in comparison.differences if (d.arm, d.baseline) == ("small_optimized", "baseline"))
+    assert (row["score"], row["diff_vs_baseline"]) == (arm.score, versus.diff)
 
 
 def test_the_arm_reuses_the_experiments_cache(lab: Lab):
