@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job
 
-from lsl_dagster.defs.assets import ARMS_GROUP, CAMPAIGN_GROUP, GROUP, build_assets, build_campaign_assets
+from lsl_dagster.defs.assets import ARMS_GROUP, GROUP, build_assets
+from lsl_dagster.defs.campaign_assets import CAMPAIGN_GROUP, build_campaign_assets
 from lsl_dagster.defs.checks import build_checks
 from lsl_dagster.defs.executors import executor_for
 from lsl_dagster.defs.io_managers import PydanticJsonIOManager

@@ -26,7 +26,8 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from lsl_dagster.cli import main
-from lsl_dagster.defs.assets import CAMPAIGN_GROUP, POOL
+from lsl_dagster.defs.assets import POOL
+from lsl_dagster.defs.campaign_assets import CAMPAIGN_GROUP
 from lsl_dagster.method.evaluation import scores
 from lsl_dagster.records import CampaignSummary, Comparison, TransferMatrix
 from lsl_dagster.results.stats import CLUSTER_METHOD, cluster_bootstrap

@@ -9,7 +9,7 @@ from dagster import AssetKey, AssetSelection, Definitions, define_asset_job
 
 from lsl_dagster import graph
 from lsl_dagster.cli import main
-from lsl_dagster.defs.assets import CAMPAIGN_GROUP
+from lsl_dagster.defs.campaign_assets import CAMPAIGN_GROUP
 from lsl_dagster.records import CampaignSummary, Comparison, PromptCandidate, TransferMatrix
 from lsl_dagster.spec.experiment_files import ExperimentError, experiment_ids, load_experiment
 from lsl_dagster_tests.conftest import Lab

@@ -24,7 +24,6 @@ from dagster import (
     RetryRequested,
     SourceAsset,
     StaticPartitionMapping,
-    StaticPartitionsDefinition,
     asset,
     observable_source_asset,
 )
@@ -33,12 +32,10 @@ from lsl_dagster import CODE_VERSION, RESULTS_CODE_VERSION, graph
 from lsl_dagster.defs.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
 from lsl_dagster.defs.io_managers import PydanticJsonIOManager
 from lsl_dagster.defs.metadata import (
-    campaign_metadata,
     comparison_metadata,
     evaluation_metadata,
     hardening_metadata,
     ledger_metadata,
-    matrix_metadata,
     prompt_metadata,
 )
 from lsl_dagster.defs.resources import Workspace
@@ -52,10 +49,8 @@ from lsl_dagster.method.optimizers.metrics import MetricFailed
 from lsl_dagster.method.optimizers.unparseable import OptimizerOutputError
 from lsl_dagster.method.plan import forecast
 from lsl_dagster.method.run import StageRun
-from lsl_dagster.records import CampaignSummary, Comparison, EvaluationResult, PromptCandidate, TransferMatrix
+from lsl_dagster.records import Comparison, EvaluationResult, PromptCandidate
 from lsl_dagster.results.instance import FILE
-from lsl_dagster.results.summary import ExampleScores, example_scores, summarize
-from lsl_dagster.results.summary import transfer_matrix as transfer_matrix_of
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.spec.experiment_files import ExperimentError, check_fits, spec_versions
 from lsl_dagster.tasks.task import Task, TaskDataError
@@ -64,7 +59,6 @@ from lsl_dagster.tasks.task import Task, TaskDataError
 POOL = "lsl_llm"
 GROUP = "lsl"  # one experiment's assets, partitioned by experiment
 ARMS_GROUP = "lsl_arms"  # the optional arms' assets (graph.OPTIONAL_ARMS), for the experiments that list them
-CAMPAIGN_GROUP = "campaigns"
 
 
 def _load(workspace: Workspace, experiment_id: str) -> tuple[ExperimentSpec, Task]:
@@ -375,13 +369,6 @@ def build_assets(
     ]
 
 
-def _example_scores(comparisons: dict[str, Comparison], workspace: Workspace) -> ExampleScores:
-    try:
-        return example_scores(comparisons, workspace.located)
-    except (OSError, ValueError) as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-
-
 def _optional_outputs(
     context: AssetExecutionContext, io_manager: PydanticJsonIOManager, spec: ExperimentSpec
 ) -> dict[str, PromptCandidate | EvaluationResult]:
@@ -407,59 +394,3 @@ def _optional_outputs(
             allow_retries=False,
         )
     return loaded
-
-
-def build_campaign_assets(campaigns: dict[str, list[str]], errors: dict[str, str]) -> list[AssetsDefinition]:
-    """The campaign level: one partition per campaign file, fed by the comparisons of its experiments. An
-    invalid campaign file is a partition too: materializing it fails with the file's error, so the UI
-    shows what is wrong with it while every other campaign loads and runs."""
-    experiments_of = StaticPartitionMapping({e: name for name, ids in campaigns.items() for e in ids})
-    per_campaign = {
-        "partitions_def": StaticPartitionsDefinition(sorted({*campaigns, *errors})),
-        "group_name": CAMPAIGN_GROUP,
-        "code_version": RESULTS_CODE_VERSION,
-        "ins": {"comparisons": AssetIn(graph.COMPARISON, partition_mapping=experiments_of)},
-    }
-
-    @asset(name=graph.CAMPAIGN_SUMMARY, **per_campaign)
-    def campaign_summary(
-        context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
-    ) -> Output[CampaignSummary]:
-        """Per grid cell of a campaign: each arm's mean score and each paired difference (LSL vs the
-        baselines), pooled over the paired examples of its seeds (seeds as clusters), with 95% intervals, as
-        a table and a plot."""
-        if context.partition_key in errors:
-            raise Failure(description=errors[context.partition_key], allow_retries=False)
-        # matplotlib is imported here, not with the code location: every run and `lsl` command loads
-        # the code location, few draw a plot (~0.5 s of start-up saved).
-        from lsl_dagster.results.plots import campaign_figure
-
-        plot = workspace.run_dir(context.partition_key) / "campaign_summary.png"
-        scores = _example_scores(comparisons, workspace)
-        summary = summarize(context.partition_key, comparisons, scores, workspace.location(plot))
-        campaign_figure(summary, plot)
-        workspace.publish(plot)
-        return Output(summary, metadata=campaign_metadata(summary))
-
-    @asset(name=graph.TRANSFER_MATRIX, **per_campaign)
-    def transfer_matrix(
-        context: AssetExecutionContext, workspace: Workspace, comparisons: dict[str, Comparison]
-    ) -> Output[TransferMatrix]:
-        """For which (large, small) model pairs does hardening transfer? Rows = large models, columns =
-        small models; each cell LSL - baseline and LSL - budget-matched across the pair's tasks, optimizers
-        and seeds, pooled over their paired examples (each experiment a cluster), with 95% intervals and
-        Holm-adjusted p-values, as a table and a heat map."""
-        if context.partition_key in errors:
-            raise Failure(description=errors[context.partition_key], allow_retries=False)
-        from lsl_dagster.results.plots import (
-            matrix_figure,  # matplotlib only where a plot is drawn (see above)
-        )
-
-        plot = workspace.run_dir(context.partition_key) / "transfer_matrix.png"
-        scores = _example_scores(comparisons, workspace)
-        matrix = transfer_matrix_of(context.partition_key, comparisons, scores, workspace.location(plot))
-        matrix_figure(matrix, plot)
-        workspace.publish(plot)
-        return Output(matrix, metadata=matrix_metadata(matrix))
-
-    return [campaign_summary, transfer_matrix]
