@@ -112,6 +112,19 @@ def _open_files() -> list[str]:
     return paths
 
 
+def _plan(lab: Lab, experiment_id: str) -> subprocess.CompletedProcess[str]:
+    """`lsl plan <experiment_id>`, which must succeed."""
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("lsl")), "plan", experiment_id],
+        env=lab.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_lsl_plan_forecasts_every_stage_without_calling_a_model(lab: Lab, sim_server: SimServer):
     lab.write(
         "planned",
@@ -119,14 +132,7 @@ def test_lsl_plan_forecasts_every_stage_without_calling_a_model(lab: Lab, sim_se
         small_model=_http(sim_server, "small"),
         max_cost_usd=50.0,
     )
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("lsl")), "plan", "planned"],
-        env=lab.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _plan(lab, "planned")
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.strip()}
     for stage in ("stage1", "stage2", "budget_matched", "baseline_evaluation", "stage3_evaluation"):
         assert stage in rows
@@ -137,14 +143,7 @@ def test_lsl_plan_forecasts_every_stage_without_calling_a_model(lab: Lab, sim_se
     assert "Power: 40 examples per arm are too few to find any paired difference" in done.stdout
     assert "raise evaluation.limit" in done.stdout
     lab.write("planned_larger", evaluation={"limit": 200})
-    larger = subprocess.run(
-        [str(Path(sys.executable).with_name("lsl")), "plan", "planned_larger"],
-        env=lab.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert larger.returncode == 0, larger.stderr
+    larger = _plan(lab, "planned_larger")
     detectable = stats.detectable_difference(200, ASSUMED_DISCORDANCE, 0.05 / 3)
     assert detectable is not None and 0.05 < detectable < 0.2
     assert f"with 200 examples per arm, a paired difference of {detectable:.3f} or more" in larger.stdout
