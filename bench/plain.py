@@ -21,7 +21,7 @@ from pathlib import Path  # noqa: E402  (imports are part of what is timed)
 
 from lsl_dagster.defs.resources import Workspace  # noqa: E402
 from lsl_dagster.llm.language_models import LanguageModels  # noqa: E402
-from lsl_dagster.method import stages  # noqa: E402
+from lsl_dagster.method import comparison, stages  # noqa: E402
 from lsl_dagster.records import Comparison, EvaluationResult, PromptCandidate  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def run_experiment(workspace: Workspace, models: LanguageModels, experiment_id: 
     )
     lsl = evaluate("stage3_evaluation", "lsl", stage2)
     matched_eval = evaluate("budget_matched_evaluation", "budget_matched", matched)
-    comparison = stages.compare(
+    result_of = comparison.compare(
         spec,
         {"stage1_prompt": stage1, "stage2_hardened_prompt": stage2, "budget_matched_prompt": matched},
         {
@@ -64,8 +64,8 @@ def run_experiment(workspace: Workspace, models: LanguageModels, experiment_id: 
             "budget_matched_evaluation": matched_eval,
         },
     )
-    save("comparison", comparison)
-    return comparison
+    save("comparison", result_of)
+    return result_of
 
 
 def main() -> None:

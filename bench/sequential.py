@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from _common import median, parser, print_table, spread
 
-from lsl_dagster.results.confseq import excluded, log_capital
+from lsl_dagster.results.confseq import examples_used, excluded, log_capital
 
 ALPHA = 0.05
 MIN_EXAMPLES = 50
@@ -40,9 +40,7 @@ def measure(scores: str, d: float, finite: bool, n: int, runs: int, level: float
     population = n if finite else None
     truth = x.mean(axis=1, keepdims=True) if finite else (d + 1) / 2
     covered = ~excluded(log_capital(x, truth, level, population), level)[:, -1]
-    settled = excluded(log_capital(x, 0.5, level, population), level)
-    crossed = np.where(settled.any(axis=1), settled.argmax(axis=1) + 1, n)
-    used = np.maximum(crossed, min(MIN_EXAMPLES, n))
+    used = examples_used(x, level, MIN_EXAMPLES, population)
     return {"coverage": covered.mean(), "used": used.mean(), "early": (used < n).mean()}
 
 

@@ -82,6 +82,10 @@ DIFFERENCES = (
     (LSL.name, BUDGET_MATCHED_ARM.name),
 )
 
+# A sequential evaluation's rounds (evaluation.sequential): a stage, not an asset, run by the first of the
+# experiment's evaluations; it scores every arm, and each evaluation then replays its prefix.
+ROUNDS = "evaluation_rounds"
+
 COMPARISON = "comparison"  # reads every prompt and every evaluation
 # The campaign level: per campaign, after the comparisons of its experiments.
 CAMPAIGN_SUMMARY = "campaign_summary"
@@ -116,6 +120,12 @@ def reads_of(names: tuple[str, ...] | list[str] = ()) -> dict[str, tuple[str, ..
         **{arm.evaluation: (arm.prompt,) for arm in arms},
         COMPARISON: (*(prompt.asset for prompt in prompts), *(arm.evaluation for arm in arms)),
     }
+
+
+def waits_for(names: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:
+    """The prompt assets every evaluation of such an experiment runs after: all of them, so that whichever
+    evaluation runs a sequential evaluation's rounds finds every arm's prompt made."""
+    return tuple(prompt.asset for prompt in prompts_of(names))
 
 
 def stages_of(names: tuple[str, ...] | list[str] = ()) -> tuple[str, ...]:

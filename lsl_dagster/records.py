@@ -152,6 +152,40 @@ class FormatCounts(Strict):
     format_warning: str | None = None
 
 
+class SequenceBounds(Strict):
+    """A paired difference's anytime-valid confidence sequence where a sequential evaluation stopped."""
+
+    arm: str
+    baseline: str
+    n: int  # the examples both arms scored
+    diff: float
+    lower: float
+    upper: float
+    # How the sequence settled the difference: it excludes 0, it lies inside +-margin, or neither.
+    settled: Literal["excludes_zero", "equivalent", "open"]
+
+
+class SequentialDecision(Strict):
+    """Where a sequential evaluation of an experiment's arms stopped, and why (method.sequential)."""
+
+    key: str  # the spec version and the prompts it was decided for: a decision for other prompts is stale
+    alpha: float  # family-wise; each sequence is at alpha / len(sequences)
+    margin: float
+    min_examples: int
+    population: int  # the fixed design's examples per arm, which the rounds draw from in one random order
+    finite: bool = False  # the sequences are about this test set's own mean difference (SequentialSpec)
+    examples: int  # the examples every arm used
+    rounds: int
+    # settled: every difference is; examples: the population ran out first; budget: max_cost_usd could not
+    # pay for the next round.
+    reason: Literal["settled", "examples", "budget"]
+    sequences: list[SequenceBounds]
+    requests: int  # the calls the rounds sent or replayed (ledger calls + cache hits)
+    # What the arms' evaluations would have needed on the whole population, at the rounds' calls per example.
+    fixed_requests: int
+    ledger: Ledger  # the rounds' usage (the evaluations then replay their prefix from the cache)
+
+
 class EvaluationResult(FormatCounts):
     """Aggregates of one arm on the evaluation split; per-example rows live in the predictions JSONL."""
 
@@ -168,6 +202,8 @@ class EvaluationResult(FormatCounts):
     # What the arm was made from (None in outputs made before versions were recorded: never paired).
     version: SpecVersion | None = None
     prompt_digest: str | None = None
+    # With evaluation.sequential: where the rounds stopped (n is then its `examples`).
+    sequential: SequentialDecision | None = None
 
 
 class ArmSummary(FormatCounts):
@@ -190,8 +226,9 @@ class PairedDifference(Strict):
     diff: float
     ci_low: float
     ci_high: float
-    # Exact McNemar for 0/1 scores, else a paired t-test; None where the test is undefined.
-    test: Literal["mcnemar_exact", "paired_t"]
+    # Exact McNemar for 0/1 scores, else a paired t-test; None where the test is undefined. A sequential
+    # evaluation's interval is its confidence sequence, which needs no p-value.
+    test: Literal["mcnemar_exact", "paired_t", "confidence_sequence"]
     p_value: float | None
     # Holm-adjusted across the experiment's differences: what the verdict uses.
     p_holm: float | None
@@ -215,6 +252,8 @@ class Comparison(Strict):
     stage2_signal: SmallModelSignal | None = None
     stage2_start_val_score: float | None = None
     stage2_val_score: float | None = None
+    # With evaluation.sequential: where and why the rounds stopped; the differences' CIs are its sequences.
+    sequential: SequentialDecision | None = None
 
 
 class Interval(Strict):

@@ -15,9 +15,9 @@ from dspy.clients.cache import Cache
 from lsl_dagster.defs.resources import Workspace
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import Meter
+from lsl_dagster.method.comparison import compare
 from lsl_dagster.method.evaluation import Totals, evaluate, scores
 from lsl_dagster.method.plan import forecast
-from lsl_dagster.method.stages import compare
 from lsl_dagster.records import Comparison, EvaluationResult, Ledger, PromptCandidate
 from lsl_dagster.sim.server import SimServer
 from lsl_dagster.spec.experiment import ExperimentSpec, ModelSpec

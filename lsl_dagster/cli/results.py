@@ -9,7 +9,7 @@ from lsl_dagster import graph
 from lsl_dagster.cli.code_location import comparisons, open_instance, runs_dir
 from lsl_dagster.records import ArmSummary, Comparison
 from lsl_dagster.results import reports
-from lsl_dagster.results.text import difference_text, p_text, signal_text, usd
+from lsl_dagster.results.text import difference_text, p_text, sequential_text, signal_text, usd
 from lsl_dagster.spec.experiment import SIMULATED
 from lsl_dagster.storage import outputs as storage
 
@@ -64,6 +64,8 @@ def results_table(comparisons: Sequence[Comparison]) -> str:
                 f"{calls:>9} {usd(arm.cost_usd):>10} {_format_share(arm):>8}"
             )
         lines += [f"    {d.verdict}" for d in comparison.differences]
+        if comparison.sequential is not None:
+            lines.append(f"    {sequential_text(comparison.sequential)}")
         if comparison.stage2_unchanged:
             lines.append(
                 f"    NOTE {graph.LSL.name}: LSL equals the baseline by construction: Stage 2 left the "

@@ -4,7 +4,7 @@ No `from __future__ import annotations` here: Dagster reads the annotations at d
 """
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +12,6 @@ from dagster import (
     AssetDep,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetObservation,
     AssetsDefinition,
     DataVersion,
@@ -30,6 +29,7 @@ from dagster import (
 
 from lsl_dagster import CODE_VERSION, RESULTS_CODE_VERSION, graph
 from lsl_dagster.defs.continuity import STAGE_KEY, STATE_KEY, ForeignState, earlier_stages
+from lsl_dagster.defs.evaluation_rounds import sequential_decision
 from lsl_dagster.defs.io_managers import PydanticJsonIOManager
 from lsl_dagster.defs.metadata import (
     comparison_metadata,
@@ -39,10 +39,12 @@ from lsl_dagster.defs.metadata import (
     prompt_metadata,
 )
 from lsl_dagster.defs.resources import Workspace
+from lsl_dagster.defs.stored import optional_outputs
 from lsl_dagster.llm.engine import AccessDenied, ProviderUnavailable, StructuredOutputsRejected
 from lsl_dagster.llm.language_models import LanguageModels
 from lsl_dagster.llm.ledger import BudgetExhausted
 from lsl_dagster.llm.provider import ConfigError
+from lsl_dagster.method import comparison as comparison_stage
 from lsl_dagster.method import stages
 from lsl_dagster.method.evaluation import ProgramErrors
 from lsl_dagster.method.optimizers.metrics import MetricFailed
@@ -296,24 +298,44 @@ def build_assets(
         description = (
             f"The {arm.prompt} prompt on the large model over the held-out split (arm '{arm.name}')."
         )
+        # After every prompt of its experiment (graph.waits_for); an optional arm's only in the experiments
+        # listing it.
+        waits = [
+            *(AssetDep(p) for p in graph.waits_for() if p != arm.prompt),
+            *(
+                AssetDep(a.prompt, partition_mapping=StaticPartitionMapping({e: e for e in listing[a.name]}))
+                for a in graph.ALL_ARMS
+                if a.optional and listing.get(a.name) and a.prompt != arm.prompt
+            ),
+        ]
 
         @asset(
             name=arm.evaluation,
             pool=POOL,
             ins={"candidate": AssetIn(arm.prompt)},
             description=description,
-            **group(arm.optional),
+            **{**group(arm.optional), "deps": [*common["deps"], *waits]},
         )
         def _evaluation(
             context: AssetExecutionContext,
             workspace: Workspace,
             language_models: LanguageModels,
+            io_manager: ResourceParam[PydanticJsonIOManager],
             candidate: PromptCandidate,
         ) -> Output[EvaluationResult]:
             spec, task = _load(workspace, context.partition_key)
             out = workspace.run_dir(spec.experiment_id) / "predictions" / f"{arm.name}.jsonl"
+
+            def rounds() -> AbstractContextManager[StageRun]:
+                return _stage(context, workspace, language_models, spec, task, graph.ROUNDS, None)
+
+            decision = (
+                None
+                if spec.evaluation.sequential is None
+                else sequential_decision(context, workspace, io_manager, spec, task, rounds)
+            )
             with _stage(context, workspace, language_models, spec, task, arm.evaluation, None) as run:
-                result = stages.evaluate_on_large(spec, task, candidate, arm.name, run, out)
+                result = stages.evaluate_on_large(spec, task, candidate, arm.name, run, out, decision)
             # Where every worker and the CLI reach them (object storage when outputs are there).
             result = result.model_copy(update={"predictions_path": workspace.publish(out)})
             return Output(result, metadata=evaluation_metadata(result, spec))
@@ -352,12 +374,12 @@ def build_assets(
         """Baseline vs LSL vs budget-matched baseline (and the optional arms the experiment lists): scores,
         paired differences with CIs, usage."""
         spec, _ = _load(workspace, context.partition_key)
-        read |= _optional_outputs(context, io_manager, spec)
+        read |= optional_outputs(context, io_manager, spec)
         prompts = {p.asset: read[p.asset] for p in graph.prompts_of(spec.arms)}
         evaluations = {a.evaluation: read[a.evaluation] for a in graph.arms_of(spec.arms)}
         try:
-            result = stages.compare(spec, prompts, evaluations, workspace.located)
-        except stages.InconsistentArms as exc:
+            result = comparison_stage.compare(spec, prompts, evaluations, workspace.located)
+        except comparison_stage.InconsistentArms as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
         return Output(result, metadata=comparison_metadata(result, spec))
 
@@ -367,30 +389,3 @@ def build_assets(
         *map(evaluation_asset, graph.ALL_ARMS),
         comparison,
     ]
-
-
-def _optional_outputs(
-    context: AssetExecutionContext, io_manager: PydanticJsonIOManager, spec: ExperimentSpec
-) -> dict[str, PromptCandidate | EvaluationResult]:
-    """The prompts and evaluations of the optional arms the experiment lists, from storage; a missing one
-    fails the comparison naming the command that makes it."""
-    wanted = [
-        *((p.asset, PromptCandidate) for p in graph.prompts_of(spec.arms) if p.optional),
-        *((a.evaluation, EvaluationResult) for a in graph.arms_of(spec.arms) if a.optional),
-    ]
-    loaded: dict[str, PromptCandidate | EvaluationResult] = {}
-    missing = []
-    for name, model in wanted:
-        try:
-            loaded[name] = io_manager.load(AssetKey(name), context.partition_key, model)
-        except FileNotFoundError:
-            missing.append(name)
-    if missing:
-        raise Failure(
-            description=f"{spec.experiment_id} lists arms {spec.arms} but {', '.join(missing)} "
-            "is not materialized. Run: dagster asset materialize -m lsl_dagster.definitions --select "
-            f"'{','.join([*missing, graph.COMPARISON])}' --partition {spec.experiment_id} (or launch the "
-            "lsl_experiment_with_arms job; after adding `arms:` reload the code location).",
-            allow_retries=False,
-        )
-    return loaded

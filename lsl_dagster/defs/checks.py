@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from lsl_dagster import graph
 from lsl_dagster.defs.io_managers import PydanticJsonIOManager
 from lsl_dagster.defs.resources import Workspace
-from lsl_dagster.method.stages import evaluation_examples
+from lsl_dagster.method.stages import evaluation_examples, sequential_order
 from lsl_dagster.records import Comparison, EvaluationResult, PromptCandidate
 from lsl_dagster.spec.experiment import ExperimentSpec
 from lsl_dagster.storage import outputs as storage
@@ -57,6 +57,10 @@ class Checked:
             self._held_out = list(evaluation_examples(self.spec, self.task))
         return self._held_out
 
+    def sequential(self) -> list[Example]:
+        """The same examples in a sequential evaluation's order."""
+        return sequential_order(self.spec, self.task)
+
     def output(self, asset: str, model: type[BaseModel]) -> BaseModel:
         return self.outputs.load(AssetKey(asset), self.experiment_id, model)
 
@@ -73,7 +77,10 @@ class Checked:
 def all_examples_evaluated(checked: Checked, result: EvaluationResult) -> Verdict:
     """Every example the experiment asked for has exactly one row, in order; none silently dropped
     (failed examples are rows with an error and score 0)."""
-    expected = [e.id for e in checked.held_out()]
+    # A sequential evaluation's are the prefix of the sequential order its decision stopped at.
+    decision = result.sequential
+    held_out = checked.held_out() if decision is None else checked.sequential()[: decision.examples]
+    expected = [e.id for e in held_out]
     got = [row["example_id"] for row in checked.rows(result)]
     return got == expected and result.n == len(expected), {
         "expected": len(expected),

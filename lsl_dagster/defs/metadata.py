@@ -20,7 +20,14 @@ from lsl_dagster.records import (
     TransferMatrix,
 )
 from lsl_dagster.results.prompt_diff import diff_markdown, predictor_diffs
-from lsl_dagster.results.text import cost_field, interval_text, matrix_cell_text, p_text, signal_text
+from lsl_dagster.results.text import (
+    cost_field,
+    interval_text,
+    matrix_cell_text,
+    p_text,
+    sequential_text,
+    signal_text,
+)
 from lsl_dagster.spec.experiment import SIMULATED, ExperimentSpec
 from lsl_dagster.tasks.task import Task
 
@@ -215,7 +222,12 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
     verdicts = (
         banner
         + "\n".join([*(f"- {d.verdict}" for d in comparison.differences), *warnings])
-        + "\n\nA difference is claimed only where its 95% CI excludes 0 and its Holm-adjusted p < 0.05."
+        + "\n\n"
+        + (
+            "A difference is claimed only where its 95% CI excludes 0 and its Holm-adjusted p < 0.05."
+            if comparison.sequential is None
+            else sequential_text(comparison.sequential)
+        )
     )
     total = [ledger.cost_usd for ledger in comparison.usage.values()]
     metadata: dict[str, Any] = {

@@ -116,7 +116,7 @@ class Workspace(ConfigurableResource):
                 if record["stage"] == name:
                     if record.get("event") == MATERIALIZED:
                         prior.clear()
-                    else:
+                    elif "event" not in record:
                         prior.append(record)
             calls = [r for r in records if "event" not in r]
             allowance = self._allowance(spec, task, name, calls, prior)

@@ -3,7 +3,9 @@
 The same numbers allocate an experiment's `max_cost_usd` to its stages before the first call: the three
 evaluations get their worst case reserved, the optimization stages share the rest in proportion to their
 worst case, so optimization can never leave the evaluations (and so the comparison) without money. An
-experiment whose cap cannot cover its evaluations is refused up front.
+experiment whose cap cannot cover its evaluations is refused up front. A sequential evaluation has only
+`min_examples` per arm reserved: its rounds then spend what the cap has left, and stop when it cannot pay
+for the next round at its worst case.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 
 import dspy
+import numpy as np
 from pydantic import BaseModel
 
 from lsl_dagster import graph
@@ -20,6 +23,7 @@ from lsl_dagster.llm.provider import ConfigError
 from lsl_dagster.llm.providers import PROVIDERS
 from lsl_dagster.method.optimizers import OPTIMIZERS
 from lsl_dagster.method.optimizers.base import MAX_BOOTSTRAPPED_DEMOS, MAX_LABELED_DEMOS, Budget
+from lsl_dagster.results.confseq import examples_used
 from lsl_dagster.results.stats import detectable_difference
 from lsl_dagster.results.text import table, usd
 from lsl_dagster.spec.experiment import SIMULATED, ExperimentSpec, ModelSpec, Price
@@ -35,6 +39,10 @@ EXPECTED_OUTPUT_TOKENS = 150
 ASSUMED_DISCORDANCE = 0.2
 POWER = 0.8
 ALPHA = 0.05
+# The true differences (0/1 scores) at which the plan simulates a sequential evaluation's examples used, and
+# how many sequences per difference.
+SEQUENTIAL_DIFFERENCES = (0.05, 0.10, 0.20)
+SEQUENTIAL_RUNS = 400
 
 
 class StageForecast(BaseModel):
@@ -63,6 +71,10 @@ class Forecast(BaseModel):
     # ALPHA / differences, if ASSUMED_DISCORDANCE of the examples are discordant; None: too few examples
     # for any difference that discordance allows.
     detectable_difference: float | None = None
+    # With evaluation.sequential: its min_examples, and the mean examples per arm until a true difference of
+    # each of SEQUENTIAL_DIFFERENCES is found (simulated, ASSUMED_DISCORDANCE, one difference at alpha / k).
+    sequential_min_examples: int | None = None
+    sequential_examples: dict[str, float] = {}
 
     @property
     def calls(self) -> int:
@@ -82,6 +94,14 @@ class Forecast(BaseModel):
     def evaluations_worst_usd(self) -> float | None:
         costs = [s.worst_cost_usd for s in self.stages if s.stage in ALL_EVALUATIONS]
         return None if None in costs else sum(c for c in costs if c is not None)
+
+    @property
+    def worst_usd_per_example(self) -> float | None:
+        """One arm's evaluation of one example at its worst case (every reply at max_tokens)."""
+        stage = next(s for s in self.stages if s.stage in ALL_EVALUATIONS)
+        if stage.worst_cost_usd is None or not self.evaluation_examples:
+            return None
+        return stage.worst_cost_usd / self.evaluation_examples
 
     def share(self, stage: str) -> float | None:
         return next((s.share_usd for s in self.stages if s.stage == stage), None)
@@ -200,10 +220,27 @@ def forecast(spec: ExperimentSpec, task: Task) -> Forecast:
         if examples < 2
         else detectable_difference(examples, ASSUMED_DISCORDANCE, ALPHA / differences, POWER),
     )
+    sequential = spec.evaluation.sequential
+    if sequential is not None:
+        plan.sequential_min_examples = sequential.min_examples
+        level = sequential.alpha / differences
+        plan.sequential_examples = {
+            f"{d:.2f}": _sequential_examples(d, examples, level, sequential.min_examples, sequential.finite)
+            for d in SEQUENTIAL_DIFFERENCES
+        }
     plan.refusal = _budget_refusal(spec, task, predictors)
     if spec.max_cost_usd is not None and plan.refusal is None:
         _allocate(plan, spec.max_cost_usd)
     return plan
+
+
+def _sequential_examples(d: float, examples: int, level: float, min_examples: int, finite: bool) -> float:
+    """Mean examples per arm a sequential difference uses when the true one is d: of the examples, a share
+    ASSUMED_DISCORDANCE is right for one arm only, (discordance + d) / 2 of them for the better arm."""
+    rng = np.random.default_rng(0)
+    u = rng.random((SEQUENTIAL_RUNS, examples))
+    x = np.where(u < (ASSUMED_DISCORDANCE + d) / 2, 1.0, np.where(u < ASSUMED_DISCORDANCE, 0.0, 0.5))
+    return float(examples_used(x, level, min_examples, examples if finite else None).mean())
 
 
 def _budget_refusal(spec: ExperimentSpec, task: Task, predictors: int) -> str | None:
@@ -223,17 +260,26 @@ def _budget_refusal(spec: ExperimentSpec, task: Task, predictors: int) -> str | 
 
 
 def _allocate(plan: Forecast, cap: float) -> None:
-    """Evaluations first (their worst case), the optimization stages share the rest pro rata."""
+    """Evaluations first (their worst case; a sequential one's min_examples), the optimization stages share
+    the rest pro rata. A sequential evaluation's share is then what the cap has left when it runs."""
     needed = plan.evaluations_worst_usd
     if needed is None:
         return  # unpriced: LanguageModels.check refuses a capped experiment before this matters
+    reserved = plan.sequential_min_examples
+    if reserved is not None and plan.evaluation_examples:
+        needed *= min(reserved, plan.evaluation_examples) / plan.evaluation_examples
     if cap < needed:
         count = sum(s.stage in ALL_EVALUATIONS for s in plan.stages)
         evaluations = {3: "three", 4: "four"}.get(count, str(count))
+        what = (
+            f"{plan.stages[-1].calls} calls each"
+            if reserved is None
+            else f"their first min_examples={reserved} examples each"
+        )
         plan.refusal = (
             f"{plan.experiment_id}: max_cost_usd ${cap:.4f} cannot cover the {evaluations} evaluations, "
-            f"which may cost up to ${needed:.4f} ({plan.stages[-1].calls} calls each); raise max_cost_usd "
-            f"to at least ${needed:.4f} (plus what optimization should get) or lower evaluation.limit"
+            f"which may cost up to ${needed:.4f} ({what}); raise max_cost_usd to at least ${needed:.4f} "
+            "(plus what optimization should get) or lower evaluation.limit"
         )
         return
     optimization = [s for s in plan.stages if s.stage not in ALL_EVALUATIONS]
@@ -241,7 +287,7 @@ def _allocate(plan: Forecast, cap: float) -> None:
     left = cap - needed
     for s in plan.stages:
         if s.stage in ALL_EVALUATIONS:
-            s.share_usd = s.worst_cost_usd
+            s.share_usd = s.worst_cost_usd if reserved is None else None
         else:
             s.share_usd = left * (s.worst_cost_usd or 0.0) / weights if weights else 0.0
 
@@ -307,6 +353,20 @@ def render(plan: Forecast) -> str:
             f"{plan.detectable_difference:.3f} or more is found with {POWER:.0%} power {level}, {assumed}; "
             "fewer discordant examples detect smaller differences."
         )
+    if plan.sequential_min_examples is not None:
+        at = ", ".join(f"{d} -> {n:.0f}" for d, n in plan.sequential_examples.items())
+        notes.append(
+            "Sequential: the rounds stop once every difference is settled; expected examples per arm of "
+            f"{plan.evaluation_examples} until a true difference is found (simulated with "
+            f"{ASSUMED_DISCORDANCE:.0%} discordant examples, one difference at alpha/{plan.differences}, "
+            f"min_examples {plan.sequential_min_examples}): {at}. The calls above are the fixed design's."
+        )
+        if plan.max_cost_usd is not None:
+            notes.append(
+                "Sequential under max_cost_usd: only min_examples per arm are reserved; the rounds spend "
+                "what the cap has left and stop, saying so, when it cannot pay for the next round at its "
+                "worst case."
+            )
     if plan.simulated:
         notes.append(f"{SIMULATED}: the sim's prices are made up, so are these costs.")
     if plan.refusal:

@@ -99,3 +99,15 @@ def paired_difference_sequence(
     lower = np.clip(lower, 0.0, 1.0)
     upper = np.clip(upper, 0.0, 1.0)
     return Sequence(lower=2 * lower - 1, upper=2 * upper - 1)
+
+
+def examples_used(
+    x: np.ndarray, alpha: float, min_examples: int, population: int | None = None
+) -> np.ndarray:
+    """Per run (the rows of `x`: paired differences mapped to [0, 1], in the order seen), the examples one
+    sequential difference uses: the first at which its sequence excludes 0, not before `min_examples`,
+    else all of them."""
+    n = x.shape[-1]
+    settled = excluded(log_capital(x, 0.5, alpha, population), alpha)
+    crossed = np.where(settled.any(axis=-1), settled.argmax(axis=-1) + 1, n)
+    return np.maximum(crossed, min(min_examples, n))

@@ -14,6 +14,8 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
+from lsl_dagster.records import SequenceBounds, SequentialDecision
+
 # Upper bound on entries in one batch of resamples: scipy materializes the resampled index matrix and
 # both gathered arms (int64 + 2 x float64) plus their difference, ~32 bytes per entry, so 2**20 entries
 # keep a bootstrap of n=20,000 examples under ~40 MB whatever n_resamples is.
@@ -175,6 +177,32 @@ def verdict(
             f"{diff:+.3f} ({ci}), Holm p={p_adjusted:.3g} >= {alpha:g}"
         )
     return f"{label} {held} {baseline} by {diff:+.3f} ({ci}, Holm p={p_adjusted:.3g})"
+
+
+def sequential_verdict(sequence: SequenceBounds, decision: SequentialDecision) -> str:
+    """Plain-language verdict of a sequential evaluation: its anytime-valid sequence decides, and the text
+    says so, with where and why the rounds stopped."""
+    k = len(decision.sequences)
+    cs = (
+        f"sequential: {100 * (1 - decision.alpha / k):.3g}% anytime-valid CS [{sequence.lower:+.3f}, "
+        f"{sequence.upper:+.3f}] at {decision.examples} of {decision.population} examples, family-wise "
+        f"alpha {decision.alpha:g}"
+    )
+    label, baseline = sequence.arm, sequence.baseline
+    if sequence.settled == "excludes_zero":
+        held = "beats" if sequence.lower > 0 else "is worse than"
+        return f"{label} {held} {baseline} by {sequence.diff:+.3f} ({cs})"
+    if sequence.settled == "equivalent":
+        return (
+            f"{label} and {baseline} are practically equivalent: {sequence.diff:+.3f}, within "
+            f"+-{decision.margin:g} ({cs})"
+        )
+    why = {
+        "examples": "the examples ran out",
+        "budget": "max_cost_usd could not pay for another round",
+        "settled": "the other differences were settled",
+    }[decision.reason]
+    return f"No significant difference between {label} and {baseline} ({cs} includes 0; {why})"
 
 
 # What a campaign's intervals are, as its tables and plots say.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lsl_dagster.records import Interval, PairedDifference, SmallModelSignal
+from lsl_dagster.records import Interval, PairedDifference, SequentialDecision, SmallModelSignal
 
 
 def usd(value: float | None) -> str:
@@ -114,4 +114,30 @@ def signal_text(signal: SmallModelSignal, start: float | None, end: float | None
     return (
         f"Stage 2 small model {signal.model}: {parsed}; {probe}, dev score {signal.probe_score:.2f}; "
         f"dev score {_score(start)} -> {_score(end)}"
+    )
+
+
+def sequential_text(decision: SequentialDecision) -> str:
+    """Where and why a sequential evaluation stopped, what it saved, and what its intervals are."""
+    why = {
+        "settled": "every paired difference was settled",
+        "examples": "the examples ran out before every difference was settled",
+        "budget": "money, not evidence, ended it: max_cost_usd could not pay for the next round at its "
+        "worst case",
+    }[decision.reason]
+    saved = decision.fixed_requests - decision.requests
+    k = len(decision.sequences)
+    return (
+        f"Sequential evaluation: stopped at {decision.examples} of {decision.population} examples per arm "
+        f"after {decision.rounds} rounds ({why}); {decision.requests} evaluation requests against "
+        f"~{decision.fixed_requests} for the fixed design (~{saved} saved). Each CI is an anytime-valid "
+        f"{100 * (1 - decision.alpha / k):.3g}% confidence sequence (hedged betting, Waudby-Smith & Ramdas "
+        f"2024; alpha {decision.alpha:g} family-wise over {k} differences), valid at this data-dependent "
+        "stop; no p-value is reported."
+        + (
+            " The sequences are about these test examples' own mean difference (finite population), not "
+            "new examples."
+            if decision.finite
+            else ""
+        )
     )

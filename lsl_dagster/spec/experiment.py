@@ -182,12 +182,30 @@ class DataSpec(Strict):
     seed: int | None = Field(default=None, ge=0)
 
 
+class SequentialSpec(Strict):
+    """Evaluate the arms in rounds and stop once every paired difference is settled (method.sequential)."""
+
+    # Family-wise: each of the k paired differences gets a confidence sequence at alpha / k.
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    # A difference whose sequence lies inside [-margin, margin] is settled as practically equivalent;
+    # 0: only a sequence that excludes 0 settles it.
+    margin: float = Field(default=0.0, ge=0, lt=1)
+    # No stop before every arm has this many examples (nor a verdict drawn from fewer).
+    min_examples: int = Field(default=50, ge=1)
+    # False: each sequence covers the prompts' expected difference on examples like these, the fixed
+    # design's question. True: this test set's own mean difference (the finite-population form, which
+    # narrows as the set is used up, so settles sooner, but claims nothing beyond these examples).
+    finite: bool = False
+
+
 class EvaluationSpec(Strict):
     split: Literal["dev", "test"] = "test"
     limit: int | None = Field(default=100, ge=1)
     # False: the split's first `limit` examples, the same for every seed. True: `limit` examples drawn by
     # the data seed (data.seed, else the experiment's), so intervals across seeds include the test sample's.
     resample: bool = False
+    # Opt-in: evaluate in rounds and stop when the comparison is settled; None: every arm on `limit`.
+    sequential: SequentialSpec | None = None
 
 
 _MODEL_LATER = {"adapter": None, "structured_outputs": False, "dialect": None}
@@ -196,6 +214,7 @@ LATER_SETTINGS: dict[str, dict[str, Any]] = {
     "large_model": _MODEL_LATER,
     "small_model": _MODEL_LATER,
     "stage2": {"probe_examples": 8, "on_no_signal": "stop"},
+    "evaluation": {"sequential": None},
 }
 
 
