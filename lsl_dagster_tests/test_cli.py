@@ -193,8 +193,8 @@ def _free_port() -> int:
 
 def test_status_shows_the_stage_that_failed(cli_env: Lab, capsys: pytest.CaptureFixture):
     lab = cli_env
-    # The small model's server is down: stage 1 and the baseline evaluation (large model) succeed,
-    # stage 2 fails, and the steps after it never run.
+    # The small model's server is down: stage 1 (large model) succeeds, stage 2 fails, and the steps after
+    # it never run (every evaluation waits for every prompt, graph.waits_for).
     lab.write(
         "exp-down",
         small_model={"model": "openai/sim-small", "api_base": f"http://127.0.0.1:{_free_port()}/v1"},
@@ -208,7 +208,7 @@ def test_status_shows_the_stage_that_failed(cli_env: Lab, capsys: pytest.Capture
         "stage1_prompt": "materialized",
         "stage2_hardened_prompt": "failed",
         "budget_matched_prompt": "missing",
-        "baseline_evaluation": "materialized",
+        "baseline_evaluation": "missing",
         "stage3_evaluation": "missing",
         "budget_matched_evaluation": "missing",
         "comparison": "missing",

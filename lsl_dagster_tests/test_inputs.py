@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from lsl_dagster import graph
 from lsl_dagster.cli.code_location import spec_hashes
 from lsl_dagster.results.instance import stage_status, stages_of
 from lsl_dagster.spec.experiment_files import ExperimentError, experiment_ids, load_experiment
@@ -116,7 +117,9 @@ def _status(lab: Lab, asset: str, experiment_id: str) -> str:
 def test_editing_an_experiment_file_marks_exactly_its_assets_stale(lab: Lab):
     for name in ("edit-a", "edit-b"):
         lab.write(name)
-        assert lab.run(name, ["experiment_file", "stage1_prompt", "baseline_evaluation"]).success
+        # The baseline's evaluation with what it waits for: every prompt (graph.waits_for).
+        assets = ["experiment_file", *graph.waits_for(), "baseline_evaluation"]
+        assert lab.run(name, assets).success
     path = lab.data_dir / "experiments" / "edit-a.yaml"
     # A comment is not a change of the experiment.
     path.write_text("# a note\n" + path.read_text())
