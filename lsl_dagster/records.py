@@ -180,7 +180,7 @@ class SequentialDecision(Strict):
     # pay for the next round.
     reason: Literal["settled", "examples", "budget"]
     sequences: list[SequenceBounds]
-    requests: int  # the calls the rounds sent or replayed (ledger calls + cache hits)
+    requests: int  # the answers the rounds used: paid for (now or by an earlier attempt) or from the cache
     # What the arms' evaluations would have needed on the whole population, at the rounds' calls per example.
     fixed_requests: int
     ledger: Ledger  # the rounds' usage (the evaluations then replay their prefix from the cache)

@@ -84,12 +84,19 @@ def reference(lab: Lab) -> tuple[dict, dict[str, int]]:
 
 
 def _kill_and_resume(
-    lab: Lab, name: str, stage: str, after: int, *, freeze: bool, monkeypatch: pytest.MonkeyPatch
+    lab: Lab,
+    name: str,
+    stage: str,
+    after: int,
+    *,
+    freeze: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: dict | None = None,
 ) -> tuple[dict[str, int], set[str]]:
     """kill -9 a materialization once `stage` has `after` calls, resume it by materializing what is
     missing; return how often the provider answered each request (both runs) and what was done before."""
     first = SimServer(seed=PORT_SERVER_SEED, latency_s=0.01, answer_keys=shipped_keys()).start()
-    lab.write(name, **_spec(first.port))
+    lab.write(name, **_spec(first.port), **(overrides or {}))
     process = subprocess.Popen(
         lab.materialize_command(name), env=lab.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -184,3 +191,34 @@ def test_a_real_kill_9_repays_at_most_the_requests_in_flight(
         {k: v for k, v in arm.items() if k not in usage} for arm in expected["arms"]
     ]
     assert {k: v for k, v in got.items() if k != "arms"} == {k: v for k, v in expected.items() if k != "arms"}
+
+
+# Rounds of 20, then 10, examples per arm; the budget-matched prompt equals the baseline's, so with margin 0
+# the rounds run to the limit.
+SEQUENTIAL = {"evaluation": {"limit": 100, "sequential": {"min_examples": 20}}}
+
+
+def test_kill_9_during_sequential_rounds_resumes_to_the_same_stop_without_repaying(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+):
+    with SimServer(seed=PORT_SERVER_SEED, latency_s=0.005, answer_keys=shipped_keys()).start() as server:
+        lab.write("ref-seq", **_spec(server.port), **SEQUENTIAL)
+        assert lab.run("ref-seq").success
+        expected, paid_once = _outputs(lab, "ref-seq"), dict(server.served_requests)
+    paid, done_before = _kill_and_resume(
+        lab,
+        "kill-rounds",
+        "evaluation_rounds",
+        15,
+        freeze=True,
+        monkeypatch=monkeypatch,
+        overrides=SEQUENTIAL,
+    )
+    assert not any(a.endswith("evaluation") for a in done_before)
+    assert paid == paid_once
+    assert _outputs(lab, "kill-rounds") == expected
+    decisions = [lab.output(n, "comparison")["sequential"] for n in ("ref-seq", "kill-rounds")]
+    assert [{k: v for k, v in d.items() if k not in ("key", "ledger")} for d in decisions] == [
+        {k: v for k, v in decisions[0].items() if k not in ("key", "ledger")}
+    ] * 2
+    assert decisions[0]["examples"] == 100 and decisions[0]["reason"] == "examples"

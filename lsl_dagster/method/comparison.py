@@ -13,7 +13,6 @@ from lsl_dagster.records import (
     Comparison,
     EvaluationResult,
     FormatCounts,
-    Ledger,
     PairedDifference,
     PromptCandidate,
     SequentialDecision,
@@ -114,9 +113,22 @@ def compare(
         test, p = stats.paired_test(a, b)
         raw.append((arm, baseline, len(ids), len(base) - len(ids), diff, low, high, test, p))
     decision = _decision(spec, prompts, evaluations)
-    if decision is not None:
-        return _sequential_comparison(spec, prompts, evaluations, arms, usage, raw, decision)
-    adjusted = stats.holm([p for *_, p in raw])
+    if decision is None:
+        adjusted = stats.holm([p for *_, p in raw])
+        tested = [
+            (low, high, test, p, p_holm, stats.verdict(diff, low, high, p_holm, label=arm, baseline=baseline))
+            for (arm, baseline, _, _, diff, low, high, test, p), p_holm in zip(raw, adjusted, strict=True)
+        ]
+    else:
+        # A sequential evaluation's intervals are its confidence sequences where the rounds stopped: valid
+        # at a data-dependent stop, unlike a fixed-n test's p-value (so there is none).
+        sequences = {(s.arm, s.baseline): s for s in decision.sequences}
+        tested = [
+            (s.lower, s.upper, "confidence_sequence", None, None, stats.sequential_verdict(s, decision))
+            for s in (sequences[arm, baseline] for arm, baseline, *_ in raw)
+        ]
+        # The rounds paid for every arm's examples; the evaluations replayed theirs.
+        usage = {**usage, graph.ROUNDS: decision.ledger}
     differences = [
         PairedDifference(
             arm=arm,
@@ -129,23 +141,12 @@ def compare(
             test=test,
             p_value=p,
             p_holm=p_holm,
-            verdict=stats.verdict(diff, low, high, p_holm, label=arm, baseline=baseline)
-            + stats.exclusion_note(n, excluded),
+            verdict=verdict + stats.exclusion_note(n, excluded),
         )
-        for (arm, baseline, n, excluded, diff, low, high, test, p), p_holm in zip(raw, adjusted, strict=True)
+        for (arm, baseline, n, excluded, diff, *_), (low, high, test, p, p_holm, verdict) in zip(
+            raw, tested, strict=True
+        )
     ]
-    return _comparison(spec, prompts, evaluations, arms, differences, usage)
-
-
-def _comparison(
-    spec: ExperimentSpec,
-    prompts: dict[str, PromptCandidate],
-    evaluations: dict[str, EvaluationResult],
-    arms: list[ArmSummary],
-    differences: list[PairedDifference],
-    usage: dict[str, Ledger],
-    decision: SequentialDecision | None = None,
-) -> Comparison:
     inputs = [*prompts.values(), *evaluations.values()]
     stage2 = prompts[graph.STAGE2.asset]
     return Comparison(
@@ -188,37 +189,3 @@ def _decision(
             f"{spec.experiment_id})."
         )
     return evaluations[arms[0].evaluation].sequential
-
-
-def _sequential_comparison(
-    spec: ExperimentSpec,
-    prompts: dict[str, PromptCandidate],
-    evaluations: dict[str, EvaluationResult],
-    arms: list[ArmSummary],
-    usage: dict[str, Ledger],
-    raw: list[tuple],
-    decision: SequentialDecision,
-) -> Comparison:
-    """The differences' intervals are the confidence sequences where the rounds stopped: valid at a
-    data-dependent stop, unlike a fixed-n test's p-value (so there is none)."""
-    sequences = {(s.arm, s.baseline): s for s in decision.sequences}
-    differences = [
-        PairedDifference(
-            arm=arm,
-            baseline=baseline,
-            n=n,
-            n_excluded=excluded,
-            diff=diff,
-            ci_low=sequences[arm, baseline].lower,
-            ci_high=sequences[arm, baseline].upper,
-            test="confidence_sequence",
-            p_value=None,
-            p_holm=None,
-            verdict=stats.sequential_verdict(sequences[arm, baseline], decision)
-            + stats.exclusion_note(n, excluded),
-        )
-        for (arm, baseline, n, excluded, diff, *_) in raw
-    ]
-    # The rounds paid for every arm's examples; the evaluations replayed them.
-    usage = {**usage, graph.ROUNDS: decision.ledger}
-    return _comparison(spec, prompts, evaluations, arms, differences, usage, decision)

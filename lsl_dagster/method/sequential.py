@@ -160,7 +160,9 @@ def evaluate_in_rounds(
                 break
     run.meter.wait_idle()
     ledger = run.meter.ledger()
-    requests = ledger.calls + ledger.cache_hits
+    # Every answer the rounds used once: paid now or before (calls), or from the cache, less the replays of
+    # an earlier attempt's answers (counted in calls already).
+    requests = ledger.calls + ledger.cache_hits - sum(u.replayed for u in ledger.by_model.values())
     return SequentialDecision(
         key=key,
         alpha=settings.alpha,
