@@ -147,7 +147,9 @@ def test_money_ends_the_rounds_and_the_comparison_says_so(lab: Lab):
     assert 30 <= decision.examples < 2000
     assert spent_usd(lab.calls("tight")) <= 3.0
     assert any("max_cost_usd could not pay for another round" in d.verdict for d in comparison.differences)
-    assert "money, not evidence, ended it" in lab.metadata("tight", "comparison")["verdicts"]
+    metadata = lab.metadata("tight", "comparison")
+    assert "money, not evidence, ended it" in metadata["verdicts"]
+    assert (metadata["sequential_stop"], metadata["sequential_examples"]) == ("budget", decision.examples)
 
 
 def test_rounds_run_again_replay_to_the_same_stop_without_paying(lab: Lab):

@@ -17,6 +17,7 @@ from lsl_dagster.records import (
     FormatCounts,
     Ledger,
     PromptCandidate,
+    SequentialDecision,
     TransferMatrix,
 )
 from lsl_dagster.results.prompt_diff import diff_markdown, predictor_diffs
@@ -152,6 +153,20 @@ def evaluation_metadata(result: EvaluationResult, spec: ExperimentSpec) -> dict[
         "predictions": MetadataValue.path(result.predictions_path),
         **environment(spec, result.simulated),
         **ledger_metadata(result.ledger),
+        **sequential_metadata(result.sequential),
+    }
+
+
+def sequential_metadata(decision: SequentialDecision | None) -> dict[str, Any]:
+    """Where a sequential evaluation stopped and why; nothing for the fixed design."""
+    if decision is None:
+        return {}
+    return {
+        "sequential_examples": decision.examples,
+        "sequential_of": decision.population,
+        "sequential_stop": decision.reason,
+        "sequential_requests": decision.requests,
+        "sequential_fixed_requests": decision.fixed_requests,
     }
 
 
@@ -237,6 +252,7 @@ def comparison_metadata(comparison: Comparison, spec: ExperimentSpec) -> dict[st
         "total_calls": sum(ledger.calls for ledger in comparison.usage.values()),
         "total_cost_usd": "unknown" if None in total else MetadataValue.float(sum(c or 0.0 for c in total)),
         **environment(spec, comparison.simulated),
+        **sequential_metadata(comparison.sequential),
     }
     for arm in comparison.arms:
         metadata[f"score_{arm.arm}"] = MetadataValue.float(arm.score)
