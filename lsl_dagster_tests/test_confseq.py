@@ -73,3 +73,17 @@ def test_the_finite_population_sequence_keeps_an_exact_mean_at_the_last_example(
         [0.5, 0.5, 0, 0.5, 0, 0.5, 1, 0.5, 1, 0.5, 1, 0.5, 0, 0, 1] + [0.5] * 9 + [0, 0.5, 0.5, 1, 0.5, 1]
     )
     assert not excluded(log_capital(x, x.mean(), ALPHA, x.size), ALPHA)[-1]
+
+
+@pytest.mark.parametrize("population", [None, 400])
+def test_computing_only_the_candidates_still_inside_gives_the_same_bounds(population: int | None):
+    rng = np.random.default_rng(3)
+    a = (rng.random(400) < 0.8).astype(float)
+    b = (rng.random(400) < 0.7).astype(float)
+    within = (-1.0, 1.0)
+    for n in (50, 60, 120, 250, 400):  # rounds, each restricted to the last one's bounds
+        full = paired_difference_sequence(a[:n], b[:n], 0.05, population)
+        restricted = paired_difference_sequence(a[:n], b[:n], 0.05, population, within=within)
+        assert (restricted.lower[-1], restricted.upper[-1]) == (full.lower[-1], full.upper[-1])
+        within = (float(full.lower[-1]), float(full.upper[-1]))
+    assert within[1] - within[0] < 0.5  # the sequence did narrow, so the restriction was exercised

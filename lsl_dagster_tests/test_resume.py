@@ -205,6 +205,12 @@ def test_kill_9_during_sequential_rounds_resumes_to_the_same_stop_without_repayi
         lab.write("ref-seq", **_spec(server.port), **SEQUENTIAL)
         assert lab.run("ref-seq").success
         expected, paid_once = _outputs(lab, "ref-seq"), dict(server.served_requests)
+        # The baseline and budget-matched prompts are the same here, so their rounds send the same requests
+        # at the same time: the provider still answers each greedy request once (the only repeats are the
+        # optimizers' resamples at temperature 1, as in the fixed design).
+        assert all(float(t) > 0 for t in server.repeats_by_temperature), server.repeats_by_temperature
+    rounds = lab.calls("ref-seq", "evaluation_rounds")
+    assert 0 < len(rounds) < 3 * 100
     paid, done_before = _kill_and_resume(
         lab,
         "kill-rounds",

@@ -1,8 +1,6 @@
 """Sequential evaluation (`evaluation.sequential`): the arms in rounds, stopped when every paired difference
 is settled by its confidence sequence, or when the examples or the money run out."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -179,8 +177,12 @@ def test_rounds_run_again_replay_to_the_same_stop_without_paying(lab: Lab):
     assert len(lab.calls("again")) == paid and again.ledger.calls == 0
 
 
-def test_an_invalid_sequential_setting_is_refused_naming_it(lab: Lab):
+def test_an_invalid_sequential_setting_is_refused_naming_it_before_any_call(lab: Lab):
     lab.write("bad", evaluation={"sequential": {"alpha": 1.5}})
-    with pytest.raises(ExperimentError, match="alpha"):
+    with pytest.raises(ExperimentError, match=r"evaluation\.sequential\.alpha"):
         load_experiment(lab.data_dir, "bad")
-    assert not Path(lab.runs_dir / "bad").exists()
+    result = lab.run("bad", raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert "evaluation.sequential.alpha" in failure.message
+    assert lab.calls("bad") == []

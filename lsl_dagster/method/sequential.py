@@ -58,15 +58,22 @@ def record(decision: SequentialDecision) -> dict[str, Any]:
     }
 
 
+# Per difference, the form (its population, None: with replacement) and bounds of its last sequence.
+Computed = dict[tuple[str, str], tuple[int | None, tuple[float, float]]]
+
+
 def bounds(
     per_arm: dict[str, list[float | None]],
     differences: Iterable[tuple[str, str]],
     settings: SequentialSpec,
     population: int,
+    computed: Computed | None = None,
 ) -> list[SequenceBounds]:
-    """Each difference's sequence after the examples seen so far, at alpha / k, and whether it settles."""
+    """Each difference's sequence after the examples seen so far, at alpha / k, and whether it settles.
+    `computed` (updated here) lets each round compute only the candidates still inside its sequence."""
     differences = list(differences)
     level = settings.alpha / len(differences)
+    computed = {} if computed is None else computed
     out = []
     for arm, baseline in differences:
         pairs = [(a, b) for a, b in zip(per_arm[arm], per_arm[baseline], strict=True) if None not in (a, b)]
@@ -78,8 +85,12 @@ def bounds(
             # The finite-population form holds for a uniform prefix of the population: only while every
             # example so far was scored by both arms (an unscored one is not a draw from it).
             finite = population if settings.finite and len(pairs) == len(per_arm[arm]) else None
-            sequence = paired_difference_sequence(a, b, level, finite)
+            form, within = computed.get((arm, baseline), (finite, (-1.0, 1.0)))
+            sequence = paired_difference_sequence(
+                a, b, level, finite, within=within if form == finite else (-1.0, 1.0)
+            )
             lower, upper = float(sequence.lower[-1]), float(sequence.upper[-1])
+            computed[arm, baseline] = (finite, (lower, upper))
             if math.isnan(lower):  # every candidate excluded: the alpha-probability miss
                 lower = upper = diff
         settled: Literal["excludes_zero", "equivalent", "open"] = "open"
@@ -116,7 +127,8 @@ def evaluate_in_rounds(
     per_arm: dict[str, list[float | None]] = {arm: [] for arm in prompts}
     run.progress.examples_total = population * len(prompts)
     differences = list(graph.differences_of(spec.arms))
-    sequences = bounds(per_arm, differences, settings, population)
+    computed: Computed = {}
+    sequences = bounds(per_arm, differences, settings, population, computed)
     done = rounds = 0
     reason: Literal["settled", "examples", "budget"] = "examples"
     with (
@@ -154,7 +166,7 @@ def evaluate_in_rounds(
             for arm, values in got.items():
                 per_arm[arm] += values
             done, rounds = end, rounds + 1
-            sequences = bounds(per_arm, differences, settings, population)
+            sequences = bounds(per_arm, differences, settings, population, computed)
             if all(s.settled != "open" for s in sequences):
                 reason = "settled"
                 break
