@@ -186,3 +186,18 @@ def test_an_invalid_sequential_setting_is_refused_naming_it_before_any_call(lab:
     failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
     assert "evaluation.sequential.alpha" in failure.message
     assert lab.calls("bad") == []
+
+
+def test_a_sequential_evaluation_without_every_prompt_fails_naming_them_before_any_call(lab: Lab):
+    lab.write("partial", evaluation={"limit": 40, "sequential": {"min_examples": 20}})
+    result = lab.run(
+        "partial", ["experiment_file", "stage1_prompt", "baseline_evaluation"], raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert "stage2_hardened_prompt, budget_matched_prompt is not materialized" in failure.message
+    assert (
+        "--select 'stage2_hardened_prompt,budget_matched_prompt,baseline_evaluation' --partition partial"
+        in failure.message
+    )
+    assert lab.calls("partial", "evaluation_rounds") == lab.calls("partial", "baseline_evaluation") == []

@@ -58,10 +58,11 @@ def arm_prompts(
     arms = graph.arms_of(spec.arms)
 
     def why(missing: list[str]) -> str:
+        select = ",".join([*missing, context.asset_key.to_user_string()])
         return (
             f"{spec.experiment_id} evaluates sequentially, which scores every arm at once, but "
             f"{', '.join(missing)} is not materialized. Run: dagster asset materialize -m "
-            f"lsl_dagster.definitions --select '{','.join(missing)}' --partition {spec.experiment_id}"
+            f"lsl_dagster.definitions --select '{select}' --partition {spec.experiment_id}"
         )
 
     loaded = _load(context, io_manager, [(a.prompt, PromptCandidate) for a in arms], why)
